@@ -1,0 +1,40 @@
+# Every target builds its own virtual environment from nothing (torch pinned to the CPU build that
+# this project's machines carry), then runs. `make test` is what CI runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test test-fast demo bench eval clean help
+
+help:
+	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
+	@echo "make demo    - create/refresh .venv and generate outputs/demo.mp4 with the default model"
+	@echo "make bench   - speed and memory benchmarks (prints numbers)"
+	@echo "make setup   - only create/refresh .venv"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/vgen generate "a red circle moving left and a blue square moving up" --out outputs/demo.mp4 --gif
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_core.py
+	@if [ -f scripts/bench_flow.py ]; then $(BIN)/python scripts/bench_flow.py --quick; fi
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,3 @@
+from vgen.cli import main
+
+main()

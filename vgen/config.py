@@ -1,0 +1,268 @@
+"""Job configuration: dataclass schemas merged and validated with OmegaConf.
+
+The resolution order of one job is: schema defaults < ``--config`` file < CLI flags < ``key=value``
+overrides. Every mistake (unknown key, wrong type, bad choice) becomes one ConfigError line that names
+the key and the valid choices. This module must stay importable without torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from vgen.errors import ConfigError
+
+DEFAULT_MODEL = "tiny-random-unet3d"
+
+SCHEDULERS = ("ddim", "dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+MODEL_KINDS = ("auto", "unet3d", "motion", "unet2d")
+
+
+@dataclass
+class ModelConfig:
+    id: str = DEFAULT_MODEL  # hub id, local diffusers folder, or built-in name
+    kind: str = "auto"  # auto | unet3d | motion | unet2d
+    motion_adapter: Optional[str] = None  # AnimateDiff: MotionAdapter id/folder for an SD 1.5 base
+    revision: Optional[str] = None
+    variant: Optional[str] = None  # e.g. "fp16" weight files
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 25
+    guidance: float = 7.5  # classifier-free guidance scale; <= 1 disables the unconditional pass
+    scheduler: str = "ddim"  # see SCHEDULERS; "model" keeps the model's own
+    eta: float = 0.0  # DDIM/DDPM stochasticity
+
+
+@dataclass
+class VideoConfig:
+    frames: int = 16
+    height: Optional[int] = None  # None: the model's native size
+    width: Optional[int] = None
+    fps: int = 8
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "outputs"
+    name: Optional[str] = None  # file stem; default "<prompt-slug>-<seed>"
+    gif: bool = False
+    save_frames: bool = False  # PNG per frame in "<stem>_frames/"
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (float16 on cuda, float32 on cpu) | float32 | float16 | bfloat16
+
+
+@dataclass
+class MemoryConfig:
+    decode_chunk: int = 8  # frames per VAE decode call
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False  # keep models on the CPU and move each to the device only while it runs
+
+
+@dataclass
+class JobConfig:
+    prompt: str = ""
+    negative: str = ""
+    method: str = "vanilla"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+
+# Sections that belong to one method only; `config show` hides the ones not in use.
+METHOD_SECTIONS: tuple[str, ...] = ()
+
+
+def schema() -> DictConfig:
+    return OmegaConf.structured(JobConfig)
+
+
+def _valid_keys(node: Any) -> list[str]:
+    return list(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _parent_of(cfg: DictConfig, full_key: str) -> Any:
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    return OmegaConf.select(cfg, parent) if parent else cfg
+
+
+def _explain(err: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
+    """Turn OmegaConf's multi-line errors into one line naming the key and the choices."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    where = f" (in {source})" if source else ""
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        keys = _valid_keys(_parent_of(base, str(key)))
+        return ConfigError(f"unknown config key '{key}'{where}; valid keys here: {', '.join(keys)}")
+    if isinstance(err, ValidationError):
+        expected = type(OmegaConf.select(base, str(key))).__name__ if OmegaConf.select(base, str(key)) is not None else "value"
+        first = str(err).splitlines()[0]
+        return ConfigError(f"bad value for config key '{key}'{where}: {first} (expected {expected})")
+    return ConfigError(f"bad config{where}: {str(err).splitlines()[0]}")
+
+
+def merge(base: DictConfig, update: Any, source: str = "") -> DictConfig:
+    """Merge a dict/DictConfig into the structured config, with one-line errors."""
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as err:
+        raise _explain(err, base, source) from None
+
+
+def parse_overrides(items: Iterable[str]) -> DictConfig:
+    """``key=value`` strings (values parsed as YAML scalars) to a nested config."""
+    items = list(items or [])
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. sampler.steps=30)")
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file '{path}' must be a mapping of keys to values")
+    return loaded
+
+
+def flags_to_config(flags: dict[str, Any]) -> DictConfig:
+    """Dotted flag keys (``video.frames``) with non-None values to a nested config."""
+    out = OmegaConf.create({})
+    for key, value in flags.items():
+        if value is not None:
+            OmegaConf.update(out, key, value, merge=True)
+    return out
+
+
+def resolve(
+    layers: Iterable[tuple[Any, str]] = (),
+) -> JobConfig:
+    """Merge (update, source-name) layers onto the schema, then validate."""
+    cfg = schema()
+    for update, source in layers:
+        if update is None:
+            continue
+        cfg = merge(cfg, update, source)
+    try:
+        job = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, cfg, "") from None
+    validate(job)
+    return job
+
+
+def build_job(
+    config_file: Optional[str] = None,
+    flags: Optional[dict[str, Any]] = None,
+    overrides: Iterable[str] = (),
+) -> JobConfig:
+    layers: list[tuple[Any, str]] = []
+    if config_file:
+        layers.append((load_yaml(config_file), str(config_file)))
+    if flags:
+        layers.append((flags_to_config(flags), "command-line flags"))
+    layers.append((parse_overrides(overrides), "overrides"))
+    return resolve(layers)
+
+
+def _choice(key: str, value: str, choices: Iterable[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+
+
+def validate(job: JobConfig) -> None:
+    """Checks that need no model: choices, ranges, the prompt."""
+    from vgen.methods import get_method
+
+    if not job.prompt or not job.prompt.strip():
+        raise ConfigError("the prompt is empty; give a text such as \"a red circle moving left\"")
+    get_method(job.method)
+    _choice("sampler.scheduler", job.sampler.scheduler, SCHEDULERS)
+    _choice("runtime.dtype", job.runtime.dtype, DTYPES)
+    _choice("model.kind", job.model.kind, MODEL_KINDS)
+    device = job.runtime.device
+    if not (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
+        raise ConfigError(f"config key 'runtime.device' is '{device}'; choose one of: {', '.join(DEVICES)}, cuda:N")
+    if not job.model.id.strip():
+        raise ConfigError("config key 'model.id' is empty; give a hub id, a local folder or a built-in name")
+    _at_least("video.frames", job.video.frames, 1)
+    _at_least("video.fps", job.video.fps, 1)
+    _at_least("sampler.steps", job.sampler.steps, 1)
+    _at_least("sampler.guidance", job.sampler.guidance, 0)
+    _at_least("sampler.eta", job.sampler.eta, 0)
+    _at_least("memory.decode_chunk", job.memory.decode_chunk, 1)
+    for key in ("height", "width"):
+        value = getattr(job.video, key)
+        if value is not None:
+            _at_least(f"video.{key}", value, 1)
+    if not 0 <= job.seed < 2**63:
+        raise ConfigError(f"config key 'seed' must be in [0, 2^63), got {job.seed}")
+
+
+def to_yaml(job: JobConfig, only_method: bool = True) -> str:
+    """The resolved config as YAML; sections of methods not in use are left out."""
+    cfg = OmegaConf.structured(job)
+    if only_method:
+        for section in METHOD_SECTIONS:
+            if section != job.method and section in cfg:
+                del cfg[section]
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_dict(job: JobConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
+
+
+def slugify(text: str, max_len: int = 60) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "video"
+
+
+def output_stem(job: JobConfig) -> str:
+    return job.output.name or f"{slugify(job.prompt)}-{job.seed}"
+
+
+def output_path(job: JobConfig) -> Path:
+    return Path(job.output.dir) / f"{output_stem(job)}.mp4"
+
+
+def dataclass_keys(cls: type, prefix: str = "") -> list[str]:
+    """All dotted keys of a dataclass schema (used in docs and error hints)."""
+    keys: list[str] = []
+    for f in fields(cls):
+        typ = f.default_factory if f.default_factory is not None else None  # type: ignore[misc]
+        if typ is not None and is_dataclass(typ):
+            keys += dataclass_keys(typ, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys

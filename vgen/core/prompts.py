@@ -1,0 +1,85 @@
+"""Text -> embeddings for classifier-free guidance, and token spans of words (for per-token methods)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from vgen.models import Components
+
+
+@dataclass
+class PromptEmbeds:
+    """Conditional and (with CFG) unconditional text embeddings, each [B, L, D]."""
+
+    cond: torch.Tensor
+    uncond: Optional[torch.Tensor] = None
+
+    @property
+    def guided(self) -> bool:
+        return self.uncond is not None
+
+    def cfg_batch(self) -> torch.Tensor:
+        """The batch the UNet sees: [uncond, cond] (the order diffusers' pipelines use)."""
+        return torch.cat([self.uncond, self.cond]) if self.guided else self.cond
+
+
+def tokenize(tokenizer, texts: list[str]) -> dict:
+    return tokenizer(
+        texts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+
+
+@torch.no_grad()
+def encode_text(components: Components, texts: list[str]) -> torch.Tensor:
+    """Last hidden states of the text encoder, [len(texts), L, D] in the components' dtype."""
+    tokens = tokenize(components.tokenizer, texts)
+    encoder = components.text_encoder
+    mask = None
+    if getattr(encoder.config, "use_attention_mask", False):
+        mask = tokens["attention_mask"].to(components.device)
+    with components.placed(encoder):
+        hidden = encoder(tokens["input_ids"].to(components.device), attention_mask=mask)[0]
+    return hidden.to(device=components.device, dtype=components.dtype)
+
+
+def encode_prompt(
+    components: Components, prompt: str, negative: str = "", guidance: float = 7.5, batch: int = 1
+) -> PromptEmbeds:
+    """Embeddings for one prompt; the unconditional pass (negative prompt) only when guidance > 1."""
+    cond = encode_text(components, [prompt]).repeat(batch, 1, 1)
+    uncond = encode_text(components, [negative or ""]).repeat(batch, 1, 1) if guidance > 1.0 else None
+    return PromptEmbeds(cond=cond, uncond=uncond)
+
+
+def token_spans(tokenizer, prompt: str, words: list[str]) -> dict[str, list[int]]:
+    """Token positions (in the encoded prompt, start token = 0) of each word.
+
+    A word split into several tokens yields its whole span; a word that appears twice yields both.
+    Raises ValueError for a word that is not in the prompt.
+    """
+    ids = tokenize(tokenizer, [prompt])["input_ids"][0].tolist()
+    spans: dict[str, list[int]] = {}
+    for word in words:
+        piece = tokenizer(word, add_special_tokens=False)["input_ids"]
+        found = [
+            i + k
+            for i in range(1, len(ids) - len(piece) + 1)
+            if ids[i : i + len(piece)] == piece
+            for k in range(len(piece))
+        ]
+        if not piece or not found:
+            raise ValueError(f"word '{word}' is not in the prompt '{prompt}'")
+        spans[word] = found
+    return spans
+
+
+def prompt_length(tokenizer, prompt: str) -> int:
+    """Number of real tokens, start and end tokens included (the rest is padding)."""
+    return int(tokenize(tokenizer, [prompt])["attention_mask"][0].sum())

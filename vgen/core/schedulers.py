@@ -1,0 +1,42 @@
+"""Schedulers by name, each built from the model's own scheduler config (betas, prediction type)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from vgen.errors import ConfigError
+
+# name -> (diffusers class, overrides of the model's scheduler config)
+SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+}
+
+
+def make_scheduler(name: str, base: Any) -> Any:
+    """A fresh scheduler of kind `name` ("model" = the model's own class) from `base`'s config."""
+    import diffusers
+
+    if name == "model":
+        return type(base).from_config(base.config)
+    if name not in SCHEDULER_CLASSES:
+        raise ConfigError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULER_CLASSES)}, model")
+    cls_name, overrides = SCHEDULER_CLASSES[name]
+    return getattr(diffusers, cls_name).from_config(base.config, **overrides)
+
+
+def step_kwargs(scheduler: Any, generator, eta: float) -> dict:
+    """eta and generator for the schedulers whose step takes them."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs

@@ -1,0 +1,200 @@
+"""Run jobs: check the output folder, load the model, call the method's runner, write files + sidecar.
+
+A batch is a list of jobs; one failing job never stops the others, and models are loaded once per
+batch and reused by every job that asks for the same one.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from vgen.config import JobConfig, output_path, to_dict
+from vgen.errors import ConfigError, VgenError
+from vgen.video import Video, check_writable, write_gif, write_json, write_mp4, write_pngs
+
+
+@dataclass
+class RunContext:
+    """What a runner gets besides the job and the model: seeded randomness, where extras go, logging."""
+
+    generator: Any  # torch.Generator seeded with job.seed (CPU)
+    height: int
+    width: int
+    output_stem: Path  # outputs/<stem> (no suffix): runners may write "<stem>_anchor.png" etc.
+    progress: Optional[bool] = None
+    log: Callable[[str], None] = lambda message: None
+
+
+@dataclass
+class JobResult:
+    job: JobConfig
+    status: str  # "done" | "skipped" | "failed"
+    path: Optional[Path] = None
+    seconds: float = 0.0
+    error: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+def sidecar_path(mp4: Path) -> Path:
+    return mp4.with_suffix(".json")
+
+
+def is_complete(job: JobConfig) -> bool:
+    """Both the mp4 and its sidecar exist (the sidecar is written last)."""
+    mp4 = output_path(job)
+    return mp4.is_file() and sidecar_path(mp4).is_file()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("vgen", "torch", "diffusers", "transformers", "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+class ModelCache:
+    """Components by (model, device, dtype, offload), so a batch loads each model once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+
+    def get(self, job: JobConfig):
+        from vgen.models import load_components, resolve_device, resolve_dtype
+
+        device = resolve_device(job.runtime.device)
+        dtype = resolve_dtype(job.runtime.dtype, device)
+        m = job.model
+        key = (m.id, m.kind, m.motion_adapter, m.revision, m.variant, str(device), str(dtype), job.memory.cpu_offload)
+        if key not in self._cache:
+            components = load_components(m, device, dtype, cpu_offload=job.memory.cpu_offload)
+            if job.memory.vae_slicing:
+                components.vae.enable_slicing()
+            if job.memory.vae_tiling:
+                components.vae.enable_tiling()
+            self._cache[key] = components
+        return self._cache[key]
+
+
+def run_job(
+    job: JobConfig,
+    models: Optional[ModelCache] = None,
+    progress: Optional[bool] = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> JobResult:
+    """Generate one video and its files; raises VgenError for anything the user can fix."""
+    import torch
+
+    from vgen.core.sampler import resolve_size
+    from vgen.methods import get_method, load_runner
+
+    started = time.perf_counter()
+    mp4 = output_path(job)
+    check_writable(mp4.parent)
+    method = get_method(job.method)
+
+    t0 = time.perf_counter()
+    components = (models or ModelCache()).get(job)
+    if components.kind not in method.kinds:
+        raise ConfigError(
+            f"method '{job.method}' runs on {'/'.join(method.kinds)} models, "
+            f"but '{job.model.id}' is a {components.kind} model"
+        )
+    height, width = resolve_size(components, job.video.height, job.video.width)
+    load_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ctx = RunContext(
+        generator=torch.Generator("cpu").manual_seed(job.seed),
+        height=height,
+        width=width,
+        output_stem=mp4.with_suffix(""),
+        progress=progress,
+        log=log,
+    )
+    video: Video = load_runner(job.method)(job, components, ctx)
+    generate_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    files = [write_mp4(video, mp4)]
+    if job.output.gif:
+        files.append(write_gif(video, mp4.with_suffix(".gif")))
+    if job.output.save_frames:
+        files.append(write_pngs(video, mp4.with_name(f"{mp4.stem}_frames")))
+    files += [Path(p) for p in video.metadata.pop("files", [])]
+    write_s = time.perf_counter() - t0
+
+    sidecar = {
+        "output": str(mp4),
+        "files": [str(f) for f in files[1:]],
+        "prompt": job.prompt,
+        "method": job.method,
+        "seed": job.seed,
+        "model": {"id": job.model.id, "kind": components.kind},
+        "device": str(components.device),
+        "dtype": str(components.dtype).removeprefix("torch."),
+        "video": {"frames": video.num_frames, "height": video.size[0], "width": video.size[1], "fps": video.fps},
+        "timings": {
+            "load_s": round(load_s, 4),
+            "generate_s": round(generate_s, 4),
+            "write_s": round(write_s, 4),
+            "total_s": round(time.perf_counter() - started, 4),
+        },
+        "method_info": video.metadata,
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "config": to_dict(job),
+    }
+    write_json(sidecar, sidecar_path(mp4))
+    return JobResult(job, "done", mp4, time.perf_counter() - started, files=files)
+
+
+def check_distinct_outputs(jobs: list[JobConfig]) -> None:
+    """Two jobs of one batch must not write the same file."""
+    seen: dict[Path, int] = {}
+    for i, job in enumerate(jobs, 1):
+        path = output_path(job).resolve()
+        if path in seen:
+            raise ConfigError(
+                f"jobs {seen[path]} and {i} would both write '{output_path(job)}'; "
+                "give them different seeds, output.name or output.dir"
+            )
+        seen[path] = i
+
+
+def run_batch(
+    jobs: list[JobConfig],
+    skip_existing: bool = False,
+    progress: Optional[bool] = None,
+    on_result: Callable[[int, JobResult], None] = lambda i, r: None,
+) -> list[JobResult]:
+    """Run every job; a failure is recorded and the next job runs (Ctrl-C stops the batch)."""
+    check_distinct_outputs(jobs)
+    models = ModelCache()
+    results = []
+    for i, job in enumerate(jobs, 1):
+        if skip_existing and is_complete(job):
+            result = JobResult(job, "skipped", output_path(job))
+        else:
+            started = time.perf_counter()
+            try:
+                result = run_job(job, models, progress)
+            except VgenError as err:
+                result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=str(err))
+            except Exception as err:  # an internal error in one job must not stop the batch
+                message = f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=message)
+        results.append(result)
+        on_result(i, result)
+    return results
