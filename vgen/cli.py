@@ -215,6 +215,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     usage_errors = _click_exception_types()
     try:
         code = command.main(args=argv, prog_name="vgen", standalone_mode=False)
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a returned 130
+            _echo_err("interrupted: no partial output was kept")
     except typer.Exit as exc:
         code = exc.exit_code
     except usage_errors as exc:

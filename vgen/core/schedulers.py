@@ -31,6 +31,16 @@ def make_scheduler(name: str, base: Any) -> Any:
     return getattr(diffusers, cls_name).from_config(base.config, **overrides)
 
 
+def prepare_scheduler(name: str, base: Any, steps: int, device: Any) -> Any:
+    """A scheduler of kind `name` with `steps` timesteps set (checked against the training schedule)."""
+    scheduler = make_scheduler(name, base)
+    limit = scheduler.config.num_train_timesteps - scheduler.config.get("steps_offset", 0)
+    if steps > limit:
+        raise ConfigError(f"sampler.steps={steps} is more than this model's schedule allows ({limit})")
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
 def step_kwargs(scheduler: Any, generator, eta: float) -> dict:
     """eta and generator for the schedulers whose step takes them."""
     params = set(inspect.signature(scheduler.step).parameters)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from vgen.config import JobConfig
 from vgen.core.prompts import encode_prompt
 from vgen.core.sampler import decode_latents, denoise, initial_latents, latent_shape, to_uint8
-from vgen.core.schedulers import make_scheduler
+from vgen.core.schedulers import prepare_scheduler
 from vgen.jobs import RunContext
 from vgen.models import Components
 from vgen.video import Video
@@ -18,8 +18,7 @@ from vgen.video import Video
 def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     s = job.sampler
     prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
-    scheduler = make_scheduler(s.scheduler, components.scheduler)
-    scheduler.set_timesteps(s.steps, device=components.device)
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
     shape = latent_shape(components, job.video.frames, ctx.height, ctx.width)
     latents = initial_latents(components, shape, ctx.generator, scheduler)
     latents = denoise(

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline, quiet, tiny models built once per session."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("VGEN_PROGRESS", "0")
+
+import pytest  # noqa: E402
+
+VGEN = str(Path(sys.executable).parent / "vgen")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Components of each tiny-random model, loaded once (tests must not modify them)."""
+    from vgen.config import ModelConfig
+    from vgen.models import load_components
+
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load_components(ModelConfig(id=name), "cpu", "float32")
+        return cache[name]
+
+    return get
+
+
+def make_job(prompt="a red circle moving left", **keys):
+    """A JobConfig from dotted keys, e.g. make_job(**{"sampler.steps": 3})."""
+    from vgen.config import build_job
+
+    return build_job(flags={"prompt": prompt, **keys})
+
+
+def run_vanilla(components, job):
+    """Frames [F, H, W, 3] uint8 from the vanilla runner, without writing files."""
+    import torch
+
+    from vgen.core.sampler import resolve_size
+    from vgen.jobs import RunContext
+    from vgen.methods.vanilla import run
+
+    h, w = resolve_size(components, job.video.height, job.video.width)
+    ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=Path("unused"), progress=False)
+    return run(job, components, ctx).frames

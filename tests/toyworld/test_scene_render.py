@@ -1,0 +1,138 @@
+"""Scene sampling and rendering checked against geometry computed by hand."""
+
+import numpy as np
+import pytest
+
+from vgen.toyworld import (
+    COLOURS, MOTIONS, SHAPES, BackgroundSpec, ObjectLayout, ObjectSpec, Scene,
+    render_image, render_video, sample_scene, sample_specs,
+)
+
+
+def chroma(x):
+    x = x.astype(int)
+    return x.max(-1) - x.min(-1)
+
+
+def test_world_constants():
+    assert len(COLOURS) == 6 and len(SHAPES) == 4 and MOTIONS == ("left", "right", "up", "down", "still")
+    for rgb in COLOURS.values():  # fully saturated: chroma 255
+        assert max(rgb) == 255 and min(rgb) == 0
+
+
+def test_spec_rejects_unknown_words():
+    with pytest.raises(ValueError, match="colour"):
+        ObjectSpec("pink", "circle", "left")
+    with pytest.raises(ValueError, match="shape"):
+        ObjectSpec("red", "star", "left")
+
+
+def test_sample_specs_distinct_colours():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 4))
+        specs = sample_specs(rng, n)
+        assert len(specs) == n and len({s.colour for s in specs}) == n
+
+
+def test_sampled_scenes_stay_inside_and_apart():
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        frames = int(rng.integers(1, 25))
+        size = int(rng.choice([32, 64, 128]))
+        scene = sample_scene(rng, sample_specs(rng, int(rng.integers(1, 4))), frames, size)
+        k = size / 64
+        boxes = []
+        for o in scene.objects:
+            assert 12 * k - 1e-9 <= o.size <= 20 * k + 1e-9
+            if o.spec.motion != "still" and frames > 1:
+                assert 0.6 * k - 1e-9 <= o.speed <= 2 * k + 1e-9
+            c = o.centres(frames)
+            # pixel i spans [i - .5, i + .5]: the frame spans [-.5, size - .5]
+            assert (c - o.size / 2 >= -0.5).all() and (c + o.size / 2 <= size - 0.5).all()
+            boxes.append((c, o.size))
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                gap = np.abs(boxes[i][0] - boxes[j][0]) - (boxes[i][1] + boxes[j][1]) / 2
+                assert (gap.max(axis=1) >= 1.0).all()
+
+
+def test_render_coverage_matches_analytic_area():
+    """On a plain background the summed coverage (chroma / 255) is the shape's area in every
+    frame, so objects are drawn whole and inside the frame (4x4 supersampling: ~3% error)."""
+    rng = np.random.default_rng(2)
+    area = {"square": 1.0, "circle": np.pi / 4, "diamond": 0.5, "triangle": 0.5}
+    for _ in range(30):
+        specs = sample_specs(rng, 1)
+        scene = sample_scene(rng, specs, 16)
+        scene = Scene(scene.objects, BackgroundSpec(grey=100), 64)
+        video = render_video(scene, 16)
+        expected = area[specs[0].shape] * scene.objects[0].size ** 2
+        covered = chroma(video).sum(axis=(1, 2)) / 255.0  # chroma = 255 * coverage over grey
+        np.testing.assert_allclose(covered, expected, rtol=0.04)
+
+
+def test_pixel_aligned_square_is_exact():
+    spec = ObjectSpec("blue", "square", "right")
+    # centre 14.5, side 10: covers pixels 10..19 exactly; moves 2 px per frame
+    scene = Scene((ObjectLayout(spec, 14.5, 30.5, 10.0, 2.0),), BackgroundSpec(grey=90), 64)
+    video = render_video(scene, 3)
+    for f in range(3):
+        expected = np.full((64, 64, 3), 90, np.uint8)
+        expected[26:36, 10 + 2 * f : 20 + 2 * f] = COLOURS["blue"]
+        np.testing.assert_array_equal(video[f], expected)
+
+
+def test_half_pixel_edges_are_blended():
+    spec = ObjectSpec("red", "square", "still")
+    # centre 15, side 10: spans [10, 20], so columns/rows 10 and 20 are half covered
+    scene = Scene((ObjectLayout(spec, 15.0, 15.0, 10.0, 0.0),), BackgroundSpec(grey=100), 64)
+    img = render_image(scene).astype(int)
+    assert tuple(img[15, 15]) == (255, 0, 0)
+    assert tuple(img[15, 10]) == (178, 50, 50) and tuple(img[15, 20]) == (178, 50, 50)
+    assert tuple(img[10, 10]) == (139, 75, 75)  # quarter covered corner: 100 + .25 * (255 - 100)
+    assert tuple(img[15, 21]) == (100, 100, 100)
+
+
+def test_render_image_is_frame_zero_and_deterministic():
+    rng = np.random.default_rng(3)
+    scene = sample_scene(rng, sample_specs(rng, 3), 8)
+    scene = Scene(scene.objects, BackgroundSpec(grey=120, texture=12.0, seed=7), 64)
+    a, b = render_video(scene, 8), render_video(scene, 8)
+    assert a.dtype == np.uint8 and a.shape == (8, 64, 64, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(render_image(scene), a[0])
+    # textured background: low saturation, varying luminance
+    bg = render_video(Scene((), scene.background, 64), 1)[0].astype(int)
+    assert chroma(bg).max() < 24 and bg.std() > 2
+
+
+def test_render_at_another_size_scales_the_layout():
+    spec = ObjectSpec("green", "square", "still")
+    scene = Scene((ObjectLayout(spec, 31.5, 31.5, 16.0, 0.0),), BackgroundSpec(grey=128), 64)
+    big = render_image(scene, 128)
+    mask = chroma(big) > 0
+    ys, xs = np.nonzero(mask)
+    assert mask.sum() == 32 * 32 and xs.min() == 48 and xs.max() == 79 and ys.min() == 48
+
+
+def test_long_clips_slow_down_then_refuse():
+    rng = np.random.default_rng(4)
+    specs = [ObjectSpec("red", "circle", "right")]
+    scene = sample_scene(rng, specs, 60)
+    o = scene.objects[0]
+    assert o.x0 + o.speed * 59 + o.size / 2 <= 63.5 and o.speed >= 0.6
+    with pytest.raises(ValueError, match="too long"):
+        sample_scene(rng, specs, 200)
+    still = sample_scene(rng, [ObjectSpec("red", "circle", "still")], 500)  # still objects: any length
+    assert render_video(still, 500).shape == (500, 64, 64, 3)
+
+
+def test_toyworld_imports_no_torch():
+    """The toy world is pure numpy: importing it must not pull in torch beyond what vgen does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vgen; before = 'torch' in sys.modules; import vgen.toyworld; "
+            "assert before or 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
