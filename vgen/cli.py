@@ -155,6 +155,43 @@ def _print_summary(rows: list[tuple]) -> None:
     Console(width=max(100, min(200, os.get_terminal_size(0).columns if sys.stdout.isatty() else 160))).print(table)
 
 
+@app.command("eval")
+def eval_(
+    files: List[Path] = typer.Argument(..., help="Videos to score (mp4/gif); their prompts come from the JSON sidecars."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Score every file against this prompt instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full scores as JSON."),
+) -> None:
+    """Score existing toy-world videos with the exact detector (objects present, colour, shape, motion, drift)."""
+    import json
+
+    from vgen.eval.files import score_file
+
+    results = [score_file(f, prompt) for f in files]
+    if as_json:
+        typer.echo(json.dumps([{"file": str(r.path), "prompt": r.prompt, "error": r.error or None,
+                                "score": r.score.to_dict() if r.score else None} for r in results], indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="toy-world detector")
+        for name in ("file", "prompt", "all present", "all correct", "objects (colour/shape/motion)", "drift"):
+            table.add_column(name, overflow="fold")
+        for r in results:
+            if r.error:
+                table.add_row(str(r.path), r.prompt, "-", "-", f"[red]{r.error}[/]", "-")
+                continue
+            objects = "; ".join(
+                f"{o.spec.colour} {o.spec.shape}: {'ok' if o.present else 'missing'}"
+                + (f" {o.detected_colour or '?'}/{o.detected_shape or '?'}/{o.motion or '-'}" if o.present else "")
+                for o in r.score.objects
+            )
+            table.add_row(str(r.path), r.prompt, str(r.score.all_present), str(r.score.all_correct), objects, f"{r.score.identity_drift:.2f}")
+        Console(width=160).print(table)
+    if any(r.error for r in results):
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
 @app.command()
 def methods() -> None:
     """List the methods and the model kinds each runs on."""

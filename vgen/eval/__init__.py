@@ -1,0 +1,1 @@
+"""Metrics for generated videos: toy-world detector scores (and, as methods land, scene cuts and warp error)."""
