@@ -73,6 +73,73 @@ class MemoryConfig:
 
 
 @dataclass
+class ZS2Config:
+    """ZS2 (method zs2): video from an image model by dependency noise + temporal momentum attention."""
+
+    lam: float = 0.1  # the paper's λ; rho = 1 - λ·e^(-1/2), clamped to [0, 1] (0.1 -> 0.94)
+    rho: Optional[float] = None  # AR(1) correlation of adjacent frames' noise; overrides lam (0 = iid noise)
+    momentum: float = 0.98  # μ of the key/value running average over frames (0 = per-frame, 1 = frame 0 only)
+    layers: list[str] = field(default_factory=list)  # spatial self-attention layers whose name contains one; [] = all
+    step_start: float = 0.0  # momentum on for denoising steps i with step_start <= i/steps < step_end
+    step_end: float = 1.0
+    frame_chunk: int = 0  # frames per UNet call (0 = all); chunks carry the running average over
+    init_video: Optional[str] = None  # editing: per-frame SDEdit of this video under the same attention
+    strength: float = 0.6  # editing: fraction of the schedule re-run (1 = from pure noise)
+
+    def check(self) -> None:
+        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
+            raise ConfigError(f"config key 'zs2.rho' must be in [0, 1], got {self.rho}")
+        _at_least("zs2.lam", self.lam, 0)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ConfigError(f"config key 'zs2.momentum' must be in [0, 1], got {self.momentum}")
+        if not 0.0 <= self.step_start <= self.step_end <= 1.0:
+            raise ConfigError(
+                f"config keys zs2.step_start/step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
+            )
+        _at_least("zs2.frame_chunk", self.frame_chunk, 0)
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"config key 'zs2.strength' must be in (0, 1], got {self.strength}")
+
+
+@dataclass
+class VicoConfig:
+    """Vico (method vico): raise the weakest key token's attention flow by updating the latent."""
+
+    tokens: list[int] = field(default_factory=list)  # explicit key-token indices in the encoded prompt (start token = 0)
+    words: list[str] = field(default_factory=list)  # key words ("cat,dog" or [cat, dog]); multi-token words count as their span
+    stop_words: list[str] = field(default_factory=list)  # extra words automatic selection drops (no tokens/words given)
+    graph: str = "default"  # default (cross -> temporal per block, blocks averaged) | full (+ spatial self-attn, blocks chained)
+    flow: str = "soft"  # soft (differentiable widest path) | hard | rollout
+    tau: float = 0.01  # temperature of the soft max-min product
+    residual: bool = True  # self-attention maps become (A + I)/2
+    scale: float = 100.0  # flows are multiplied by this before the softmax over tokens
+    sigma: float = 0.5  # σ of the 3x3x3 Gaussian smoothing each key token's [F, h, w] map (0 = none)
+    objective: str = "hinge"  # hinge: max_i relu(1 - A_i) (public code) | min: -min_i A_i (paper)
+    lr: float = 1e-4  # Adam step size at step 0; scaled by sqrt(linspace(1, 0.5, steps))[i]
+    fraction: float = 0.5  # update the latent at steps i < fraction * steps
+    iterative_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # steps with iterative refinement
+    thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # stop refining there once loss < this
+    max_iterations: int = 10  # iterations at most at an iterative step (other update steps: 1)
+
+    def check(self) -> None:
+        _choice("vico.graph", self.graph, ("default", "full"))
+        _choice("vico.flow", self.flow, ("soft", "hard", "rollout"))
+        _choice("vico.objective", self.objective, ("hinge", "min"))
+        if self.tau <= 0:
+            raise ConfigError(f"config key 'vico.tau' must be > 0, got {self.tau}")
+        _at_least("vico.sigma", self.sigma, 0)
+        _at_least("vico.lr", self.lr, 0)
+        _at_least("vico.max_iterations", self.max_iterations, 1)
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"config key 'vico.fraction' must be in [0, 1], got {self.fraction}")
+        if len(self.thresholds) != len(self.iterative_steps):
+            raise ConfigError(
+                f"config keys vico.iterative_steps and vico.thresholds need one threshold per step, "
+                f"got {len(self.iterative_steps)} steps and {len(self.thresholds)} thresholds"
+            )
+
+
+@dataclass
 class JobConfig:
     prompt: str = ""
     negative: str = ""
@@ -84,10 +151,12 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    zs2: ZS2Config = field(default_factory=ZS2Config)
+    vico: VicoConfig = field(default_factory=VicoConfig)
 
 
 # Sections that belong to one method only; `config show` hides the ones not in use.
-METHOD_SECTIONS: tuple[str, ...] = ()
+METHOD_SECTIONS: tuple[str, ...] = ("zs2", "vico",)
 
 
 def schema() -> DictConfig:
@@ -225,13 +294,15 @@ def validate(job: JobConfig) -> None:
         value = getattr(job.video, key)
         if value is not None:
             _at_least(f"video.{key}", value, 1)
+    job.zs2.check()
+    job.vico.check()
     if not 0 <= job.seed < 2**63:
         raise ConfigError(f"config key 'seed' must be in [0, 2^63), got {job.seed}")
 
 
 def to_yaml(job: JobConfig, only_method: bool = True) -> str:
     """The resolved config as YAML; sections of methods not in use are left out."""
-    cfg = OmegaConf.structured(job)
+    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(job)))  # plain: structured nodes refuse deletion
     if only_method:
         for section in METHOD_SECTIONS:
             if section != job.method and section in cfg:

@@ -6,6 +6,7 @@ modules) by giving a factory that picks a processor per layer; every other layer
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -55,3 +56,292 @@ def attention_processors(unet: torch.nn.Module, factory: ProcessorFactory) -> It
         yield installed
     finally:
         unet.set_attn_processor(saved)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recording attention probabilities (Vico's attention graph)
+
+_UNIT_RE = re.compile(
+    r"^(?P<block>down_blocks\.(?P<down>\d+)|up_blocks\.(?P<up>\d+)|mid_block)\."
+    r"(?P<kind>attentions|temp_attentions|motion_modules)\.(?P<index>\d+)\.transformer_blocks\.(?P<tb>\d+)\.(?P<attn>attn[12])\."
+)
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """One layer whose probabilities a graph needs: its unit (cross-attn transformer + the temporal
+    module that follows it in the same UNet block), role and downsampling factor."""
+
+    name: str
+    unit: str  # e.g. "down_blocks.2/1": attentions.1 and temp_attentions.1 / motion_modules.1 of that block
+    role: str  # "cross" | "spatial-self" | "temporal"
+    factor: int  # latent downsampling of the layer's feature map
+
+
+def _layer_factor(unet: torch.nn.Module, m: "re.Match") -> int:
+    n_down = len(unet.down_blocks)
+    if m["down"] is not None:
+        return 2 ** int(m["down"])
+    if m["up"] is not None:
+        return 2 ** (len(unet.up_blocks) - 1 - int(m["up"]))
+    return 2 ** (n_down - 1)
+
+
+def graph_layers(unet: torch.nn.Module, graph: str = "default") -> list[RecordSpec]:
+    """The layers Vico's graph records: cross and temporal attention at the coarsest cross-attention
+    resolution of the down/up blocks (the mid block only if no down/up block has cross-attention);
+    graph="full" adds the spatial self-attention there. Everything else keeps its fast processor."""
+    specs = []
+    for layer in attention_layers(unet):
+        m = _UNIT_RE.match(layer.name)
+        if m is None:  # e.g. UNet3D's transformer_in (full resolution, before any cross-attention)
+            continue
+        unit = f"{m['block']}/{m['index']}"
+        specs.append(RecordSpec(layer.name, unit, layer.role, _layer_factor(unet, m)))
+    cross = [s for s in specs if s.role == "cross"]
+    outer = [s for s in cross if not s.unit.startswith("mid_block")] or cross
+    if not outer:
+        return []
+    factor = max(s.factor for s in outer)
+    units = {s.unit for s in outer if s.factor == factor}
+    roles = ("cross", "temporal", "spatial-self") if graph == "full" else ("cross", "temporal")
+    return [s for s in specs if s.unit in units and s.role in roles]
+
+
+class AttentionRecorder:
+    """Keeps head-averaged attention probabilities [batch, queries, keys] (float32, with autograd) of
+    the layers it was built for, while ``active``; the latest call of a layer overwrites the earlier one
+    (so activation recomputation cannot duplicate entries)."""
+
+    def __init__(self, specs: list[RecordSpec], stop_when_complete: bool = False):
+        self.specs = {s.name: s for s in specs}
+        self.active = False
+        self.stop_when_complete = stop_when_complete  # raise RecordingComplete after the last needed layer
+        self.probs: dict[str, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self.probs = {}
+
+    def blocks(self, frames: int, batch_index: int = 0) -> list[tuple]:
+        """Recordings as flow.py blocks, one per unit in forward order: (C [F,P,J], S [F,P,P] or None,
+        [T [P,F,F], ...]) for batch element ``batch_index``."""
+        units: dict[str, dict] = {}
+        for name, p in self.probs.items():
+            spec = self.specs[name]
+            u = units.setdefault(spec.unit, {"cross": None, "spatial-self": None, "temporal": []})
+            if spec.role == "temporal":  # [B*P, F, F]: diffusers folds (B, h, w) into the batch, B major
+                u["temporal"].append(p)
+            else:  # [B*F, P, K]: frames folded into the batch, B major
+                u["batch"] = p.shape[0] // frames
+                u[spec.role] = p.reshape(u["batch"], frames, *p.shape[1:])[batch_index]
+        for u in units.values():
+            b = u.get("batch", 1)  # the unit's cross-attention gives B (temporal layers know only B*P)
+            u["temporal"] = [t.reshape(b, t.shape[0] // b, frames, frames)[batch_index] for t in u["temporal"]]
+        return [(u["cross"], u["spatial-self"], u["temporal"]) for u in units.values() if u["cross"] is not None]
+
+    def factory(self, layer: AttentionLayer):
+        return RecordingAttnProcessor(self, layer.name) if layer.name in self.specs else None
+
+
+class RecordingComplete(Exception):
+    """Every layer of the graph ran: a caller that only needs the recordings may stop the forward pass."""
+
+
+class RecordingAttnProcessor:
+    """AttnProcessor2_0 with explicit probabilities softmax(QK^T * scale) while its recorder is active,
+    so they can be kept (head-averaged, float32) and backpropagated through; SDPA otherwise."""
+
+    def __init__(self, recorder: AttentionRecorder, name: str):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.recorder = recorder
+        self.name = name
+        self.fast = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if not self.recorder.active:
+            return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        # float32 scores and softmax: half-precision probabilities of ~1e-4 would lose the flow signal
+        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * (head_dim ** -0.5)
+        if attention_mask is not None:
+            scores = scores + attention_mask.float()
+        probs = scores.softmax(dim=-1)
+        self.recorder.probs[self.name] = probs.mean(dim=1)
+        if self.recorder.stop_when_complete and len(self.recorder.probs) == len(self.recorder.specs):
+            raise RecordingComplete
+        hidden_states = torch.matmul(probs.to(value.dtype), value)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextmanager
+def record_attention(unet: torch.nn.Module, graph: str = "default",
+                     stop_when_complete: bool = False) -> Iterator[AttentionRecorder]:
+    """Install recording processors on the layers of Vico's graph (see ``graph_layers``) for the
+    length of the block; the recorder starts inactive (``recorder.active = True`` to record)."""
+    recorder = AttentionRecorder(graph_layers(unet, graph), stop_when_complete)
+    with attention_processors(unet, recorder.factory):
+        yield recorder
+
+
+# ----------------------------------------------------------------------------------------------
+# ZS2: temporal momentum attention for image UNets (frames folded into the batch, frame-major)
+
+
+@dataclass
+class FrameState:
+    """What the momentum processors of one UNet share, set by the runner before each UNet call.
+
+    frames: frames per video in the batch (the batch is groups of `frames` consecutive images: one group
+    per CFG half and batch element). active: False makes every processor plain attention (steps outside
+    the configured range). continues: the call is the next chunk of frames of the same step, so frame 0
+    of the chunk continues the running average of the previous chunk's last frame.
+    """
+
+    frames: int
+    active: bool = True
+    continues: bool = False
+
+
+class MomentumAttnProcessor:
+    """Spatial self-attention whose keys and values are running averages over frames (ZS2).
+
+    K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, queries unchanged, separately per
+    group of frames, as one lower-triangular matrix along frames. μ = 0 is plain attention, μ = 1 is
+    Text2Video-Zero's cross-frame attention (every frame sees frame 0). The attention itself is computed like
+    diffusers' AttnProcessor2_0 (`sdpa=True`, the default processor) or AttnProcessor (`sdpa=False`), so both
+    ends match diffusers bit for bit.
+    """
+
+    def __init__(self, momentum: float, state: FrameState, sdpa: bool = True):
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.momentum, self.state, self.sdpa = momentum, state, sdpa
+        self._last: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (K̃, Ṽ) of each group's last frame
+        self._mix: dict[tuple, torch.Tensor] = {}
+
+    def mix(self, x: torch.Tensor, carry: Optional[torch.Tensor]) -> torch.Tensor:
+        """[G·F, T, D] -> running average along F within each group; `carry` [G, T, D] acts as frame -1."""
+        from vgen.core.noise import ar_matrix
+
+        f = self.state.frames
+        if x.shape[0] % f:
+            raise ValueError(f"batch {x.shape[0]} is not a whole number of {f}-frame videos")
+        x = x.reshape(x.shape[0] // f, f, *x.shape[1:])
+        if carry is not None:
+            x = torch.cat([carry[:, None].to(x.dtype), x], dim=1)
+        n = x.shape[1]
+        key = (n, x.dtype, x.device)
+        if key not in self._mix:
+            self._mix[key] = ar_matrix(n, self.momentum, 1.0 - self.momentum, x.dtype).to(x.device)
+        out = torch.einsum("ij,gjtd->gitd", self._mix[key], x)
+        if carry is not None:
+            out = out[:, 1:]
+        return out
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        self_attention = encoder_hidden_states is None
+        batch_size, sequence_length, _ = hidden_states.shape if self_attention else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            if self.sdpa:
+                attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if self_attention:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        if self_attention and self.state.active and self.momentum > 0.0:
+            carry = self._last if self.state.continues and self._last is not None else (None, None)
+            key = self.mix(key, carry[0])
+            value = self.mix(value, carry[1])
+            self._last = (key[:, -1], value[:, -1])
+            key = key.reshape(-1, *key.shape[2:])
+            value = value.reshape(-1, *value.shape[2:])
+
+        if self.sdpa:
+            head_dim = key.shape[-1] // attn.heads
+            query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            hidden_states = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )
+            hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+            hidden_states = hidden_states.to(query.dtype)
+        else:
+            query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
+            probs = attn.get_attention_scores(query, key, attention_mask)
+            hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def momentum_factory(
+    momentum: float, state: FrameState, layers: tuple[str, ...] = (), sdpa: bool = True
+) -> ProcessorFactory:
+    """Momentum processors on the spatial self-attention layers whose name contains one of `layers`
+    (all of them when `layers` is empty); other layers keep their processors."""
+
+    def factory(layer: AttentionLayer) -> Optional[MomentumAttnProcessor]:
+        if layer.role != "spatial-self" or (layers and not any(part in layer.name for part in layers)):
+            return None
+        return MomentumAttnProcessor(momentum, state, sdpa)
+
+    return factory

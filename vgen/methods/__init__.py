@@ -30,6 +30,19 @@ METHODS: dict[str, MethodInfo] = {
             "(on an image model, every frame sampled independently)",
             ("unet3d", "motion", "unet2d"),
         ),
+        MethodInfo(
+            "zs2",
+            "vgen.methods.zs2",
+            "ZS2: video from an image model with AR(1) dependency noise and temporal momentum attention",
+            ("unet2d",),
+        ),
+        MethodInfo(
+            "vico",
+            "vgen.methods.vico",
+            "Vico: compositional video by equalising attention flow (the weakest key token's flow is raised "
+            "by a gradient step on the latent)",
+            ("unet3d", "motion"),
+        ),
     ]
 }
 

@@ -1,0 +1,202 @@
+"""ZS2: dependency noise moments, momentum attention against exact references, the runner end to end."""
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import VGEN, make_job, run_vanilla
+from vgen.core.attention import FrameState, MomentumAttnProcessor, attention_processors, momentum_factory
+from vgen.core.noise import ar1_noise, ar_matrix, iid_noise, rho_from_lambda
+
+MODEL = {"model.id": "tiny-random-unet2d", "sampler.steps": 3, "video.frames": 4, "seed": 5}
+
+
+def draw(rho, shape, seed=0):
+    return ar1_noise(rho)(shape, torch.Generator("cpu").manual_seed(seed), torch.device("cpu"), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------- noise
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 8, 64, 64), (3, 4, 6, 32, 32)])
+def test_ar1_noise_moments(shape):
+    rho = 0.8
+    eps = draw(rho, shape).double()
+    per_frame = eps.transpose(1, 2).reshape(shape[0], shape[2], -1)  # [B, F, n]
+    n = per_frame.shape[-1]
+    tol = 6 / math.sqrt(n)  # six standard errors
+    assert per_frame.mean(-1).abs().max() < tol
+    assert (per_frame.var(-1) - 1).abs().max() < 2 * tol * math.sqrt(2)
+    adjacent = (per_frame[:, 1:] * per_frame[:, :-1]).mean(-1)  # per pair of frames
+    assert (adjacent - rho).abs().max() < 2 * tol
+    lag2 = (per_frame[:, 2:] * per_frame[:, :-2]).mean(-1)
+    assert (lag2 - rho**2).abs().max() < 2 * tol
+    if shape[0] > 1:  # batch elements stay independent
+        assert (per_frame[0] * per_frame[1]).mean(-1).abs().max() < 2 * tol
+
+
+def test_ar1_noise_rho_zero_is_iid_noise_of_the_same_seed():
+    shape = (2, 4, 5, 8, 8)
+    iid = iid_noise(shape, torch.Generator("cpu").manual_seed(3), torch.device("cpu"), torch.float32)
+    assert torch.equal(draw(0.0, shape, seed=3), iid)
+    assert torch.equal(draw(rho_from_lambda(100.0), shape, seed=3), iid)  # λ large clamps ρ to 0
+
+
+def test_lambda_maps_to_rho_and_extremes_stay_finite():
+    assert rho_from_lambda(0.1) == pytest.approx(1 - 0.1 * math.exp(-0.5))
+    assert rho_from_lambda(0.0) == 1.0 and rho_from_lambda(50.0) == 0.0
+    same = draw(rho_from_lambda(0.0), (2, 4, 5, 8, 8))  # ρ = 1: every frame is frame 0
+    assert torch.isfinite(same).all()
+    assert torch.equal(same, same[:, :, :1].expand_as(same))
+    assert torch.isfinite(draw(rho_from_lambda(1e6), (1, 4, 3, 8, 8))).all()
+
+
+def test_ar_matrix_is_the_recursion():
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = [x[0]]
+    for i in range(1, 5):
+        y.append(0.7 * y[-1] + 0.2 * x[i])
+    assert torch.allclose(ar_matrix(5, 0.7, 0.2) @ x, torch.stack(y))
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+
+def _attention(seed=0):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(seed)
+    return Attention(query_dim=8, heads=2, dim_head=4).eval()
+
+
+def test_momentum_attention_matches_a_hand_computed_case():
+    """Intermediate μ against a loop over frames and heads with explicit softmax attention."""
+    attn, mu, groups, frames, tokens = _attention(), 0.6, 2, 3, 5
+    h = torch.randn(groups * frames, tokens, 8)
+    with torch.no_grad():
+        ours = MomentumAttnProcessor(mu, FrameState(frames))(attn, h)
+        q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+        expected = torch.empty_like(h)
+        for g in range(groups):
+            kt = vt = None
+            for i in range(frames):
+                j = g * frames + i
+                kt = k[j] if kt is None else mu * kt + (1 - mu) * k[j]
+                vt = v[j] if vt is None else mu * vt + (1 - mu) * v[j]
+                heads = []
+                for head in range(2):
+                    sl = slice(4 * head, 4 * head + 4)
+                    weights = torch.softmax(q[j][:, sl] @ kt[:, sl].T / 2.0, dim=-1)
+                    heads.append(weights @ vt[:, sl])
+                expected[j] = attn.to_out[0](torch.cat(heads, dim=-1))
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_momentum_attention_ends_match_diffusers_processors_exactly():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor,
+        CrossFrameAttnProcessor2_0,
+    )
+
+    attn, h = _attention(), torch.randn(2 * 4, 6, 8)  # uncond + cond halves of 4 frames
+    with torch.no_grad():
+        state = FrameState(4)
+        assert torch.equal(MomentumAttnProcessor(0.0, state)(attn, h), AttnProcessor2_0()(attn, h))
+        assert torch.equal(MomentumAttnProcessor(1.0, state, sdpa=False)(attn, h), CrossFrameAttnProcessor(2)(attn, h))
+        assert torch.equal(MomentumAttnProcessor(1.0, state)(attn, h), CrossFrameAttnProcessor2_0(2)(attn, h))
+        state.active = False  # outside the step range: plain attention
+        assert torch.equal(MomentumAttnProcessor(1.0, state)(attn, h), AttnProcessor2_0()(attn, h))
+
+
+def _denoise(components, factory, frames=4):
+    from vgen.core.noise import iid_noise
+    from vgen.core.prompts import encode_prompt
+    from vgen.core.sampler import denoise, initial_latents, latent_shape
+    from vgen.core.schedulers import prepare_scheduler
+
+    scheduler = prepare_scheduler("euler", components.scheduler, 3, components.device)
+    gen = torch.Generator("cpu").manual_seed(1)
+    latents = initial_latents(components, latent_shape(components, frames, 32, 32), gen, scheduler, iid_noise)
+    prompt = encode_prompt(components, "a red circle moving left", "", 7.5)
+    with attention_processors(components.unet, factory):
+        return denoise(components, scheduler, latents, prompt, 7.5, progress=False)
+
+
+def test_momentum_one_samples_like_text2video_zero_cross_frame_attention(tiny):
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import CrossFrameAttnProcessor
+
+    c = tiny("tiny-random-unet2d")
+    theirs = _denoise(c, lambda layer: CrossFrameAttnProcessor(2) if layer.role == "spatial-self" else None)
+    ours = _denoise(c, momentum_factory(1.0, FrameState(4), sdpa=False))
+    assert torch.equal(ours, theirs)
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def run_zs2(components, job):
+    from vgen.core.sampler import resolve_size
+    from vgen.jobs import RunContext
+    from vgen.methods.zs2 import run
+
+    h, w = resolve_size(components, job.video.height, job.video.width)
+    ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=Path("unused"), progress=False)
+    return run(job, components, ctx)
+
+
+def test_zs2_with_iid_noise_and_zero_momentum_is_per_frame_sampling(tiny):
+    c = tiny("tiny-random-unet2d")
+    ours = run_zs2(c, make_job(**MODEL, method="zs2", **{"zs2.rho": 0.0, "zs2.momentum": 0.0}))
+    assert np.array_equal(ours.frames, run_vanilla(c, make_job(**MODEL)))
+    assert ours.metadata["rho"] == 0.0 and ours.metadata["momentum"] == 0.0 and ours.metadata["layers"] == 4
+
+
+def test_frame_chunks_carry_the_running_average(tiny):
+    c = tiny("tiny-random-unet2d")
+    keys = {**MODEL, "method": "zs2", "zs2.momentum": 0.7, "sampler.scheduler": "dpm++"}
+    whole = run_zs2(c, make_job(**keys)).frames.astype(int)
+    chunked = run_zs2(c, make_job(**keys, **{"zs2.frame_chunk": 3}))
+    assert np.abs(whole - chunked.frames).max() <= 1 and chunked.metadata["frame_chunk"] == 3
+
+
+def test_step_range_and_layer_filter(tiny):
+    c = tiny("tiny-random-unet2d")
+    plain = run_zs2(c, make_job(**MODEL, method="zs2", **{"zs2.momentum": 0.0}))
+    off = run_zs2(c, make_job(**MODEL, method="zs2", **{"zs2.momentum": 0.9, "zs2.step_start": 0.5, "zs2.step_end": 0.5}))
+    assert off.metadata["momentum_steps"] == 0 and np.array_equal(off.frames, plain.frames)
+    some = run_zs2(c, make_job(**MODEL, method="zs2", **{"zs2.momentum": 0.9, "zs2.layers": ["up_blocks"]}))
+    assert some.metadata["layers"] == 2 and not np.array_equal(some.frames, plain.frames)
+
+
+def test_editing_an_input_video(tiny, tmp_path):
+    from vgen.video import Video, write_mp4
+
+    c = tiny("tiny-random-unet2d")
+    source = np.zeros((3, 48, 48, 3), np.uint8)
+    source[:, 10:30, 10:30, 0] = 255
+    path = write_mp4(Video(source, fps=8), tmp_path / "in.mp4")
+    job = make_job(**MODEL, method="zs2", **{"zs2.init_video": str(path), "zs2.strength": 0.7, "sampler.scheduler": "euler"})
+    out = run_zs2(c, job)
+    assert out.frames.shape == (3, 32, 32, 3)
+    assert out.metadata["strength"] == 0.7 and out.metadata["steps_run"] == 2 and out.metadata["frames_edited"] == 3
+
+
+def test_generate_zs2_from_the_command_line(tmp_path):
+    r = subprocess.run(
+        [VGEN, "generate", "a red circle moving left", "--method", "zs2", "--model", "tiny-random-unet2d",
+         "--steps", "2", "--frames", "3", "--out", str(tmp_path), "zs2.lam=0.2", "zs2.frame_chunk=2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "a-red-circle-moving-left-0.json").read_text())
+    assert side["method"] == "zs2" and side["video"]["frames"] == 3
+    assert side["method_info"]["rho"] == pytest.approx(rho_from_lambda(0.2)) and side["method_info"]["momentum"] == 0.98
+    from vgen.methods import get_method
+
+    assert get_method("zs2").kinds == ("unet2d",)  # run_job refuses other kinds with one line

@@ -1,0 +1,258 @@
+"""Vico: compositional video by equalising attention flow (SPEC.md section 1, arXiv 2407.06182).
+
+Algorithm (per denoising step i of N, before the usual CFG step):
+    if i < N/2:
+        x <- float32 copy of the latent;  Adam(x, lr = lr0 * sqrt(linspace(1, 0.5, N))[i])
+        repeat (10 times at most at steps 0/10/20, until loss < 0.95/0.5/0.2; once otherwise):
+            record cross + temporal attention of one positive-prompt forward pass (with autograd)
+            flow   = ST-Flow of the recorded graph                          [F, P, J]
+            A_k    = max over (f, h, w) of Gauss3x3x3(softmax_j(100 * flow[real tokens]))[key token k]
+            loss   = max_k relu(1 - A_k)        (raise the weakest key token)
+            x <- Adam step on d loss / d x
+    x_{i-1} <- scheduler step with the CFG noise prediction at x
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from vgen.config import JobConfig, VicoConfig
+from vgen.core.attention import AttentionRecorder, RecordingComplete, record_attention
+from vgen.core.flow import full_graph_flow, st_flow_blocks
+from vgen.core.prompts import PromptEmbeds, encode_prompt, prompt_length, token_spans
+from vgen.core.sampler import decode_latents, denoise, initial_latents, latent_shape, predict_noise, to_uint8
+from vgen.core.schedulers import prepare_scheduler
+from vgen.errors import ConfigError
+from vgen.jobs import RunContext
+from vgen.models import Components
+from vgen.video import Video
+
+# Words automatic selection drops: function words, and motion / direction words (they describe how
+# things move, not which things must appear).
+STOP_WORDS = frozenset(
+    """a an the and or but of with without in on at to from by for into onto over under above below
+    near next beside behind between is are was were be being been it its this that these those there
+    some many two three four one while as then than very
+    moving moves move going goes staying stays standing static left right up down still
+    playing running flying swimming walking
+    together each other around across along through""".split()
+)
+
+
+@dataclass(frozen=True)
+class KeyToken:
+    label: str  # the word, or "#<index>" for an explicit index
+    indices: tuple[int, ...]  # positions in the encoded prompt (start token = 0)
+
+
+def select_key_tokens(tokenizer, prompt: str, cfg: VicoConfig) -> list[KeyToken]:
+    """Key tokens from explicit indices, else from words, else automatic (content words of the prompt)."""
+    n = prompt_length(tokenizer, prompt)
+    if cfg.tokens:
+        bad = [i for i in cfg.tokens if not 1 <= i <= n - 2]
+        if bad:
+            raise ConfigError(f"vico.tokens {bad} are outside the prompt's tokens 1..{n - 2}")
+        return [KeyToken(f"#{i}", (i,)) for i in dict.fromkeys(cfg.tokens)]
+    words = [w.strip() for item in cfg.words for w in str(item).split(",") if w.strip()]
+    explicit = bool(words)
+    if not explicit:
+        stop = STOP_WORDS | {w.lower() for w in cfg.stop_words}
+        words = [w for w in re.findall(r"[a-z0-9']+", prompt.lower()) if w not in stop]
+    keys, seen = [], set()
+    for word in dict.fromkeys(words):
+        try:
+            span = token_spans(tokenizer, prompt, [word])[word]
+        except ValueError:
+            if explicit:
+                raise ConfigError(f"vico.words: '{word}' is not in the prompt '{prompt}'") from None
+            continue
+        span = tuple(i for i in span if i <= n - 2)  # drop what truncation cut off
+        if span and span not in seen:
+            seen.add(span)
+            keys.append(KeyToken(word, span))
+    return keys
+
+
+def gaussian_kernel3d(sigma: float, size: int = 3) -> torch.Tensor:
+    """Normalised size^3 Gaussian (frames, height, width)."""
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    k = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    return k / k.sum()
+
+
+def token_maps(flow: torch.Tensor, keys: list[KeyToken], n_tokens: int, h: int, w: int,
+               scale: float = 100.0, sigma: float = 0.5) -> torch.Tensor:
+    """Each key token's smoothed map [K, F, h, w]: softmax over the real tokens of scale*flow, the key's
+    span summed (a multi-token word holds its span's share), then a 3x3x3 Gaussian (replicate borders)."""
+    F = flow.shape[0]
+    probs = (flow[..., 1 : n_tokens - 1].float() * scale).softmax(dim=-1)  # real tokens only
+    maps = torch.stack([probs[..., [i - 1 for i in k.indices]].sum(-1) for k in keys])  # [K, F, P]
+    maps = maps.reshape(len(keys), 1, F, h, w)
+    if sigma > 0:
+        kernel = gaussian_kernel3d(sigma).to(maps)[None, None]
+        maps = torch.nn.functional.conv3d(torch.nn.functional.pad(maps, (1, 1, 1, 1, 1, 1), mode="replicate"), kernel)
+    return maps[:, 0]
+
+
+def token_scores(maps: torch.Tensor) -> torch.Tensor:
+    """A_k = max of key token k's smoothed map."""
+    return maps.flatten(1).amax(dim=1)
+
+
+def vico_loss(scores: torch.Tensor, objective: str = "hinge") -> torch.Tensor:
+    """hinge (public code): max_k relu(1 - A_k); min (paper): -min_k A_k. Both raise the weakest token."""
+    if objective == "min":
+        return -scores.min()
+    return torch.relu(1 - scores).max()
+
+
+def lr_schedule(lr: float, steps: int) -> list[float]:
+    """lr * sqrt(linspace(1, 0.5, steps)): smaller steps as the latent gets cleaner."""
+    return (lr * torch.linspace(1.0, 0.5, steps, dtype=torch.float64).sqrt()).tolist()
+
+
+def update_plan(cfg: VicoConfig, steps: int) -> dict[int, tuple[int, Optional[float]]]:
+    """step -> (max iterations, loss threshold or None) for the steps that update the latent."""
+    iterative = dict(zip(cfg.iterative_steps, cfg.thresholds))
+    plan = {}
+    for i in range(steps):
+        if i < cfg.fraction * steps:
+            plan[i] = (cfg.max_iterations, float(iterative[i])) if i in iterative else (1, None)
+    return plan
+
+
+def attention_flow(blocks: list, cfg: VicoConfig) -> torch.Tensor:
+    """[F, P, J] flow of the recorded graph (flow.py kernels)."""
+    if cfg.graph == "full":
+        return full_graph_flow(blocks, cfg.flow, cfg.tau, cfg.residual)
+    return st_flow_blocks(blocks, cfg.flow, cfg.tau, cfg.residual)
+
+
+class VicoGuide:
+    """Measures key-token flow on one positive-prompt forward pass and updates latents (the pre_step hook)."""
+
+    def __init__(self, cfg: VicoConfig, components: Components, scheduler: Any, prompt: PromptEmbeds,
+                 keys: list[KeyToken], n_tokens: int, recorder: AttentionRecorder, steps: int,
+                 log: Callable[[str], None] = lambda m: None):
+        self.cfg, self.c, self.scheduler, self.prompt = cfg, components, scheduler, prompt
+        self.keys, self.n_tokens, self.recorder, self.log = keys, n_tokens, recorder, log
+        self.plan = update_plan(cfg, steps)
+        self.lrs = lr_schedule(cfg.lr, steps)
+        self.factor = max((s.factor for s in recorder.specs.values()), default=1)
+        self.history: list[dict] = []
+        # key-token scores once the updates are over (first step after them: one no-grad measurement)
+        self.after_step = max(self.plan) + 1 if self.plan else None
+        self.scores_after: dict[str, float] = {}
+        self.skipped: list[int] = []
+
+    def measure(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, scores [K], maps [K, F, h, w]) at latent x [1, C, F, H, W]; differentiable in x."""
+        f, H, W = x.shape[2:]
+        h, w = H, W
+        for _ in range(int(math.log2(self.factor))):
+            h, w = -(-h // 2), -(-w // 2)
+        self.recorder.clear()
+        self.recorder.active = True
+        try:
+            model_in = self.scheduler.scale_model_input(x.to(self.c.dtype), t)
+            predict_noise(self.c, model_in, t, self.prompt.cond[:1])
+        except RecordingComplete:
+            pass
+        finally:
+            self.recorder.active = False
+        blocks = self.recorder.blocks(f)
+        self.recorder.clear()
+        if not blocks:
+            raise RuntimeError("Vico recorded no cross-attention: the model has no layer for its graph")
+        flow = attention_flow(blocks, self.cfg)
+        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma)
+        scores = token_scores(maps)
+        return vico_loss(scores, self.cfg.objective), scores, maps
+
+    def named(self, scores: torch.Tensor) -> dict[str, float]:
+        return {k.label: round(float(s), 6) for k, s in zip(self.keys, scores.detach())}
+
+    def __call__(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
+        """pre_step hook: the latent update of step i. Every planned step makes at least one Adam step;
+        an iterative step keeps going while the loss is >= its threshold, ``iterations`` steps at most."""
+        if i == self.after_step:
+            with torch.no_grad():
+                self.scores_after = self.named(self.measure(latents, t)[1])
+        if i not in self.plan:
+            return latents
+        iterations, threshold = self.plan[i]
+        x = latents.detach().float().clone().requires_grad_(True)  # fp16 steps of 1e-4 would round away
+        opt = torch.optim.Adam([x], lr=self.lrs[i])
+        record = {"step": i, "t": int(t), "lr": self.lrs[i], "losses": [], "updates": 0}
+        with torch.enable_grad():
+            for _ in range(iterations):
+                loss, scores, _ = self.measure(x, t)
+                value = loss.item()
+                record["losses"].append(value)
+                record.setdefault("scores", self.named(scores))
+                opt.zero_grad()
+                loss.backward()
+                previous = x.detach().clone()
+                ok = math.isfinite(value) and bool(torch.isfinite(x.grad).all())
+                if ok:
+                    opt.step()
+                    ok = bool(torch.isfinite(x).all())
+                if not ok:
+                    with torch.no_grad():
+                        x.copy_(previous)
+                    self.skipped.append(i)
+                    record["skipped"] = True
+                    self.log(f"vico: non-finite update at step {i} skipped")
+                    break
+                record["updates"] += 1
+                if threshold is None or value < threshold:
+                    break
+        self.history.append(record)
+        if record["updates"] == 0:
+            return latents
+        return x.detach().to(latents.dtype)
+
+
+def prepare(job: JobConfig, components: Components, ctx: RunContext):
+    """Everything a Vico run starts from: prompt embeddings, scheduler, x_T and the key tokens."""
+    s = job.sampler
+    prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+    shape = latent_shape(components, job.video.frames, ctx.height, ctx.width)
+    latents = initial_latents(components, shape, ctx.generator, scheduler)
+    keys = select_key_tokens(components.tokenizer, job.prompt, job.vico)
+    return prompt, scheduler, latents, keys
+
+
+def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
+    s, cfg = job.sampler, job.vico
+    prompt, scheduler, latents, keys = prepare(job, components, ctx)
+    meta: dict = {"key_tokens": {k.label: list(k.indices) for k in keys}}
+    if len(keys) < 2:
+        message = f"vico: {len(keys)} key token(s) in '{job.prompt}' (need 2); sampled without Vico"
+        ctx.log(message)
+        meta["skipped"] = message
+        latents = denoise(components, scheduler, latents, prompt, s.guidance, generator=ctx.generator,
+                          eta=s.eta, progress=ctx.progress)
+    else:
+        n_tokens = prompt_length(components.tokenizer, job.prompt)
+        with record_attention(components.unet, cfg.graph, stop_when_complete=True) as recorder:
+            guide = VicoGuide(cfg, components, scheduler, prompt, keys, n_tokens, recorder, s.steps, ctx.log)
+            latents = denoise(components, scheduler, latents, prompt, s.guidance, generator=ctx.generator,
+                              eta=s.eta, progress=ctx.progress, pre_step=guide, description="denoising (vico)")
+        meta.update(
+            graph=cfg.graph,
+            update_steps=sorted(guide.plan),
+            steps=guide.history,
+            scores_before=guide.history[0]["scores"] if guide.history else {},
+            scores_after=guide.scores_after,
+            nonfinite_skipped={"count": len(guide.skipped), "steps": guide.skipped},
+        )
+    frames = decode_latents(components, latents, job.memory.decode_chunk)[0]
+    return Video(to_uint8(frames), fps=job.video.fps, metadata={"vico": meta})
