@@ -1,0 +1,242 @@
+"""Vico: the recording processor, key tokens, score and loss, the update schedule, and the runner."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_job, run_vanilla
+from vgen.config import VicoConfig
+from vgen.core.attention import AttentionRecorder, RecordSpec, RecordingAttnProcessor, graph_layers, record_attention
+from vgen.core.sampler import predict_noise
+
+PROMPT = "a red circle and a blue square moving left"
+SMALL = {"sampler.steps": 2, "video.frames": 3, "video.height": 16, "video.width": 16}
+
+
+def run_vico(components, job):
+    from vgen.core.sampler import resolve_size
+    from vgen.jobs import RunContext
+    from vgen.methods.vico import run
+
+    h, w = resolve_size(components, job.video.height, job.video.width)
+    logs = []
+    ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w,
+                     output_stem=Path("unused"), progress=False, log=logs.append)
+    return run(job, components, ctx), logs
+
+
+# ---------------------------------------------------------------------------------------------- recorder
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_recorded_probabilities_are_the_head_averaged_softmax(cross):
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=12, cross_attention_dim=6 if cross else None, heads=3, dim_head=5)
+    x = torch.randn(2, 7, 12, requires_grad=True)
+    ctx = torch.randn(2, 4, 6) if cross else None
+    recorder = AttentionRecorder([RecordSpec("l", "u", "cross", 1)])
+    attn.set_processor(RecordingAttnProcessor(recorder, "l"))
+    recorder.active = True
+    out = attn(x, encoder_hidden_states=ctx)
+    kv = ctx if cross else x
+    q = attn.to_q(x).view(2, 7, 3, 5).transpose(1, 2)
+    k = attn.to_k(kv).view(2, -1, 3, 5).transpose(1, 2)
+    manual = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(5), dim=-1).mean(1)
+    torch.testing.assert_close(recorder.probs["l"], manual)
+    attn.set_processor(AttnProcessor2_0())
+    torch.testing.assert_close(out, attn(x, encoder_hidden_states=ctx), atol=1e-5, rtol=1e-5)
+    recorder.probs["l"][..., 0].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # autograd reaches the input through the probabilities
+
+
+@pytest.mark.parametrize("name", ["tiny-random-unet3d", "tiny-random-motion"])
+def test_recording_keeps_the_unet_output_and_gives_flow_blocks(tiny, name):
+    c = tiny(name)
+    torch.manual_seed(1)
+    x, e, t = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 77, 32), torch.tensor(500)
+    with torch.no_grad():
+        reference = predict_noise(c, x, t, e)
+        with record_attention(c.unet, "full") as recorder:
+            recorder.active = True
+            recorded = predict_noise(c, x, t, e)
+            blocks = recorder.blocks(frames=3, batch_index=1)
+    torch.testing.assert_close(recorded, reference, atol=1e-5, rtol=1e-4)
+    assert len(blocks) == 3  # down 0 (one unit), up 1 (two units): the coarsest outer cross-attention level
+    for cross, spatial, temporals in blocks:
+        assert cross.shape == (3, 64, 77) and spatial.shape == (3, 64, 64)
+        assert len(temporals) == 2 and all(T.shape == (64, 3, 3) for T in temporals)
+        for m in (cross, spatial, *temporals):
+            torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
+    assert {s.role for s in graph_layers(c.unet)} == {"cross", "temporal"}
+
+
+def test_temporal_recording_is_per_position(tiny):
+    """T[p] of the recorder is the attention of the frames at position p (diffusers folds (B, h, w))."""
+    c = tiny("tiny-random-unet3d")
+    seen = {}
+    layer = graph_layers(c.unet)[1]
+    module = c.unet.get_submodule(layer.name.removesuffix(".processor"))
+
+    def grab(m, args, kwargs):
+        seen.setdefault("h", args[0] if args else kwargs["hidden_states"])
+
+    handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+    torch.manual_seed(2)
+    x, e, t = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 77, 32), torch.tensor(500)
+    try:
+        with torch.no_grad(), record_attention(c.unet) as recorder:
+            recorder.active = True
+            predict_noise(c, x, t, e)
+            T = recorder.blocks(3, batch_index=1)[0][2][0]
+    finally:
+        handle.remove()
+    h = seen["h"]  # [B*P, F, C]
+    heads = module.heads
+    q = module.to_q(h).view(h.shape[0], 3, heads, -1).transpose(1, 2)
+    k = module.to_k(h).view(h.shape[0], 3, heads, -1).transpose(1, 2)
+    manual = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1).mean(1)
+    torch.testing.assert_close(T, manual.reshape(2, 64, 3, 3)[1])
+
+
+# ---------------------------------------------------------------------------------------------- key tokens
+
+
+def test_key_tokens_from_indices_words_and_automatic(tiny):
+    from vgen.errors import ConfigError
+    from vgen.methods.vico import select_key_tokens
+
+    tok = tiny("tiny-random-unet3d").tokenizer
+    keys = select_key_tokens(tok, PROMPT, VicoConfig(tokens=[3, 7]))
+    assert [(k.label, k.indices) for k in keys] == [("#3", (3,)), ("#7", (7,))]
+    keys = select_key_tokens(tok, PROMPT, VicoConfig(words=["circle,square"]))
+    assert [(k.label, k.indices) for k in keys] == [("circle", (3,)), ("square", (7,))]
+    keys = select_key_tokens(tok, PROMPT, VicoConfig())
+    assert [k.label for k in keys] == ["red", "circle", "blue", "square"]  # stop words and motion words dropped
+    keys = select_key_tokens(tok, PROMPT, VicoConfig(stop_words=["red", "blue"]))
+    assert [k.label for k in keys] == ["circle", "square"]
+    # "zebra" is not in the tiny vocabulary: it splits into several tokens and counts as their span
+    keys = select_key_tokens(tok, "a cat and a zebra", VicoConfig(words=["cat", "zebra"]))
+    assert keys[0].indices == (2,) and len(keys[1].indices) > 1 and keys[1].indices[0] == 5
+    with pytest.raises(ConfigError):
+        select_key_tokens(tok, PROMPT, VicoConfig(words=["dog"]))
+    with pytest.raises(ConfigError):
+        select_key_tokens(tok, PROMPT, VicoConfig(tokens=[0]))
+
+
+# ---------------------------------------------------------------------------------------------- score, loss, schedule
+
+
+def test_score_and_loss_on_a_hand_made_flow():
+    from vgen.methods.vico import KeyToken, token_maps, token_scores, vico_loss
+
+    F, h, w, J = 2, 3, 3, 77
+    flow = torch.zeros(F, h * w, J)
+    flow[:, :, 0] = 5.0  # start token and padding must not count
+    flow[:, :, 20:] = 5.0
+    flow[1, 4, 1] = 0.1  # token 1 strong at frame 1, centre
+    n_tokens = 5  # start, 3 real tokens, end
+    keys = [KeyToken("one", (1,)), KeyToken("two", (2,)), KeyToken("two-three", (2, 3))]
+    maps = token_maps(flow, keys, n_tokens, h, w, scale=100.0, sigma=0.0)
+    p = math.exp(10) / (math.exp(10) + 2)  # softmax over the 3 real tokens of 100*flow
+    assert maps.shape == (3, F, h, w)
+    torch.testing.assert_close(maps[0, 1, 1, 1], torch.tensor(p))
+    torch.testing.assert_close(maps[0, 0, 0, 0], torch.tensor(1 / 3))
+    torch.testing.assert_close(maps[2, 0, 0, 0], torch.tensor(2 / 3))  # a span holds the sum of its tokens
+    scores = token_scores(maps)
+    torch.testing.assert_close(scores, torch.tensor([p, 1 / 3, 2 / 3]))
+    torch.testing.assert_close(vico_loss(scores), torch.tensor(2 / 3))  # 1 - weakest
+    torch.testing.assert_close(vico_loss(scores, "min"), torch.tensor(-1 / 3))
+    # the 3x3x3 Gaussian spreads the peak: A drops below the raw peak but stays above the background
+    smooth = token_scores(token_maps(flow, keys, n_tokens, h, w, sigma=0.5))
+    assert 1 / 3 < smooth[0] < p
+    assert (smooth[1:] <= scores[1:] + 1e-6).all() and (smooth[1:] > scores[1:] - 0.01).all()
+
+
+def test_lr_schedule_and_update_plan():
+    from vgen.methods.vico import lr_schedule, update_plan
+
+    lrs = lr_schedule(1e-4, 50)
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4 * math.sqrt(0.5))
+    assert lrs[10] == pytest.approx(1e-4 * math.sqrt(1 - 0.5 * 10 / 49))
+    plan = update_plan(VicoConfig(), 50)
+    assert sorted(plan) == list(range(25))
+    assert plan[0] == (10, 0.95) and plan[10] == (10, 0.5) and plan[20] == (10, 0.2) and plan[5] == (1, None)
+    assert sorted(update_plan(VicoConfig(), 5)) == [0, 1, 2]
+    assert update_plan(VicoConfig(fraction=0.0), 10) == {}
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def test_generate_vico_cli_on_unet3d(tmp_path):
+    """`vgen generate --method vico`, in-process (a subprocess spends most of its time importing torch)."""
+    from typer.testing import CliRunner
+
+    from vgen.cli import app
+
+    r = CliRunner().invoke(app, ["generate", PROMPT, "-m", "vico", "--model", "tiny-random-unet3d", "--steps", "2",
+                                 "--frames", "3", "--height", "16", "--width", "16", "--out", str(tmp_path),
+                                 "vico.max_iterations=2"])
+    assert r.exit_code == 0, r.output
+    mp4 = next(tmp_path.glob("*.mp4"))
+    info = json.loads(mp4.with_suffix(".json").read_text())["method_info"]["vico"]
+    assert list(info["key_tokens"]) == ["red", "circle", "blue", "square"]
+    assert info["update_steps"] == [0] and info["steps"][0]["updates"] >= 1
+    assert set(info["scores_before"]) == set(info["scores_after"]) == {"red", "circle", "blue", "square"}
+    assert info["nonfinite_skipped"] == {"count": 0, "steps": []}
+
+
+def test_vico_runs_on_motion_and_changes_the_video(tiny):
+    c = tiny("tiny-random-motion")
+    job = make_job(PROMPT, **{"method": "vico", "model.id": "tiny-random-motion", "vico.lr": 0.05, **SMALL})
+    video, _ = run_vico(c, job)
+    base = run_vanilla(c, make_job(PROMPT, **{"model.id": "tiny-random-motion", **SMALL}))
+    info = video.metadata["vico"]
+    assert video.frames.shape == base.shape and info["steps"][0]["updates"] >= 1
+    assert not np.array_equal(video.frames, base)
+
+
+def test_fewer_than_two_key_tokens_is_vanilla_exactly(tiny):
+    c = tiny("tiny-random-unet3d")
+    job = make_job("a circle moving left", **{"method": "vico", **SMALL})
+    video, logs = run_vico(c, job)
+    assert "need 2" in video.metadata["vico"]["skipped"] and any("need 2" in m for m in logs)
+    np.testing.assert_array_equal(video.frames, run_vanilla(c, make_job("a circle moving left", **SMALL)))
+
+
+def test_non_finite_update_is_skipped_and_recorded(tiny, monkeypatch):
+    import vgen.methods.vico as vico
+
+    calls = {"n": 0}
+    real = vico.token_scores
+
+    def poisoned(maps):
+        calls["n"] += 1
+        scores = real(maps)
+        return scores * float("nan") if calls["n"] == 1 else scores
+
+    monkeypatch.setattr(vico, "token_scores", poisoned)
+    c = tiny("tiny-random-unet3d")
+    job = make_job(PROMPT, **{"method": "vico", **SMALL, "sampler.steps": 4})
+    video, logs = run_vico(c, job)
+    info = video.metadata["vico"]
+    assert info["nonfinite_skipped"] == {"count": 1, "steps": [0]}
+    assert info["steps"][0]["skipped"] and info["steps"][1]["updates"] == 1
+    assert np.isfinite(video.frames).all() and any("skipped" in m for m in logs)
+
+
+def test_explain_writes_before_after_grid(tiny, tmp_path):
+    from PIL import Image
+
+    from vgen.explain import explain
+
+    job = make_job(PROMPT, **{"method": "vico", **SMALL})
+    paths = explain(job, tiny("tiny-random-unet3d"), tmp_path, "vico", step=0)
+    image = Image.open(paths[0])
+    assert paths[0].name.endswith("_flow_step0.png") and image.size[0] > 150 + 3 * 64
