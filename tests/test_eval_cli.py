@@ -30,3 +30,16 @@ def test_eval_scores_rendered_ground_truth_and_reports_bad_files(tmp_path):
     r = subprocess.run([VGEN, "eval", tmp_path / "grey.mp4", tmp_path / "missing.mp4"], capture_output=True, text=True)
     assert r.returncode == 2  # grey.mp4 has no sidecar and missing.mp4 does not exist
     assert "no sidecar" in r.stdout and "not found" in r.stdout
+
+
+def test_explain_command_writes_a_grid_and_rejects_bad_steps(tmp_path):
+    r = subprocess.run([VGEN, "explain", "a red circle and a blue square", "--model", "tiny-random-unet3d",
+                        "--frames", "2", "--steps", "2", "-o", tmp_path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    (png,) = tmp_path.glob("*_flow_step0.png")
+    assert Image.open(png).size[0] > 100
+    r = subprocess.run([VGEN, "explain", "a red circle and a blue square", "--model", "tiny-random-unet3d",
+                        "--steps", "2", "--step", "5", "-o", tmp_path], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: explain: step must be in [0, 1]")

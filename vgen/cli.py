@@ -155,6 +155,33 @@ def _print_summary(rows: list[tuple]) -> None:
     Console(width=max(100, min(200, os.get_terminal_size(0).columns if sys.stdout.isatty() else 160))).print(table)
 
 
+@app.command()
+def explain(
+    prompt: str = typer.Argument(..., help="The prompt whose key tokens to show."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    method: str = typer.Option("vico", "--method", "-m", help="vico (maps before/after the update) or vanilla."),
+    step: int = typer.Option(0, "--step", help="Denoising step at which to measure."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML job config."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or built-in name."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-f", help="Number of frames."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the trajectory."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
+    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Folder for the PNG grid."),
+) -> None:
+    """Render each key token's attention-flow map over the frames (token dominance, before and after Vico)."""
+    from vgen.config import build_job
+
+    flags = {"prompt": prompt, "method": "vico", "model.id": model, "video.frames": frames, "sampler.steps": steps, "seed": seed}
+    job = build_job(str(config) if config else None, flags, overrides or [])
+    from vgen.explain import explain as render_explanation
+    from vgen.jobs import ModelCache
+    from vgen.video import check_writable
+
+    check_writable(out)
+    for path in render_explanation(job, ModelCache().get(job), out, method=method, step=step):
+        typer.echo(str(path))
+
+
 @app.command("eval")
 def eval_(
     files: List[Path] = typer.Argument(..., help="Videos to score (mp4/gif); their prompts come from the JSON sidecars."),
