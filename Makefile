@@ -34,7 +34,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_core.py
-	@if [ -f scripts/bench_flow.py ]; then $(BIN)/python scripts/bench_flow.py --quick; fi
+	$(BIN)/python scripts/bench_flow.py --quick
+	$(BIN)/python scripts/bench_zs2.py
+	$(BIN)/python scripts/bench_vico.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
