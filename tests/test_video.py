@@ -74,3 +74,17 @@ def test_video_rejects_wrong_arrays():
         Video(np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(VgenError, match="not found"):
         read_video("/no/such.mp4")
+
+
+def test_outputs_get_the_umask_mode_not_private(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        mp4 = write_mp4(Video(_ramp(2)), tmp_path / "m.mp4")
+        folder = write_pngs(Video(_ramp(2)), tmp_path / "f")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(mp4.stat().st_mode) == 0o644
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755

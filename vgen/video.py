@@ -39,6 +39,12 @@ class Video:
         return self.frames.shape[1], self.frames.shape[2]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix); rename onto `path` only on success."""
@@ -48,6 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes private files; outputs get the usual mode
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -156,6 +163,7 @@ def write_pngs(video: Video, folder: str | Path) -> Path:
             import shutil
 
             shutil.rmtree(folder)
+        os.chmod(tmp, 0o777 & ~_umask())
         os.replace(tmp, folder)
     except BaseException:
         import shutil
