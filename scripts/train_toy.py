@@ -1,0 +1,45 @@
+"""Train the toy models: `train_toy.py vae`, then `joint` (or `t2v` / `t2i`), then `export`.
+
+    python scripts/train_toy.py vae --steps 3000 --out runs/toy/vae
+    python scripts/train_toy.py joint --steps 20000 --out runs/toy/joint --resume
+    python scripts/train_toy.py export --ckpt runs/toy/joint/last.pt --vae runs/toy/vae/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vgen.toyworld.train import STAGES, TrainConfig, export, train
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=STAGES + ("export",))
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--width", type=int, default=64, help="UNet base channels")
+    ap.add_argument("--out", default=None, help="checkpoint folder (default runs/toy/<stage>)")
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--vae", default=None, help="vae checkpoint (default runs/toy/vae/last.pt)")
+    ap.add_argument("--text-from", default=None, help="t2i: frozen text encoder from this checkpoint")
+    ap.add_argument("--ckpt", default=None, help="export: the t2v/t2i/joint checkpoint")
+    ap.add_argument("--assets", default="vgen/assets", help="export: destination (toy/, toy-t2i/)")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.stage == "export":
+        for folder in export(a.ckpt or "runs/toy/joint/last.pt", a.vae or "runs/toy/vae/last.pt", a.assets):
+            print(f"wrote {folder}")
+        return
+    cfg = TrainConfig(stage=a.stage, out=a.out or f"runs/toy/{a.stage}", steps=a.steps, batch=a.batch,
+                      frames=a.frames, lr=a.lr, seed=a.seed, threads=a.threads, resume=a.resume, vae=a.vae,
+                      text_from=a.text_from, save_every=a.save_every, width=a.width, progress=not a.no_progress)
+    print(f"checkpoint: {train(cfg)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""Trainers for the toy models: an AutoencoderKL, then text encoder + UNet3D (+ UNet2D) in its latents.
+
+The toy world has no checkpoints to fetch, so the project trains its own on CPU. Stages:
+
+- ``vae``: AutoencoderKL 64x64 -> 8x8x4 latents (MSE + L1 + tiny KL); sets ``scaling_factor``
+  from the latents' standard deviation so the diffusion models see unit-variance inputs.
+- ``t2v`` / ``t2i`` / ``joint``: DDPM epsilon objective (scaled_linear betas, as SD) for a
+  UNet3DConditionModel and/or a UNet2DConditionModel, with a small CLIPTextModel trained jointly
+  (a frozen random encoder binds attributes poorly). ``joint`` shares one text encoder between
+  both UNets, so the shipped ``toy`` and ``toy-t2i`` live in the same latent and text space.
+
+Checkpoints hold models, optimizer, step and both RNGs, so a run resumes to the same state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .captions import vocabulary
+from .dataset import sample_image_batch, sample_training_batch
+
+STAGES = ("vae", "t2v", "t2i", "joint")
+MAX_TOKENS = 32  # the longest toy caption (three objects with motion) is ~25 tokens
+TEXT_DIM = 128
+P_UNCOND = 0.1  # caption dropout, so classifier-free guidance has an unconditional model
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "joint"
+    out: str = "runs/toy"
+    steps: int = 1000
+    batch: int = 8
+    frames: int = 8
+    size: int = 64
+    lr: float = 4e-4
+    seed: int = 0
+    threads: int = 1
+    resume: bool = False
+    vae: Optional[str] = None  # checkpoint of the vae stage (defaults to <out>/../vae/last.pt)
+    text_from: Optional[str] = None  # t2i: take the (frozen) text encoder from this t2v/joint checkpoint
+    save_every: int = 200
+    log_every: int = 20
+    width: int = 64  # UNet base channels (the second level doubles it)
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------
+# architectures
+
+
+def build_vae():
+    """8x downsampling, so 64x64 frames become 8x8x4 latents and the UNets stay cheap."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def build_text():
+    """(tokenizer, text encoder): whole-word tokens of the toy vocabulary, a small CLIP encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from vgen.tokenizer import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(vocabulary(), model_max_length=MAX_TOKENS)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=2 * TEXT_DIM,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=TEXT_DIM,
+    )
+    return tokenizer, CLIPTextModel(config)
+
+
+def build_unet3d(width: int = 64):
+    """Cross-attention at both levels: colour/shape binding needs text at 8x8 and 4x4."""
+    from diffusers import UNet3DConditionModel
+
+    return UNet3DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
+        up_block_types=("CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(width, 2 * width),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def build_unet2d(width: int = 64):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(width, 2 * width),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def train_scheduler():
+    """DDPM noise schedule of SD (scaled_linear betas), used to noise training latents."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def sample_scheduler():
+    """The DDIM config shipped with the models (what every named sampler starts from)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# state and checkpoints
+
+
+def to_pixels(uint8: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(uint8)).float().div(127.5).sub(1)
+    return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).contiguous()
+
+
+class Trainer:
+    """One stage's models, optimizer, step and RNGs; `step()` trains one batch, `save/load` round-trip."""
+
+    def __init__(self, cfg: TrainConfig):
+        if cfg.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step_count = 0
+        self.models: dict[str, torch.nn.Module] = {}
+        self.frozen: dict[str, torch.nn.Module] = {}
+        self.tokenizer = None
+        if cfg.stage == "vae":
+            self.models["vae"] = build_vae()
+        else:
+            self.frozen["vae"] = load_vae(self.vae_path())
+            self.tokenizer, text = build_text()
+            if cfg.stage == "t2i" and cfg.text_from:
+                state = torch.load(cfg.text_from, map_location="cpu", weights_only=False)["models"]
+                text.load_state_dict(state["text_encoder"])
+                self.frozen["text_encoder"] = text.requires_grad_(False).eval()
+            else:
+                self.models["text_encoder"] = text
+            if cfg.stage in ("t2v", "joint"):
+                self.models["unet3d"] = build_unet3d(cfg.width)
+            if cfg.stage in ("t2i", "joint"):
+                self.models["unet2d"] = build_unet2d(cfg.width)
+            self.noise_sched = train_scheduler()
+        params = [p for m in self.models.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+
+    def vae_path(self) -> Path:
+        return Path(self.cfg.vae) if self.cfg.vae else Path(self.cfg.out).parent / "vae" / "last.pt"
+
+    @property
+    def text_encoder(self):
+        return self.models.get("text_encoder") or self.frozen["text_encoder"]
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "step": self.step_count,
+            "models": {k: m.state_dict() for k, m in self.models.items()},
+            "frozen": {k: m.state_dict() for k, m in self.frozen.items()},
+            "optimizer": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "scaling_factor": (self.models.get("vae") or self.frozen["vae"]).config.scaling_factor,
+        }
+
+    def save(self, path: Optional[Path] = None) -> Path:
+        """Atomic write (tmp + rename) so a killed run never leaves a half checkpoint."""
+        path = Path(path or Path(self.cfg.out) / "last.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+        return path
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for k, m in self.models.items():
+            m.load_state_dict(state["models"][k])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        for m in self.models.values():
+            m.train()
+        losses = self._vae_loss() if self.cfg.stage == "vae" else self._diffusion_loss()
+        total = sum(losses.values())
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in self.models.values() for p in m.parameters()], 1.0)
+        self.opt.step()
+        self.step_count += 1
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _vae_loss(self) -> dict[str, torch.Tensor]:
+        vae = self.models["vae"]
+        # frames from 2-frame clips: objects anywhere, with motion blur-free renders
+        _, imgs = sample_image_batch(self.rng, self.cfg.batch, self.cfg.size)
+        x = to_pixels(imgs)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        # weight coloured (object) pixels up: they are a small fraction of the frame but all that matters
+        chroma = (x.max(1, keepdim=True).values - x.min(1, keepdim=True).values) > 0.5
+        w = 1.0 + 4.0 * chroma.float()
+        err = (rec - x) ** 2
+        return {"mse": (w * err).mean(), "l1": 0.5 * (w * (rec - x).abs()).mean(), "kl": 1e-6 * post.kl().mean()}
+
+    @torch.no_grad()
+    def _latents(self, uint8: np.ndarray) -> torch.Tensor:
+        vae = self.frozen["vae"]
+        return vae.encode(to_pixels(uint8)).latent_dist.sample() * vae.config.scaling_factor
+
+    def _embed(self, captions: list[str]) -> torch.Tensor:
+        captions = ["" if self.rng.random() < P_UNCOND else c for c in captions]
+        ids = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+        return self.text_encoder(ids["input_ids"])[0]
+
+    def _eps_loss(self, unet, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (latents.shape[0],))
+        noisy = self.noise_sched.add_noise(latents, noise, t)
+        return F.mse_loss(unet(noisy, t, encoder_hidden_states=embeds).sample, noise)
+
+    def _diffusion_loss(self) -> dict[str, torch.Tensor]:
+        cfg, losses = self.cfg, {}
+        if "unet3d" in self.models:
+            caps, vids = sample_training_batch(self.rng, cfg.batch, cfg.frames, cfg.size)
+            lat = self._latents(vids)  # [B*F, C, h, w]
+            lat = lat.reshape(cfg.batch, cfg.frames, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+            losses["t2v"] = self._eps_loss(self.models["unet3d"], lat, self._embed(caps))
+        if "unet2d" in self.models:
+            caps, imgs = sample_image_batch(self.rng, 2 * cfg.batch, cfg.size)
+            losses["t2i"] = self._eps_loss(self.models["unet2d"], self._latents(imgs), self._embed(caps))
+        return losses
+
+
+# ----------------------------------------------------------------------------------------------
+# loops
+
+
+@torch.no_grad()
+def calibrate_vae(vae, rng: np.random.Generator, n: int = 256) -> float:
+    """1 / std of the latents: SD's scaling_factor convention, measured on toy frames."""
+    _, imgs = sample_image_batch(rng, n)
+    lat = vae.eval().encode(to_pixels(imgs)).latent_dist.mean
+    return float(1.0 / lat.std())
+
+
+def load_vae(path: str | Path):
+    """The frozen VAE of a vae-stage checkpoint, with its measured scaling_factor."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    vae = build_vae()
+    vae.load_state_dict(state["models"]["vae"])
+    factor = state.get("scaling_factor")
+    if factor is None:  # checkpoints written before the factor was stored
+        factor = calibrate_vae(vae, np.random.default_rng(123), 64)
+    vae.register_to_config(scaling_factor=float(factor))
+    return vae.requires_grad_(False).eval()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a stage up to cfg.steps; returns the last checkpoint's path."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    torch.set_num_threads(cfg.threads)
+    trainer = Trainer(cfg)
+    last = Path(cfg.out) / "last.pt"
+    if cfg.resume and last.is_file():
+        trainer.load(last)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    log = open(Path(cfg.out) / "log.txt", "a")
+    columns = [TextColumn(f"[bold]{cfg.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[loss]}")]
+    t0, ema = time.time(), None
+    with Progress(*columns, disable=not cfg.progress) as bar:
+        task = bar.add_task(cfg.stage, total=cfg.steps, completed=trainer.step_count, loss="")
+        while trainer.step_count < cfg.steps:
+            losses = trainer.step()
+            total = sum(losses.values())
+            if not np.isfinite(total):
+                raise FloatingPointError(f"loss became {total} at step {trainer.step_count}")
+            ema = total if ema is None else 0.98 * ema + 0.02 * total
+            bar.update(task, completed=trainer.step_count, loss=f"loss {ema:.4f}")
+            if trainer.step_count % cfg.log_every == 0:
+                parts = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+                log.write(f"step {trainer.step_count} {parts} ema={ema:.4f} t={time.time() - t0:.0f}s\n")
+                log.flush()
+            if trainer.step_count % cfg.save_every == 0 or trainer.step_count == cfg.steps:
+                if cfg.stage == "vae":
+                    trainer.models["vae"].register_to_config(scaling_factor=calibrate_vae(trainer.models["vae"], np.random.default_rng(123), 128))
+                trainer.save()
+    log.close()
+    return last
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+
+
+def load_checkpoint_models(ckpt: str | Path, vae_ckpt: str | Path) -> dict:
+    """Models of a t2v/t2i/joint checkpoint plus its VAE, in float32, ready to export or evaluate."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    width = state["config"].get("width", 64)
+    vae = load_vae(vae_ckpt)
+    tokenizer, text = build_text()
+    text.load_state_dict(state["models"].get("text_encoder") or state["frozen"]["text_encoder"])
+    out = {"tokenizer": tokenizer, "text_encoder": text, "vae": vae}
+    if "unet3d" in state["models"]:
+        out["unet3d"] = build_unet3d(width)
+        out["unet3d"].load_state_dict(state["models"]["unet3d"])
+    if "unet2d" in state["models"]:
+        out["unet2d"] = build_unet2d(width)
+        out["unet2d"].load_state_dict(state["models"]["unet2d"])
+    return out
+
+
+def components_from(models: dict, kind: str, dtype: torch.dtype = torch.float32):
+    """vgen Components (kind unet3d or unet2d) from load_checkpoint_models' output."""
+    from vgen.models import Components
+
+    unet = models["unet3d" if kind == "unet3d" else "unet2d"]
+    parts = {k: models[k] for k in ("text_encoder", "vae")} | {"unet": unet}
+    for m in parts.values():
+        m.to(dtype).requires_grad_(False).eval()
+    return Components(kind=kind, name=f"toy-{kind}", tokenizer=models["tokenizer"], scheduler=sample_scheduler(),
+                      device=torch.device("cpu"), dtype=dtype, **parts)
+
+
+def export(ckpt: str | Path, vae_ckpt: str | Path, assets: str | Path) -> list[Path]:
+    """Write float16 safetensors diffusers folders assets/toy (t2v) and assets/toy-t2i (t2i)."""
+    import shutil
+
+    from vgen.models import save_components
+
+    written = []
+    for kind, name in (("unet3d", "toy"), ("unet2d", "toy-t2i")):
+        models = load_checkpoint_models(ckpt, vae_ckpt)  # fresh copies: components_from casts in place
+        if kind not in models:
+            continue
+        comp = components_from(models, kind, torch.float16)
+        folder = Path(assets) / name
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_components(comp, tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+        written.append(folder)
+    return written
