@@ -223,6 +223,9 @@ def _load_scheduler(source: str, revision: Optional[str]):
 def _load_folder(source: str, cfg: ModelConfig, kind: str, dtype: torch.dtype) -> dict:
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its per-load weight bars are noise next to ours
 
     common = dict(revision=cfg.revision)
     weights = dict(common, torch_dtype=dtype, variant=cfg.variant)
