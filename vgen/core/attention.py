@@ -39,6 +39,17 @@ def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
 ProcessorFactory = Callable[[AttentionLayer], Optional[Any]]
 
 
+def split_heads(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch: int):
+    """[B, N, heads*d] projections -> [B, heads, N, d] (with the layer's q/k norms), as diffusers' processors do."""
+    head_dim = key.shape[-1] // attn.heads
+    query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value, head_dim
+
+
 @contextmanager
 def attention_processors(unet: torch.nn.Module, factory: ProcessorFactory) -> Iterator[dict[str, Any]]:
     """Install `factory(layer)` on every layer where it returns a processor; restore all on exit.
@@ -181,14 +192,7 @@ class RecordingAttnProcessor:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value, head_dim = split_heads(attn, query, key, value, batch)
         # float32 scores and softmax: half-precision probabilities of ~1e-4 would lose the flow signal
         scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * (head_dim ** -0.5)
         if attention_mask is not None:
@@ -307,14 +311,7 @@ class MomentumAttnProcessor:
             value = value.reshape(-1, *value.shape[2:])
 
         if self.sdpa:
-            head_dim = key.shape[-1] // attn.heads
-            query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            if attn.norm_q is not None:
-                query = attn.norm_q(query)
-            if attn.norm_k is not None:
-                key = attn.norm_k(key)
+            query, key, value, head_dim = split_heads(attn, query, key, value, batch_size)
             hidden_states = torch.nn.functional.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
             )
