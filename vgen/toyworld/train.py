@@ -96,39 +96,35 @@ def build_text():
     return tokenizer, CLIPTextModel(config)
 
 
-def build_unet3d(width: int = 64):
-    """Cross-attention at both levels: colour/shape binding needs text at 8x8 and 4x4."""
-    from diffusers import UNet3DConditionModel
+def _unet_kwargs(width: int, dims: str) -> dict:
+    """One toy UNet shape for video (dims "3D") and image ("2D"), so both share a latent space and text width.
 
-    return UNet3DConditionModel(
+    Cross-attention at both levels: colour/shape binding needs text at 8x8 and 4x4.
+    """
+    return dict(
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
-        up_block_types=("CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        down_block_types=(f"CrossAttnDownBlock{dims}",) * 2,
+        up_block_types=(f"CrossAttnUpBlock{dims}",) * 2,
         block_out_channels=(width, 2 * width),
         layers_per_block=1,
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=8,
         norm_num_groups=16,
     )
+
+
+def build_unet3d(width: int = 64):
+    from diffusers import UNet3DConditionModel
+
+    return UNet3DConditionModel(**_unet_kwargs(width, "3D"))
 
 
 def build_unet2d(width: int = 64):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(width, 2 * width),
-        layers_per_block=1,
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
+    return UNet2DConditionModel(**_unet_kwargs(width, "2D"))
 
 
 def train_scheduler():
