@@ -140,6 +140,86 @@ class VicoConfig:
 
 
 @dataclass
+class I4VGenConfig:
+    """I4VGen (method i4vgen): best-of-N anchor image -> NI-VSDS animation -> regeneration."""
+
+    image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
+    candidates: int = 16  # N anchor images sampled (one batch)
+    reward: str = "toy"  # toy (toy-world detector) | clip (CLIPModel) | imagereward
+    reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
+    image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
+    image_guidance: Optional[float] = None  # anchor guidance (None = sampler.guidance)
+    t_start: float = 0.96  # NI-VSDS runs from t_start*T ...
+    t_end: float = 0.4  # ... down to t_end*T (τ)
+    iterations: int = 16  # NI-VSDS updates, at timesteps evenly spaced from t_start*T to t_end*T
+    step_size: float = 1.0  # α after the warm-up
+    warm_step_size: float = 10.0  # α of the first warm_iterations updates (public AnimateDiff code)
+    warm_iterations: int = 3
+    t_regen: float = 0.96  # regeneration re-noises to t_regen*T (AnimateDiff 0.96, LaVie 0.78)
+    save_candidates: bool = True  # write <stem>_anchor.png and <stem>_candidates.png (scores in the grid)
+
+    def check(self) -> None:
+        _at_least("i4vgen.candidates", self.candidates, 1)
+        _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
+        if self.image_steps is not None:
+            _at_least("i4vgen.image_steps", self.image_steps, 1)
+        if self.image_guidance is not None:
+            _at_least("i4vgen.image_guidance", self.image_guidance, 0)
+        if not 0.0 <= self.t_end <= self.t_start <= 1.0:
+            raise ConfigError(
+                f"config keys i4vgen.t_end/t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"
+            )
+        _at_least("i4vgen.iterations", self.iterations, 0)
+        _at_least("i4vgen.step_size", self.step_size, 0)
+        _at_least("i4vgen.warm_step_size", self.warm_step_size, 0)
+        _at_least("i4vgen.warm_iterations", self.warm_iterations, 0)
+        if not 0.0 < self.t_regen <= 1.0:
+            raise ConfigError(f"config key 'i4vgen.t_regen' must be in (0, 1], got {self.t_regen}")
+
+
+STREAMING_MODES = ("auto", "trained", "training-free", "independent")
+
+
+@dataclass
+class StreamingConfig:
+    """StreamingT2V (method streaming): long videos chunk by chunk with short- (CAM) and long-term (APM) memory."""
+
+    mode: str = "auto"  # auto: trained CAM+APM if the model ships them, else training-free | trained | training-free | independent
+    chunk: int = 16  # frames denoised per chunk (F)
+    cond_frames: int = 8  # frames of the previous chunk a new chunk is conditioned on and re-covers (F_cond)
+    anchor_guidance: Optional[float] = None  # ω_anchor; None = sampler.guidance (then ordinary two-pass CFG)
+    refine: bool = False  # stage 3: randomized-blending refinement of the whole video
+    refine_model: Optional[str] = None  # video model that refines (None = the generating model)
+    refine_chunk: int = 24  # frames per refinement chunk
+    refine_overlap: int = 8  # frames shared by consecutive refinement chunks
+    refine_strength: float = 0.6  # SDEdit noise level T'/T (600 of 1000)
+    refine_steps: Optional[int] = None  # None = sampler.steps
+    upscale: int = 1  # integer factor frames are resized by before refinement (1 = none)
+
+    def check(self) -> None:
+        _choice("streaming.mode", self.mode, STREAMING_MODES)
+        _at_least("streaming.chunk", self.chunk, 2)
+        _at_least("streaming.cond_frames", self.cond_frames, 1)
+        if self.cond_frames >= self.chunk:
+            raise ConfigError(
+                f"config key 'streaming.cond_frames' ({self.cond_frames}) must be smaller than streaming.chunk ({self.chunk})"
+            )
+        if self.anchor_guidance is not None:
+            _at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
+        _at_least("streaming.refine_overlap", self.refine_overlap, 0)
+        if self.refine_overlap >= self.refine_chunk:
+            raise ConfigError(
+                f"config key 'streaming.refine_overlap' ({self.refine_overlap}) must be smaller than "
+                f"streaming.refine_chunk ({self.refine_chunk})"
+            )
+        if not 0.0 < self.refine_strength <= 1.0:
+            raise ConfigError(f"config key 'streaming.refine_strength' must be in (0, 1], got {self.refine_strength}")
+        if self.refine_steps is not None:
+            _at_least("streaming.refine_steps", self.refine_steps, 1)
+        _at_least("streaming.upscale", self.upscale, 1)
+
+
+@dataclass
 class JobConfig:
     prompt: str = ""
     negative: str = ""
@@ -153,10 +233,12 @@ class JobConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     zs2: ZS2Config = field(default_factory=ZS2Config)
     vico: VicoConfig = field(default_factory=VicoConfig)
+    i4vgen: I4VGenConfig = field(default_factory=I4VGenConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 # Sections that belong to one method only; `config show` hides the ones not in use.
-METHOD_SECTIONS: tuple[str, ...] = ("zs2", "vico",)
+METHOD_SECTIONS: tuple[str, ...] = ("zs2", "vico", "i4vgen", "streaming")
 
 
 def schema() -> DictConfig:
@@ -296,6 +378,8 @@ def validate(job: JobConfig) -> None:
             _at_least(f"video.{key}", value, 1)
     job.zs2.check()
     job.vico.check()
+    job.i4vgen.check()
+    job.streaming.check()
     if not 0 <= job.seed < 2**63:
         raise ConfigError(f"config key 'seed' must be in [0, 2^63), got {job.seed}")
 

@@ -7,6 +7,7 @@ from vgen.toyworld import (
     COLOURS, MOTIONS, SHAPES, BackgroundSpec, ObjectLayout, ObjectSpec, Scene,
     render_image, render_video, sample_scene, sample_specs,
 )
+from vgen.toyworld.scene import MIN_SPEED, SPEED_RANGE
 
 
 def chroma(x):
@@ -46,7 +47,7 @@ def test_sampled_scenes_stay_inside_and_apart():
         for o in scene.objects:
             assert 12 * k - 1e-9 <= o.size <= 20 * k + 1e-9
             if o.spec.motion != "still" and frames > 1:
-                assert 0.6 * k - 1e-9 <= o.speed <= 2 * k + 1e-9
+                assert MIN_SPEED * k - 1e-9 <= o.speed <= SPEED_RANGE[1] * k + 1e-9
             c = o.centres(frames)
             # pixel i spans [i - .5, i + .5]: the frame spans [-.5, size - .5]
             assert (c - o.size / 2 >= -0.5).all() and (c + o.size / 2 <= size - 0.5).all()

@@ -40,7 +40,7 @@ MOTION_VECTORS: dict[str, tuple[int, int]] = {
 
 REFERENCE_SIZE = 64  # sizes and speeds below are quoted at 64x64 and scale with the frame
 OBJECT_SIZE_RANGE = (12.0, 20.0)  # bounding-box side in px at 64x64
-SPEED_RANGE = (1.0, 2.0)  # px/frame at 64x64
+SPEED_RANGE = (2.0, 3.5)  # px/frame at 64x64: fast enough that 8 frames move >= 2 latent pixels
 MIN_SPEED = 0.6  # px/frame at 64x64; long clips slow down to this, never below
 GREY_RANGE = (64, 192)  # background grey level
 TEXTURE_AMPLITUDE = 12.0  # max luminance swing of a textured background
@@ -174,7 +174,10 @@ def sample_scene(
             lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN  # centre range
             speed = 0.0
             if moving:
-                speed = min(float(rng.uniform(*SPEED_RANGE)) * k, (hi - lo) / (frames - 1))
+                # at most half the free range, so several moving objects still find room; long
+                # clips slow down (never below MIN_SPEED, checked above)
+                cap = max(0.5 * (hi - lo), MIN_SPEED * k * (frames - 1)) / (frames - 1)
+                speed = min(float(rng.uniform(*SPEED_RANGE)) * k, cap, (hi - lo) / (frames - 1))
             dx, dy = MOTION_VECTORS[spec.motion or "still"] if moving else (0, 0)
             travel = speed * (frames - 1)
             free = max(hi - lo - travel, 0.0)  # room left for the start along each moving axis

@@ -225,6 +225,8 @@ class Trainer:
         for k, m in self.models.items():
             m.load_state_dict(state["models"][k])
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # the lr given now wins: a resumed run may cool down
+            group["lr"] = self.cfg.lr
         self.step_count = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = state["numpy_rng"]
@@ -339,6 +341,8 @@ def train(cfg: TrainConfig) -> Path:
                 if cfg.stage == "vae":
                     trainer.models["vae"].register_to_config(scaling_factor=calibrate_vae(trainer.models["vae"], np.random.default_rng(123), 128))
                 trainer.save()
+                if trainer.step_count % (10 * cfg.save_every) == 0:  # snapshots to pick an export from
+                    trainer.save(Path(cfg.out) / f"step{trainer.step_count}.pt")
     log.close()
     return last
 
