@@ -144,7 +144,8 @@ class I4VGenConfig:
     """I4VGen (method i4vgen): best-of-N anchor image -> NI-VSDS animation -> regeneration."""
 
     image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
-    candidates: int = 16  # N anchor images sampled (one batch)
+    candidates: int = 16  # N anchor images sampled
+    candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
     reward: str = "toy"  # toy (toy-world detector) | clip (CLIPModel) | imagereward
     reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
     image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
@@ -160,6 +161,7 @@ class I4VGenConfig:
 
     def check(self) -> None:
         _at_least("i4vgen.candidates", self.candidates, 1)
+        _at_least("i4vgen.candidate_batch", self.candidate_batch, 0)
         _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
         if self.image_steps is not None:
             _at_least("i4vgen.image_steps", self.image_steps, 1)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from vgen.config import JobConfig, output_path, to_dict
+from vgen.config import JobConfig, ModelConfig, output_path, to_dict
 from vgen.errors import ConfigError, VgenError
 from vgen.video import Video, check_writable, write_gif, write_json, write_mp4, write_pngs
 
@@ -29,6 +29,12 @@ class RunContext:
     output_stem: Path  # outputs/<stem> (no suffix): runners may write "<stem>_anchor.png" etc.
     progress: Optional[bool] = None
     log: Callable[[str], None] = lambda message: None
+    load_model: Optional[Callable[[ModelConfig], Any]] = None  # a second model (cached per batch), same device/dtype
+
+    def model(self, cfg: ModelConfig):
+        if self.load_model is None:
+            raise RuntimeError("this RunContext cannot load models")
+        return self.load_model(cfg)
 
 
 @dataclass
@@ -69,12 +75,13 @@ class ModelCache:
     def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
 
-    def get(self, job: JobConfig):
+    def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
+        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
         from vgen.models import load_components, resolve_device, resolve_dtype
 
         device = resolve_device(job.runtime.device)
         dtype = resolve_dtype(job.runtime.dtype, device)
-        m = job.model
+        m = model or job.model
         key = (m.id, m.kind, m.motion_adapter, m.revision, m.variant, str(device), str(dtype), job.memory.cpu_offload)
         if key not in self._cache:
             components = load_components(m, device, dtype, cpu_offload=job.memory.cpu_offload)
@@ -104,7 +111,8 @@ def run_job(
     method = get_method(job.method)
 
     t0 = time.perf_counter()
-    components = (models or ModelCache()).get(job)
+    models = models or ModelCache()
+    components = models.get(job)
     if components.kind not in method.kinds:
         raise ConfigError(
             f"method '{job.method}' runs on {'/'.join(method.kinds)} models, "
@@ -121,6 +129,7 @@ def run_job(
         output_stem=mp4.with_suffix(""),
         progress=progress,
         log=log,
+        load_model=lambda cfg: models.get(job, cfg),
     )
     video: Video = load_runner(job.method)(job, components, ctx)
     generate_s = time.perf_counter() - t0

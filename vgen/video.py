@@ -173,6 +173,16 @@ def write_pngs(video: Video, folder: str | Path) -> Path:
     return folder
 
 
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """One uint8 [H, W, 3] image as a PNG, written atomically."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.ascontiguousarray(image), extension=".png")
+    return path
+
+
 def write_json(data: dict, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")

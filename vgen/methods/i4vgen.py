@@ -1,0 +1,268 @@
+"""I4VGen (SPEC §3): text -> anchor image -> a video animated from it -> the video regenerated.
+
+    1. anchor      N candidate images from an image model in the video model's latent space,
+                   scored by a reward; keep the best one, a
+    2. NI-VSDS     v = a repeated over frames; draw ε once and keep it. For t from t_start·T to t_end·T:
+                   v_t = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·ε
+                   v  <- v - α_i·w(t)·(ε̂_CFG(v_t, c, t) - ε),   w(t) = 1 - ᾱ_t   (no backprop)
+    3. regenerate  add fresh noise to v up to t_regen·T, then denoise it with the video model
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from vgen.config import JobConfig, ModelConfig
+from vgen.core.noise import iid_noise
+from vgen.core.progress import progress_bar
+from vgen.core.prompts import PromptEmbeds, encode_prompt
+from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, strength_timesteps, to_uint8
+from vgen.core.schedulers import make_scheduler, prepare_scheduler
+from vgen.errors import ConfigError
+from vgen.jobs import RunContext
+from vgen.models import Components
+from vgen.video import Video, write_png
+
+# Video model -> the image model that shares its latent space and text vocabulary.
+COMPANIONS = {
+    "toy": "toy-t2i",
+    "tiny-random-unet3d": "tiny-random-unet2d",
+    "tiny-random-motion": "tiny-random-unet2d",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. anchor image
+
+
+def image_model_config(job: JobConfig) -> ModelConfig:
+    """i4vgen.image_model, else the known companion; AnimateDiff's own SD base is its image model."""
+    if job.i4vgen.image_model:
+        return ModelConfig(id=job.i4vgen.image_model)
+    if job.model.id in COMPANIONS:
+        return ModelConfig(id=COMPANIONS[job.model.id])
+    if job.model.motion_adapter:  # AnimateDiff = SD 1.5 base + motion adapter: the base draws the anchor
+        return ModelConfig(id=job.model.id, kind="unet2d", revision=job.model.revision, variant=job.model.variant)
+    raise ConfigError(
+        f"i4vgen needs an image model in the latent space of '{job.model.id}'; set i4vgen.image_model "
+        "(e.g. a Stable Diffusion 1.x id for ZeroScope/ModelScope)"
+    )
+
+
+def check_latent_space(video: Components, image: Components) -> None:
+    if image.kind != "unet2d":
+        raise ConfigError(f"i4vgen.image_model '{image.name}' is a {image.kind} model; it must be an image (unet2d) model")
+    if (image.latent_channels, image.vae_scale_factor) != (video.latent_channels, video.vae_scale_factor):
+        raise ConfigError(
+            f"image model '{image.name}' has {image.latent_channels}-channel latents at 1/{image.vae_scale_factor} "
+            f"scale, the video model '{video.name}' {video.latent_channels} at 1/{video.vae_scale_factor}: "
+            "they do not share a latent space"
+        )
+
+
+@torch.no_grad()
+def sample_candidates(
+    image: Components,
+    prompt: str,
+    negative: str,
+    n: int,
+    *,
+    steps: int,
+    guidance: float,
+    scheduler: str,
+    generator: torch.Generator,
+    height: int,
+    width: int,
+    batch: int = 0,
+    eta: float = 0.0,
+    progress: Optional[bool] = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """N images: latents [N, C, 1, h, w] and uint8 [N, H, W, 3]. All N noises are drawn first, in one
+    call, so candidate i is the same for any batch size."""
+    shape = latent_shape(image, 1, height, width, batch=n)
+    noise = iid_noise(shape, generator, image.device, image.dtype)
+    batch = batch or n
+    latents = []
+    for start in range(0, n, batch):
+        x = noise[start : start + batch]
+        sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device)
+        embeds = encode_prompt(image, prompt, negative, guidance, batch=x.shape[0])
+        x = denoise(image, sched, x * sched.init_noise_sigma, embeds, guidance, generator=generator, eta=eta,
+                    progress=progress, description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}")
+        latents.append(x)
+    latents = torch.cat(latents)
+    images = to_uint8(decode_latents(image, latents)[:, 0])
+    return latents, images
+
+
+def best_candidate(scores: np.ndarray) -> int:
+    """The highest reward; the first of equals (so a tie keeps the lowest seed offset)."""
+    return int(np.argmax(scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. NI-VSDS
+
+
+def vsds_timesteps(num_train_timesteps: int, t_start: float, t_end: float, iterations: int) -> list[int]:
+    """`iterations` timesteps evenly spaced from t_start·T down to t_end·T (inclusive)."""
+    top = num_train_timesteps - 1
+    values = np.linspace(t_start * num_train_timesteps, t_end * num_train_timesteps, iterations)
+    return [int(min(round(v), top)) for v in values]
+
+
+def vsds_step_sizes(iterations: int, warm_iterations: int, warm_step_size: float, step_size: float) -> list[float]:
+    return [warm_step_size if i < warm_iterations else step_size for i in range(iterations)]
+
+
+def to_epsilon(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The model's output as a noise prediction, whatever it was trained to predict."""
+    if prediction_type == "epsilon":
+        return prediction
+    if prediction_type == "v_prediction":  # v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x0  =>  ε = sqrt(ᾱ)·v + sqrt(1-ᾱ)·x_t
+        return alpha_bar.sqrt() * prediction + (1 - alpha_bar).sqrt() * x_t
+    if prediction_type == "sample":
+        return (x_t - alpha_bar.sqrt() * prediction) / (1 - alpha_bar).sqrt()
+    raise ConfigError(f"unsupported prediction_type '{prediction_type}' for NI-VSDS")
+
+
+@torch.no_grad()
+def ni_vsds(
+    components: Components,
+    video: torch.Tensor,
+    noise: torch.Tensor,
+    prompt: PromptEmbeds,
+    guidance: float,
+    timesteps: list[int],
+    step_sizes: list[float],
+    progress: Optional[bool] = None,
+) -> torch.Tensor:
+    """Noise-invariant video score distillation: the anchor video pulled towards the video model's
+    distribution by its (CFG) score, with one fixed ε, no gradient through the UNet."""
+    sched = make_scheduler("ddim", components.scheduler)  # only its ᾱ table; identity input scaling
+    alphas_cumprod = sched.alphas_cumprod.to(components.device, torch.float32)
+    prediction_type = sched.config.get("prediction_type", "epsilon")
+    v = video.float()
+    eps = noise.float()
+    with components.placed(components.unet), progress_bar(len(timesteps), "NI-VSDS", progress) as advance:
+        for t, alpha in zip(timesteps, step_sizes):
+            a = alphas_cumprod[t]
+            v_t = a.sqrt() * v + (1 - a).sqrt() * eps
+            t_model = torch.tensor(t, device=components.device)
+            pred = guided_noise(components, sched, v_t.to(components.dtype), t_model, prompt, guidance).float()
+            eps_hat = to_epsilon(pred, v_t, a, prediction_type)
+            v = v - alpha * (1 - a) * (eps_hat - eps)
+            advance(1)
+    return v.to(video.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. regeneration
+
+
+@torch.no_grad()
+def regenerate(
+    components: Components,
+    scheduler: Any,
+    timesteps: list,
+    video: torch.Tensor,
+    prompt: PromptEmbeds,
+    guidance: float,
+    generator: torch.Generator,
+    eta: float = 0.0,
+    progress: Optional[bool] = None,
+) -> torch.Tensor:
+    """SDEdit of the animated anchor: fresh noise to the first of `timesteps`, then the video model."""
+    noise = iid_noise(video.shape, generator, components.device, components.dtype)
+    start = torch.as_tensor(timesteps[:1], device=components.device)
+    x = scheduler.add_noise(video, noise, start)
+    return denoise(components, scheduler, x, prompt, guidance, timesteps=timesteps, generator=generator, eta=eta,
+                   progress=progress, description="regenerating")
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def candidate_grid(images: np.ndarray, scores: np.ndarray, best: int, columns: int = 8) -> np.ndarray:
+    """The candidates in rows of `columns`, each labelled with its index and reward; the chosen one framed."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n, h, w, _ = images.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    label_h, pad = 14, 4
+    grid = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i, image in enumerate(images):
+        x = pad + (i % columns) * (w + pad)
+        y = pad + (i // columns) * (h + label_h + pad)
+        grid.paste(Image.fromarray(image), (x, y + label_h))
+        draw.text((x, y), f"{i}: {scores[i]:.3g}", fill="red" if i == best else "black", font=font)
+        if i == best:
+            draw.rectangle([x - 2, y + label_h - 2, x + w + 1, y + label_h + h + 1], outline="red", width=2)
+    return np.asarray(grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# runner
+
+
+def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
+    from vgen.methods.rewards import load_reward
+
+    cfg, s = job.i4vgen, job.sampler
+    image = ctx.model(image_model_config(job))
+    check_latent_space(components, image)
+    reward = load_reward(cfg.reward, cfg.reward_model, str(components.device))
+
+    # 1. anchor image: best of N
+    latents, images = sample_candidates(
+        image, job.prompt, job.negative, cfg.candidates,
+        steps=cfg.image_steps or s.steps,
+        guidance=s.guidance if cfg.image_guidance is None else cfg.image_guidance,
+        scheduler=s.scheduler, generator=ctx.generator, height=ctx.height, width=ctx.width,
+        batch=cfg.candidate_batch, eta=s.eta, progress=ctx.progress,
+    )
+    scores = reward(images, job.prompt)
+    best = best_candidate(scores)
+    ctx.log(f"anchor: candidate {best} of {cfg.candidates}, reward {scores[best]:.4g}")
+    anchor = latents[best : best + 1] / image.vae.config.scaling_factor * components.vae.config.scaling_factor
+
+    # 2. NI-VSDS: animate the anchor
+    prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
+    video = anchor.to(components.device, components.dtype).repeat(1, 1, job.video.frames, 1, 1)
+    noise = iid_noise(video.shape, ctx.generator, components.device, components.dtype)
+    num_train = components.scheduler.config.num_train_timesteps
+    timesteps = vsds_timesteps(num_train, cfg.t_start, cfg.t_end, cfg.iterations)
+    step_sizes = vsds_step_sizes(cfg.iterations, cfg.warm_iterations, cfg.warm_step_size, cfg.step_size)
+    video = ni_vsds(components, video, noise, prompt, s.guidance, timesteps, step_sizes, ctx.progress)
+
+    # 3. regeneration
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+    regen_timesteps = strength_timesteps(scheduler, cfg.t_regen)  # the last t_regen of the schedule
+    video = regenerate(components, scheduler, regen_timesteps, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress)
+    frames = decode_latents(components, video, job.memory.decode_chunk)[0]
+
+    files = []
+    if cfg.save_candidates:
+        stem = ctx.output_stem
+        files.append(str(write_png(images[best], stem.with_name(f"{stem.name}_anchor.png"))))
+        files.append(str(write_png(candidate_grid(images, scores, best), stem.with_name(f"{stem.name}_candidates.png"))))
+    metadata = {
+        "anchor": {
+            "image_model": image.name,
+            "reward": cfg.reward,
+            "chosen": best,
+            "scores": [round(float(x), 6) for x in scores],
+        },
+        "ni_vsds": {"timesteps": timesteps, "step_sizes": step_sizes},
+        "regeneration": {"steps": len(regen_timesteps), "from_timestep": int(regen_timesteps[0])},
+        "files": files,
+    }
+    return Video(to_uint8(frames), fps=job.video.fps, metadata=metadata)
