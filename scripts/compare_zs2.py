@@ -7,7 +7,9 @@ Each prompt x seed is sampled three ways on the same components and DDIM steps:
   t2v-zero    diffusers TextToVideoZeroPipeline: cross-frame attention to frame 0 + latent warping
               (motion field scaled from its SD default of 12 latent pixels at 64 wide; t0/t1 at 88%/94% of steps)
   zs2         the zs2 runner with the given λ and μ
-Columns (means over videos): frame change = mean |frame_{i+1} - frame_i| / 255 (lower is steadier); drift =
+Columns (means over videos): frame change = mean |frame_{i+1} - frame_i| / 255 (lower is steadier); warp err =
+mean squared error (0-255) between frame i+1 and frame i warped onto it by OpenCV DIS optical flow, and MAWE =
+mean warp err / (9.5 · flow magnitude) as in StreamingT2V (vgen.eval.warp; lower is more consistent); drift =
 the detector's identity drift of prompted objects; present / colour / shape = fraction of prompted objects
 found / in the right colour / of the right shape (motion is not judged: an image model has no motion prior).
 """
@@ -31,6 +33,7 @@ from vgen.config import build_job  # noqa: E402
 from vgen.core.sampler import resolve_size, to_uint8  # noqa: E402
 from vgen.core.schedulers import make_scheduler  # noqa: E402
 from vgen.errors import VgenError  # noqa: E402
+from vgen.eval import warp_metrics  # noqa: E402
 from vgen.jobs import ModelCache, RunContext  # noqa: E402
 from vgen.methods import load_runner  # noqa: E402
 from vgen.toyworld import eval_prompts, score_video  # noqa: E402
@@ -70,10 +73,12 @@ def run_t2v_zero(job, components, motion: float) -> np.ndarray:
 
 
 def scores(frames: np.ndarray, prompt: str) -> dict:
-    change = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean() / 255 if len(frames) > 1 else 0.0
+    w = warp_metrics(frames) if len(frames) > 1 else None
     s = score_video(frames, prompt, judge_motion=False)
     return {
-        "frame change": float(change),
+        "frame change": w.frame_change if w else 0.0,
+        "warp err": w.warp_error if w else 0.0,
+        "MAWE": w.mawe if w else 0.0,
         "drift": s.identity_drift,
         "present": s.fraction_present,
         "colour": float(np.mean([o.colour_ok for o in s.objects])),
