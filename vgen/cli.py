@@ -187,8 +187,15 @@ def eval_(
     files: List[Path] = typer.Argument(..., help="Videos to score (mp4/gif); their prompts come from the JSON sidecars."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Score every file against this prompt instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the full scores as JSON."),
+    min_scene_len: Optional[int] = typer.Option(
+        None, "--min-scene-len", min=0, show_default=False,
+        help="Scene-cut detector's minimum scene length in frames (default: a quarter of the clip, at most 15)."),
+    flow: str = typer.Option("dis", "--flow", help="OpenCV optical flow for the warp error: dis or farneback."),
 ) -> None:
-    """Score videos with the toy-world detector; `vgen eval toy` runs the held-out toy benchmark instead."""
+    """Scene cuts, warp error (MAWE) and, for toy-world prompts, detector scores of videos.
+
+    `vgen eval toy` runs the held-out toy benchmark instead.
+    """
     import json
 
     if [str(f) for f in files] == ["toy"]:
@@ -198,30 +205,15 @@ def eval_(
         typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else table.render())
         return
 
-    from vgen.eval.files import score_file
+    from vgen.eval.files import results_table, score_file
 
-    results = [score_file(f, prompt) for f in files]
+    results = [score_file(f, prompt, min_scene_len, flow) for f in files]
     if as_json:
-        typer.echo(json.dumps([{"file": str(r.path), "prompt": r.prompt, "error": r.error or None,
-                                "score": r.score.to_dict() if r.score else None} for r in results], indent=2))
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(title="toy-world detector")
-        for name in ("file", "prompt", "all present", "all correct", "objects (colour/shape/motion)", "drift"):
-            table.add_column(name, overflow="fold")
-        for r in results:
-            if r.error:
-                table.add_row(str(r.path), r.prompt, "-", "-", f"[red]{r.error}[/]", "-")
-                continue
-            objects = "; ".join(
-                f"{o.spec.colour} {o.spec.shape}: {'ok' if o.present else 'missing'}"
-                + (f" {o.detected_colour or '?'}/{o.detected_shape or '?'}/{o.motion or '-'}" if o.present else "")
-                for o in r.score.objects
-            )
-            table.add_row(str(r.path), r.prompt, str(r.score.all_present), str(r.score.all_correct), objects, f"{r.score.identity_drift:.2f}")
-        Console(width=160).print(table)
+        Console(width=160).print(results_table(results))
     if any(r.error for r in results):
         raise typer.Exit(EXIT_USER_ERROR)
 
@@ -260,6 +252,44 @@ def config_show(
     flags = {"method": method, "model.id": model, "prompt": prompt or "<prompt>"}
     job = build_job(str(config) if config else None, flags, overrides or [])
     typer.echo(to_yaml(job), nl=False)
+
+
+@app.command()
+def refine(
+    video: Path = typer.Argument(..., help="The video to refine (mp4, gif, webm)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt (default: the one in the video's JSON sidecar)."),
+    model: str = typer.Option("toy", "--model", help="Video model that refines: hub id, local folder or built-in name."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="SDEdit noise level in (0, 1] (default 0.6, T'=600)."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Frames per refinement chunk (default 24)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Frames shared by consecutive chunks (default 8)."),
+    upscale: Optional[int] = typer.Option(None, "--upscale", help="Integer factor frames are resized by first (default 1)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the full schedule (default 25)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, euler, euler-a, ddpm, unipc, pndm or model."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .mp4 path or folder (default: <stem>-refined.mp4 beside the input)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
+) -> None:
+    """Refine a video with StreamingT2V's randomized blending (SDEdit in overlapping chunks)."""
+    from vgen.methods.streaming.refine import refine_file, refine_job
+
+    flags = {
+        "model.id": model,
+        "streaming.refine_strength": strength,
+        "streaming.refine_chunk": chunk,
+        "streaming.refine_overlap": overlap,
+        "streaming.upscale": upscale,
+        "streaming.refine_steps": steps,
+        "sampler.guidance": guidance,
+        "sampler.scheduler": scheduler,
+        "seed": seed,
+        "runtime.device": device,
+        "runtime.dtype": dtype,
+    }
+    job = refine_job(video, prompt, flags, overrides or [])
+    typer.echo(str(refine_file(video, job, out)))
 
 
 def _click_exception_types() -> tuple[type, ...]:

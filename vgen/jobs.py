@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from vgen.config import JobConfig, ModelConfig, output_path, to_dict
 from vgen.errors import ConfigError, VgenError
-from vgen.video import Video, check_writable, write_gif, write_json, write_mp4, write_pngs
+from vgen.video import Video, WrittenVideo, check_writable, read_video, write_gif, write_json, write_mp4, write_pngs
 
 
 @dataclass
@@ -30,6 +30,11 @@ class RunContext:
     progress: Optional[bool] = None
     log: Callable[[str], None] = lambda message: None
     load_model: Optional[Callable[[ModelConfig], Any]] = None  # a second model (cached per batch), same device/dtype
+
+    @property
+    def mp4_path(self) -> Path:
+        """Where the job's mp4 goes, for runners that stream frames into it (and return a WrittenVideo)."""
+        return self.output_stem.with_suffix(".mp4")
 
     def model(self, cfg: ModelConfig):
         if self.load_model is None:
@@ -131,15 +136,20 @@ def run_job(
         log=log,
         load_model=lambda cfg: models.get(job, cfg),
     )
-    video: Video = load_runner(job.method)(job, components, ctx)
+    video: Video | WrittenVideo = load_runner(job.method)(job, components, ctx)
     generate_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    files = [write_mp4(video, mp4)]
+    if isinstance(video, WrittenVideo):  # streamed by the runner; extras read it back
+        files = [video.path]
+        frames = read_video(video.path) if job.output.gif or job.output.save_frames else None
+    else:
+        files = [write_mp4(video, mp4)]
+        frames = video
     if job.output.gif:
-        files.append(write_gif(video, mp4.with_suffix(".gif")))
+        files.append(write_gif(frames, mp4.with_suffix(".gif")))
     if job.output.save_frames:
-        files.append(write_pngs(video, mp4.with_name(f"{mp4.stem}_frames")))
+        files.append(write_pngs(frames, mp4.with_name(f"{mp4.stem}_frames")))
     files += [Path(p) for p in video.metadata.pop("files", [])]
     write_s = time.perf_counter() - t0
 

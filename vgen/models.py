@@ -61,6 +61,7 @@ class Components:
     dtype: torch.dtype
     cpu_offload: bool = False
     extras: dict = field(default_factory=dict)  # method-specific weights that ship with a model
+    folder: Optional[Path] = None  # the local diffusers folder it was loaded from (None: hub or built in memory)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -290,7 +291,8 @@ def load_components(
         parts[module].requires_grad_(False).eval()
         if not cpu_offload:
             parts[module].to(dev)
-    return Components(kind=kind, name=cfg.id, device=dev, dtype=dt, cpu_offload=cpu_offload, **parts)
+    folder = Path(source) if source not in tiny.BUILDERS and Path(source).is_dir() else None
+    return Components(kind=kind, name=cfg.id, device=dev, dtype=dt, cpu_offload=cpu_offload, folder=folder, **parts)
 
 
 def save_components(components: Components, folder: str | Path) -> Path:

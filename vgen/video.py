@@ -39,6 +39,17 @@ class Video:
         return self.frames.shape[1], self.frames.shape[2]
 
 
+@dataclass
+class WrittenVideo:
+    """A video a runner streamed straight into its mp4 (long videos never sit in memory whole)."""
+
+    path: Path
+    num_frames: int
+    size: tuple[int, int]  # (height, width)
+    fps: int
+    metadata: dict = field(default_factory=dict)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -7,7 +7,7 @@ modules) by giving a factory that picks a processor per layer; every other layer
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -121,14 +121,40 @@ def graph_layers(unet: torch.nn.Module, graph: str = "default") -> list[RecordSp
 
 class AttentionRecorder:
     """Keeps head-averaged attention probabilities [batch, queries, keys] (float32, with autograd) of
-    the layers it was built for, while ``active``; the latest call of a layer overwrites the earlier one
-    (so activation recomputation cannot duplicate entries)."""
+    the layers it was built for, while ``active``; the latest call of a layer overwrites the earlier one.
+
+    Under activation checkpointing (``checkpoint_contexts``) the recompute of a layer during backward
+    replays the explicit-probability path, so autograd finds the same saved tensors, but keeps nothing
+    and never stops the pass: the maps kept in the forward are the graph's own tensors, and backward
+    through them recomputes what they need."""
 
     def __init__(self, specs: list[RecordSpec], stop_when_complete: bool = False):
         self.specs = {s.name: s for s in specs}
         self.active = False
+        self.replaying = False  # recompute of a checkpointed layer: same ops, nothing kept
         self.stop_when_complete = stop_when_complete  # raise RecordingComplete after the last needed layer
         self.probs: dict[str, torch.Tensor] = {}
+
+    def keep(self, name: str, probs: torch.Tensor) -> None:
+        """Store one layer's head-averaged probabilities [B, heads, N, K] -> [B, N, K]; raise
+        RecordingComplete once every layer of the graph has run (when asked to)."""
+        self.probs[name] = probs.mean(dim=1)
+        if self.stop_when_complete and len(self.probs) == len(self.specs):
+            raise RecordingComplete
+
+    def checkpoint_contexts(self):
+        """(forward, recompute) context managers for ``torch.utils.checkpoint(context_fn=...)``: the
+        recompute sees the recorder as the forward did (explicit probabilities where it was active)."""
+        return nullcontext(), self._replay(self.active)
+
+    @contextmanager
+    def _replay(self, active: bool) -> Iterator[None]:
+        saved = self.active, self.replaying
+        self.active, self.replaying = active, True
+        try:
+            yield
+        finally:
+            self.active, self.replaying = saved
 
     def clear(self) -> None:
         self.probs = {}
@@ -198,9 +224,8 @@ class RecordingAttnProcessor:
         if attention_mask is not None:
             scores = scores + attention_mask.float()
         probs = scores.softmax(dim=-1)
-        self.recorder.probs[self.name] = probs.mean(dim=1)
-        if self.recorder.stop_when_complete and len(self.recorder.probs) == len(self.recorder.specs):
-            raise RecordingComplete
+        if not self.recorder.replaying:
+            self.recorder.keep(self.name, probs)
         hidden_states = torch.matmul(probs.to(value.dtype), value)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)

@@ -106,11 +106,13 @@ def denoise(
     progress: Optional[bool] = None,
     description: str = "denoising",
     unet_kwargs: Optional[dict] = None,
+    guide: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Run the scheduler from `latents` over `timesteps` (default: all of scheduler.timesteps).
 
     `pre_step` may replace the latents before the model call (e.g. Vico's latent update),
-    `post_step` after the scheduler step (e.g. inpainting known frames).
+    `post_step` after the scheduler step (e.g. inpainting known frames). `guide(latents, t) -> noise`
+    replaces the CFG prediction for methods whose model call differs (e.g. StreamingT2V's CAM/APM).
     """
     steps = list(scheduler.timesteps if timesteps is None else timesteps)
     extra = step_kwargs(scheduler, generator, eta)
@@ -118,7 +120,10 @@ def denoise(
         for i, t in enumerate(steps):
             if pre_step is not None:
                 latents = pre_step(i, t, latents)
-            noise = guided_noise(components, scheduler, latents, t, prompt, guidance, **(unet_kwargs or {}))
+            if guide is not None:
+                noise = guide(latents, t)
+            else:
+                noise = guided_noise(components, scheduler, latents, t, prompt, guidance, **(unet_kwargs or {}))
             latents = scheduler.step(noise, t, latents, **extra).prev_sample
             if post_step is not None:
                 latents = post_step(i, t, latents)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from vgen.config import JobConfig, VicoConfig
 from vgen.core.attention import AttentionRecorder, RecordingComplete, record_attention
@@ -127,11 +129,66 @@ def update_plan(cfg: VicoConfig, steps: int) -> dict[int, tuple[int, Optional[fl
     return plan
 
 
-def attention_flow(blocks: list, cfg: VicoConfig) -> torch.Tensor:
-    """[F, P, J] flow of the recorded graph (flow.py kernels)."""
+def attention_flow(blocks: list, cfg: VicoConfig, tiled: Optional[bool] = None) -> torch.Tensor:
+    """[F, P, J] flow of the recorded graph (flow.py kernels; ``tiled`` as in ``flow.bottleneck``)."""
     if cfg.graph == "full":
-        return full_graph_flow(blocks, cfg.flow, cfg.tau, cfg.residual)
-    return st_flow_blocks(blocks, cfg.flow, cfg.tau, cfg.residual)
+        return full_graph_flow(blocks, cfg.flow, cfg.tau, cfg.residual, tiled)
+    return st_flow_blocks(blocks, cfg.flow, cfg.tau, cfg.residual, tiled)
+
+
+def prompt_columns(blocks: list, n_tokens: int) -> list:
+    """Blocks with cross-attention cut to the prompt's tokens [F, P, n_tokens]: flow never mixes text
+    tokens (every product and join is per column), so the padding columns only cost time and memory."""
+    return [(cross[..., :n_tokens], spatial, temporals) for cross, spatial, temporals in blocks]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory-lean gradient pass: activation checkpointing of the UNet's layers
+
+# The layer lists of diffusers' video UNet blocks (UNet3D and motion): their members run one after another.
+_LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules", "downsamplers",
+                "upsamplers")
+
+
+def checkpoint_units(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules the gradient pass checkpoints one by one: UNet3D's transformer_in and every resnet,
+    temporal conv, transformer, motion module and resampler of the down, mid and up blocks."""
+    units = [unet.transformer_in] if getattr(unet, "transformer_in", None) is not None else []
+    for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
+        for name in _LAYER_LISTS:
+            units.extend(getattr(block, name, None) or [])
+    return units
+
+
+def _checkpointed(forward: Callable, context_fn: Callable) -> Callable:
+    """``forward`` that keeps only its inputs for backward and recomputes the rest there. Non-reentrant,
+    so the forward builds the real graph: tensors taken out of it (recorded maps) stay connected and
+    backward through them recomputes the saved tensors they need (early stop: no further)."""
+
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, preserve_rng_state=False,
+                          **kwargs)
+
+    return run
+
+
+@contextmanager
+def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder) -> Iterator[None]:
+    """Activation checkpointing of ``checkpoint_units`` for the length of the block (diffusers' UNet3D has
+    none): a gradient pass stores one input per layer instead of every activation. Models are eval()
+    (no dropout), so no RNG state is kept for the recompute."""
+    units = checkpoint_units(unet)
+    previous = [m.__dict__.get("forward") for m in units]
+    for m in units:
+        m.forward = _checkpointed(m.forward, recorder.checkpoint_contexts)
+    try:
+        yield
+    finally:
+        for m, forward in zip(units, previous):
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
 
 
 class VicoGuide:
@@ -157,23 +214,33 @@ class VicoGuide:
         h, w = H, W
         for _ in range(int(math.log2(self.factor))):
             h, w = -(-h // 2), -(-w // 2)
+        blocks = prompt_columns(self.record(x, t), self.n_tokens)
+        # with gradients, the tiled product keeps O(P*F*J) for backward instead of every P*F*F*J term
+        flow = attention_flow(blocks, self.cfg, tiled=True if torch.is_grad_enabled() else None)
+        del blocks
+        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma)
+        scores = token_scores(maps)
+        return vico_loss(scores, self.cfg.objective), scores, maps
+
+    def record(self, x: torch.Tensor, t) -> list:
+        """The graph's recorded maps as flow blocks from one positive-prompt forward pass (stopped after
+        the last needed layer), checkpointed layer by layer when it keeps a graph and cfg.checkpoint."""
+        lean = self.cfg.checkpoint and torch.is_grad_enabled()
         self.recorder.clear()
         self.recorder.active = True
         try:
-            model_in = self.scheduler.scale_model_input(x.to(self.c.dtype), t)
-            predict_noise(self.c, model_in, t, self.prompt.cond[:1])
+            with checkpointed(self.c.unet, self.recorder) if lean else nullcontext():
+                model_in = self.scheduler.scale_model_input(x.to(self.c.dtype), t)
+                predict_noise(self.c, model_in, t, self.prompt.cond[:1])
         except RecordingComplete:
             pass
         finally:
             self.recorder.active = False
-        blocks = self.recorder.blocks(f)
+        blocks = self.recorder.blocks(x.shape[2])
         self.recorder.clear()
         if not blocks:
             raise RuntimeError("Vico recorded no cross-attention: the model has no layer for its graph")
-        flow = attention_flow(blocks, self.cfg)
-        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma)
-        scores = token_scores(maps)
-        return vico_loss(scores, self.cfg.objective), scores, maps
+        return blocks
 
     def named(self, scores: torch.Tensor) -> dict[str, float]:
         return {k.label: round(float(s), 6) for k, s in zip(self.keys, scores.detach())}
@@ -198,6 +265,7 @@ class VicoGuide:
                 record.setdefault("scores", self.named(scores))
                 opt.zero_grad()
                 loss.backward()
+                del loss, scores  # drop the spent graph before the next pass builds one
                 previous = x.detach().clone()
                 ok = math.isfinite(value) and bool(torch.isfinite(x.grad).all())
                 if ok:

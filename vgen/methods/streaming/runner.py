@@ -1,0 +1,242 @@
+"""StreamingT2V runner (SPEC §4): a long video, chunk by chunk, streamed into the mp4.
+
+    stage 1   chunk 1: F frames from the base model; the anchor is its frame 0
+    stage 2   chunk k > 1: F frames conditioned on the last F_cond frames of chunk k-1; its first F_cond
+              frames re-cover the conditioning frames and are dropped: total = F + (F - F_cond)·(n - 1)
+                trained        CAM (short-term memory) + APM (anchor, long-term memory), guided by
+                               ε(∅,∅) + ω_text[ε(τ,∅) - ε(∅,∅)] + ω_anchor[ε(τ,a) - ε(τ,∅)]
+                training-free  any video model: at every step the first F_cond frames are replaced by the
+                               previous chunk's clean latents re-noised to that step (inpainting along
+                               time), with the noise they were drawn from shared
+                independent    naive chunks (the baseline): same compute, no conditioning
+    stage 3   optional: randomized-blending refinement of the whole video (blend.py)
+
+Without refinement only one chunk is ever in memory; decoded frames go to the mp4 as they are made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from vgen.config import JobConfig, ModelConfig
+from vgen.core.noise import iid_noise
+from vgen.core.prompts import PromptEmbeds, encode_prompt
+from vgen.core.sampler import decode_latents, denoise, latent_shape, to_uint8
+from vgen.core.schedulers import prepare_scheduler
+from vgen.errors import ConfigError
+from vgen.jobs import RunContext
+from vgen.models import Components
+from vgen.video import Mp4Writer, WrittenVideo
+
+MODES = ("trained", "training-free", "independent")
+
+
+def chunk_count(frames: int, chunk: int, cond: int) -> int:
+    """Chunks n so that chunk + (chunk - cond)·(n - 1) >= frames."""
+    return 1 + max(0, math.ceil((frames - chunk) / (chunk - cond)))
+
+
+def frames_made(n: int, chunk: int, cond: int) -> int:
+    return chunk + (chunk - cond) * (n - 1)
+
+
+def streaming_weights(components: Components):
+    """CAM/APM weights shipped in the model folder (cached on the components), or None."""
+    if "streaming" not in components.extras:
+        weights = None
+        if components.folder is not None and components.kind == "unet3d":
+            from vgen.methods.streaming.cam import load_streaming
+
+            weights = load_streaming(components.folder, components.unet, vae=components.vae,
+                                     device=components.device, dtype=components.dtype)
+        components.extras["streaming"] = weights
+    return components.extras["streaming"]
+
+
+def resolve_mode(asked: str, components: Components) -> str:
+    has_weights = streaming_weights(components) is not None
+    if asked == "auto":
+        return "trained" if has_weights else "training-free"
+    if asked == "trained" and not has_weights:
+        raise ConfigError(
+            f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
+            "scripts/train_streaming.py); use streaming.mode=training-free for any video model"
+        )
+    return asked
+
+
+# ----------------------------------------------------------------------------------------------
+# one chunk
+
+
+@dataclass
+class Memory:
+    """What chunk k carries over from chunk k-1: the anchor and the last F_cond frames."""
+
+    anchor: torch.Tensor  # [1, 3, H, W] in [-1, 1]: frame 0 of chunk 1
+    pixels: torch.Tensor  # [1, F_cond, 3, H, W] in [-1, 1]: decoded last frames
+    latents: torch.Tensor  # [1, C, F_cond, h, w]: their clean latents
+    noise: torch.Tensor  # [1, C, F_cond, h, w]: the initial noise they were denoised from
+
+
+def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, w_text: float, w_anchor: float,
+                  weights: Any, memory: Memory) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The multi-conditional guided noise of a conditioned chunk: three UNet passes when ω_text != ω_anchor,
+    two (ordinary CFG between (∅, ∅) and (τ, a)) when they are equal, one without guidance."""
+    from vgen.methods.streaming.unet_forward import streaming_unet_forward
+
+    cam, apm = weights.cam, weights.apm
+    h, w = memory.anchor.shape[-2:]
+    anchor = apm.anchor_tokens(memory.anchor.to(components.device, components.dtype)) if apm is not None else None
+    null = apm.null_tokens(1, h, w) if apm is not None else None
+    uncond, cond = prompt.uncond, prompt.cond
+    if not prompt.guided:
+        texts, anchors = [cond], [anchor]
+    elif w_text == w_anchor or apm is None:
+        texts, anchors = [uncond, cond], [null, anchor]
+    else:
+        texts, anchors = [uncond, cond, cond], [null, null, anchor]
+    text = torch.cat(texts)
+    tokens = torch.cat(anchors) if apm is not None else None
+    cond_pixels = memory.pixels.to(components.device, components.dtype)
+
+    def guide(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = scheduler.scale_model_input(torch.cat([latents] * len(texts)), t)
+        out = streaming_unet_forward(components.unet, x, t, text, cam=cam, cond_pixels=cond_pixels, apm=apm,
+                                     anchor_tokens=tokens)
+        if len(texts) == 1:
+            return out
+        if len(texts) == 2:
+            e_uu, e_ta = out.chunk(2)
+            return e_uu + w_text * (e_ta - e_uu)
+        e_uu, e_tu, e_ta = out.chunk(3)
+        return e_uu + w_text * (e_tu - e_uu) + w_anchor * (e_ta - e_tu)
+
+    return guide
+
+
+def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int):
+    """post_step hook of the training-free mode: after step i the first `cond` frames become the previous
+    chunk's clean latents noised to the next timestep (its own noise), and exactly them after the last."""
+
+    def post_step(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        known = memory.latents.to(latents.dtype)
+        if i + 1 < len(timesteps):
+            known = scheduler.add_noise(known, memory.noise.to(latents.dtype), timesteps[i + 1].reshape(1))
+        latents = latents.clone()
+        latents[:, :, :cond] = known
+        return latents
+
+    return post_step
+
+
+def to_model_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """Decoded frames [F, H, W, 3] in [0, 1] -> [1, F, 3, H, W] in [-1, 1] (what E_cond and APM read)."""
+    return (frames * 2 - 1).permute(0, 3, 1, 2).unsqueeze(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# runner
+
+
+def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo:
+    cfg, s = job.streaming, job.sampler
+    F, Fc = cfg.chunk, cfg.cond_frames
+    mode = resolve_mode(cfg.mode, components)
+    weights = streaming_weights(components) if mode == "trained" else None
+    n = chunk_count(job.video.frames, F, Fc)
+    w_text = s.guidance
+    w_anchor = s.guidance if cfg.anchor_guidance is None else cfg.anchor_guidance
+    ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
+    prompt = encode_prompt(components, job.prompt, job.negative, max(w_text, w_anchor))
+
+    def new_scheduler():
+        return prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+
+    shape = latent_shape(components, F, ctx.height, ctx.width)
+    kept: list[torch.Tensor] = []  # every kept latent frame, only when refining
+    remaining = job.video.frames
+
+    def emit(writer: Optional[Mp4Writer], latents: torch.Tensor, frames: torch.Tensor) -> None:
+        nonlocal remaining
+        take = min(remaining, latents.shape[2])
+        remaining -= take
+        if cfg.refine:
+            kept.append(latents[:, :, :take].cpu())
+        elif take:
+            writer.write(to_uint8(frames[:take]))
+
+    memory: Optional[Memory] = None
+    writer = None if cfg.refine else Mp4Writer(ctx.mp4_path, job.video.fps)
+    with writer if writer is not None else _nothing():
+        for k in range(n):
+            scheduler = new_scheduler()
+            noise = iid_noise(shape, ctx.generator, components.device, components.dtype)
+            kwargs: dict[str, Any] = {}
+            if k > 0 and mode != "independent":
+                noise[:, :, :Fc] = memory.noise  # shared noise: the re-covered frames start where they started
+                if mode == "trained":
+                    kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
+                else:
+                    kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc)
+            latents = denoise(components, scheduler, noise * scheduler.init_noise_sigma, prompt, w_text,
+                              generator=ctx.generator, eta=s.eta, progress=ctx.progress,
+                              description=f"chunk {k + 1}/{n}", **kwargs)
+            new = slice(0, F) if k == 0 else slice(Fc, F)
+            frames = decode_latents(components, latents[:, :, new], job.memory.decode_chunk)[0]
+            emit(writer, latents[:, :, new], frames)
+            last = decode_latents(components, latents[:, :, F - Fc :], job.memory.decode_chunk)[0]
+            memory = Memory(
+                anchor=to_model_pixels(frames[:1])[0] if memory is None else memory.anchor,
+                pixels=to_model_pixels(last),
+                latents=latents[:, :, F - Fc :],
+                noise=noise[:, :, F - Fc :],
+            )
+
+    metadata = {
+        "mode": mode,
+        "chunks": n,
+        "chunk": F,
+        "cond_frames": Fc,
+        "frames_generated": frames_made(n, F, Fc),
+        "guidance": {"text": w_text, "anchor": w_anchor if mode == "trained" else None},
+    }
+    if cfg.refine:
+        metadata["refine"] = refine_and_write(job, components, ctx, torch.cat(kept, dim=2).to(components.device))
+    h, w = ctx.height * cfg.upscale if cfg.refine else ctx.height, ctx.width * cfg.upscale if cfg.refine else ctx.width
+    return WrittenVideo(ctx.mp4_path, job.video.frames, (h, w), job.video.fps, metadata)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def refine_and_write(job: JobConfig, components: Components, ctx: RunContext, latents: torch.Tensor) -> dict:
+    """Stage 3: (upscale,) randomized-blending SDEdit of the whole video, decoded straight into the mp4."""
+    from vgen.core.sampler import iter_decoded
+    from vgen.methods.streaming.blend import RefineSettings, refine_latents
+    from vgen.methods.streaming.refine import encode_video, write_decoded
+
+    cfg = job.streaming
+    refiner = ctx.model(ModelConfig(id=cfg.refine_model)) if cfg.refine_model else components
+    if refiner.kind not in ("unet3d", "motion"):
+        raise ConfigError(f"streaming.refine_model '{refiner.name}' is a {refiner.kind} model; refinement needs a video model")
+    if cfg.upscale > 1 or refiner is not components:  # through pixels: another size or another latent space
+        frames = np.concatenate([to_uint8(f) for f in iter_decoded(components, latents, job.memory.decode_chunk)])
+        latents = encode_video(refiner, frames, cfg.upscale, job.memory.decode_chunk)
+    settings = RefineSettings.from_job(job)
+    prompt = encode_prompt(refiner, job.prompt, job.negative, settings.guidance)
+    latents = refine_latents(refiner, latents.to(refiner.device, refiner.dtype), prompt, settings, ctx.generator,
+                             progress=ctx.progress)
+    write_decoded(refiner, latents, ctx.mp4_path, job.video.fps, job.memory.decode_chunk)
+    return {"model": refiner.name, "upscale": cfg.upscale, "strength": settings.strength, "chunk": settings.chunk,
+            "overlap": settings.overlap, "steps": settings.steps}
