@@ -264,8 +264,9 @@ def unet_signature(unet: nn.Module) -> dict:
                 down_block_types=list(cfg.down_block_types))
 
 
-def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None) -> Path:
-    """Write CAM (and APM) into ``folder/streaming/``; `folder` is usually a diffusers model folder."""
+def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None, dtype: Optional[torch.dtype] = None) -> Path:
+    """Write CAM (and APM) into ``folder/streaming/``; `folder` is usually a diffusers model folder.
+    `dtype` casts floating tensors on the way out (float16 for a shipped model)."""
     from safetensors.torch import save_file
 
     out = Path(folder) / FOLDER
@@ -278,7 +279,8 @@ def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None) -> P
         if module is None:
             path.unlink(missing_ok=True)
             continue
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in module.state_dict().items()}
         save_file(state, str(path), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out

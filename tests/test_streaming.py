@@ -1,0 +1,209 @@
+"""StreamingT2V runner: the chunk plan, streamed output, shared noise, temporal inpainting (training-free),
+zero-initialised CAM/APM = the base model, the three-pass guidance, and the training step."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_job
+from vgen.methods.streaming import runner as R
+
+PROMPT = "a red circle moving left"
+SMALL = {"sampler.steps": 2, "streaming.chunk": 4, "streaming.cond_frames": 2}
+
+
+def test_chunk_plan_matches_the_frame_formula():
+    assert [R.frames_made(n, 16, 8) for n in (1, 2, 3, 30)] == [16, 24, 32, 248]
+    for chunk, cond in [(16, 8), (4, 2), (5, 1), (3, 2)]:
+        for frames in range(1, 60):
+            n = R.chunk_count(frames, chunk, cond)
+            assert R.frames_made(n, chunk, cond) >= frames  # enough frames ...
+            assert n == 1 or R.frames_made(n - 1, chunk, cond) < frames  # ... with the fewest chunks
+
+
+def run_streaming(components, job, tmp_path, monkeypatch=None):
+    """Run the runner in-process; returns (WrittenVideo, [(input latents, output latents) per chunk])."""
+    from vgen.core.sampler import resolve_size
+    from vgen.jobs import RunContext
+
+    calls = []
+    if monkeypatch is not None:
+        real = R.denoise
+
+        def recording(components, scheduler, latents, *args, **kwargs):
+            out = real(components, scheduler, latents, *args, **kwargs)
+            calls.append((latents.clone(), out.clone()))
+            return out
+
+        monkeypatch.setattr(R, "denoise", recording)
+    h, w = resolve_size(components, job.video.height, job.video.width)
+    ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w,
+                     output_stem=tmp_path / "out", progress=False)
+    return R.run(job, components, ctx), calls
+
+
+@pytest.mark.parametrize("frames", [3, 9])
+def test_streamed_mp4_has_exactly_the_requested_frames(tiny, tmp_path, frames):
+    from vgen.video import read_video
+
+    c = tiny("tiny-random-unet3d")
+    job = make_job(PROMPT, **SMALL, **{"video.frames": frames})
+    video, _ = run_streaming(c, job, tmp_path)
+    assert video.path == tmp_path / "out.mp4" and video.num_frames == frames
+    assert read_video(video.path).frames.shape == (frames, 32, 32, 3)
+    assert video.metadata["chunks"] == R.chunk_count(frames, 4, 2) and video.metadata["mode"] == "training-free"
+
+
+def test_training_free_shares_noise_and_inpaints_the_overlap_exactly(tiny, tmp_path, monkeypatch):
+    c = tiny("tiny-random-unet3d")
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 8, "streaming.mode": "training-free"})
+    _, calls = run_streaming(c, job, tmp_path, monkeypatch)
+    assert len(calls) == 3
+    for (prev_in, prev_out), (cur_in, cur_out) in zip(calls, calls[1:]):
+        assert torch.equal(cur_in[:, :, :2], prev_in[:, :, 2:])  # the re-covered frames start from the same noise
+        assert torch.equal(cur_out[:, :, :2], prev_out[:, :, 2:])  # and end as the previous chunk's frames
+        assert not torch.equal(cur_in[:, :, 2:], prev_in[:, :, 2:])
+
+
+def test_inpaint_hook_noises_the_known_frames_to_the_next_timestep(tiny):
+    from vgen.core.schedulers import prepare_scheduler
+
+    c = tiny("tiny-random-unet3d")
+    sched = prepare_scheduler("ddim", c.scheduler, 4, c.device)
+    g = torch.Generator().manual_seed(0)
+    known, noise = torch.randn(1, 4, 2, 3, 3, generator=g), torch.randn(1, 4, 2, 3, 3, generator=g)
+    mem = R.Memory(anchor=None, pixels=None, latents=known, noise=noise)
+    hook = R.inpaint_overlap(sched, list(sched.timesteps), mem, 2)
+    x = torch.randn(1, 4, 5, 3, 3, generator=g)
+    for i in range(4):
+        out = hook(i, sched.timesteps[i], x)
+        if i < 3:  # closed form of DDPM noising: sqrt(ᾱ)·x0 + sqrt(1-ᾱ)·ε at the next timestep
+            a = sched.alphas_cumprod[sched.timesteps[i + 1]]
+            torch.testing.assert_close(out[:, :, :2], a.sqrt() * known + (1 - a).sqrt() * noise)
+        else:
+            assert torch.equal(out[:, :, :2], known)
+        assert torch.equal(out[:, :, 2:], x[:, :, 2:])
+
+
+def test_independent_chunks_share_nothing(tiny, tmp_path, monkeypatch):
+    c = tiny("tiny-random-unet3d")
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.mode": "independent"})
+    video, calls = run_streaming(c, job, tmp_path, monkeypatch)
+    assert video.metadata["mode"] == "independent"
+    assert not torch.allclose(calls[1][0][:, :, :2], calls[0][0][:, :, 2:])
+
+
+# ---------------------------------------------------------------------------------------------- trained
+
+
+@pytest.fixture(scope="module")
+def zero_streaming_model(tmp_path_factory):
+    """tiny-random-unet3d saved to a folder with fresh (zero-initialised) CAM + APM weights."""
+    from vgen.config import ModelConfig
+    from vgen.methods.streaming.apm import APM, anchor_encoder
+    from vgen.methods.streaming.cam import CAM, save_streaming
+    from vgen.models import load_components, save_components
+
+    base = load_components(ModelConfig(id="tiny-random-unet3d"), "cpu", "float32")
+    folder = save_components(base, tmp_path_factory.mktemp("models") / "tiny-streaming")
+    torch.manual_seed(0)
+    cam = CAM.from_unet(base.unet, base.vae_scale_factor, head_dim=8)
+    apm = APM.from_unet(base.unet, base.tokenizer.model_max_length, anchor_encoder("vae", vae=base.vae), tokens=4)
+    save_streaming(folder, cam, apm)
+    return folder
+
+
+def _load(folder):
+    from vgen.config import ModelConfig
+    from vgen.models import load_components
+
+    return load_components(ModelConfig(id=str(folder)), "cpu", "float32")
+
+
+def test_zero_initialised_memories_start_as_the_base_model(zero_streaming_model, tmp_path, monkeypatch):
+    """Chunk 1 is plain sampling; with ε(τ,a) = ε(τ,∅) (α = 0) the three-pass guidance equals two-pass CFG."""
+    from vgen.core.prompts import encode_prompt
+    from vgen.core.sampler import denoise, initial_latents, latent_shape
+    from vgen.core.schedulers import prepare_scheduler
+
+    c = _load(zero_streaming_model)
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 6})
+    video, two = run_streaming(c, job, tmp_path, monkeypatch)
+    assert video.metadata["mode"] == "trained" and video.metadata["guidance"]["anchor"] == 7.5
+    # chunk 1 = vanilla sampling of `chunk` frames from the same seed
+    g = torch.Generator().manual_seed(0)
+    sched = prepare_scheduler("ddim", c.scheduler, 2, c.device)
+    x = initial_latents(c, latent_shape(c, 4, 32, 32), g, sched)
+    ref = denoise(c, sched, x, encode_prompt(c, PROMPT, "", 7.5), 7.5, progress=False)
+    torch.testing.assert_close(two[0][1], ref)
+    monkeypatch.undo()
+    job3 = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.anchor_guidance": 3.0})
+    (tmp_path / "b").mkdir()
+    _, three = run_streaming(c, job3, tmp_path / "b", monkeypatch)
+    for (_, a), (_, b) in zip(two, three):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_trained_anchor_weight_changes_the_three_pass_result(zero_streaming_model, tmp_path, monkeypatch):
+    c = _load(zero_streaming_model)
+    weights = R.streaming_weights(c)
+    with torch.no_grad():
+        for mixer in weights.apm.mixers.values():  # α off zero and strong anchor columns: the anchor reaches the UNet
+            mixer.alpha.fill_(3.0)
+            mixer.mix.weight[:, mixer.text_len :] = 1.0
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 6})
+    _, two = run_streaming(c, job, tmp_path, monkeypatch)
+    monkeypatch.undo()
+    (tmp_path / "b").mkdir()
+    job3 = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.anchor_guidance": 3.0})
+    _, three = run_streaming(c, job3, tmp_path / "b", monkeypatch)
+    torch.testing.assert_close(two[0][1], three[0][1])  # chunk 1 has no memories
+    assert (two[1][1] - three[1][1]).abs().max() > 1e-3
+
+
+def test_trained_mode_without_weights_is_a_one_line_error(tmp_path):
+    import subprocess
+
+    from conftest import VGEN
+
+    r = subprocess.run([VGEN, "generate", PROMPT, "--method", "streaming", "--model", "tiny-random-unet3d", "--steps", "1",
+                        "--frames", "4", "--out", str(tmp_path), "streaming.mode=trained"], capture_output=True, text=True)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "training-free" in r.stderr
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_refinement_through_the_runner_upscales_and_keeps_the_frame_count(tiny, tmp_path):
+    from vgen.video import read_video
+
+    c = tiny("tiny-random-unet3d")
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 7, "streaming.refine": True, "streaming.upscale": 2,
+                                       "streaming.refine_chunk": 4, "streaming.refine_overlap": 2})
+    video, _ = run_streaming(c, job, tmp_path)
+    assert read_video(video.path).frames.shape == (7, 64, 64, 3) and video.size == (64, 64)
+    assert video.metadata["refine"]["upscale"] == 2
+
+
+def test_training_step_reduces_the_loss_on_a_fixed_batch():
+    """A few optimiser steps on one batch must fit it better (the memories learn; the base stays frozen)."""
+    from vgen.methods.streaming.train import StreamingTrainConfig, StreamingTrainer
+
+    trainer = StreamingTrainer(StreamingTrainConfig(model="tiny-random-unet3d", stage="cam+apm", batch=2, chunk=4,
+                                                    cond_frames=2, lr=1e-2, head_dim=8, anchor_tokens=4))
+    base = {k: v.clone() for k, v in trainer.base.unet.state_dict().items()}
+    batch = trainer.batch()
+    assert batch["chunk"].shape == (2, 4, 3, 32, 32) and batch["cond"].shape == (2, 2, 3, 32, 32)
+    torch.manual_seed(0)
+    before = float(trainer.loss(batch).detach())
+    for _ in range(10):
+        torch.manual_seed(0)  # the same noise and timesteps each time
+        loss = trainer.loss(batch)
+        trainer.opt.zero_grad()
+        loss.backward()
+        trainer.opt.step()
+    torch.manual_seed(0)
+    after = float(trainer.loss(batch).detach())
+    assert after < before
+    assert all(torch.equal(v, trainer.base.unet.state_dict()[k]) for k, v in base.items())

@@ -1,0 +1,224 @@
+"""Train StreamingT2V's memories on the toy world (SPEC §4): the base UNet frozen, CAM first, then CAM+APM.
+
+One example is a clip of 2F frames (32 for F = 16): the anchor is a random frame of the first F, the
+conditioning frames are F..F+F_cond-1, and the chunk to denoise is F..2F-1, whose first F_cond frames
+re-cover the conditioning frames (as at inference). Text, anchor, or both are dropped with 5% each so the
+multi-conditional guidance has its unconditional terms. Checkpoints are resumable; `export` writes the
+weights into the model folder's `streaming/` where the runner finds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+STAGES = ("cam", "cam+apm")
+
+
+@dataclass
+class StreamingTrainConfig:
+    model: str = "toy"  # the base video model (built-in name or folder); it stays frozen
+    stage: str = "cam"  # cam | cam+apm (cam+apm starts from the cam stage's checkpoint when given)
+    out: str = "runs/streaming"
+    init: Optional[str] = None  # cam+apm: the cam stage's checkpoint to start from
+    steps: int = 1000
+    batch: int = 4
+    chunk: int = 16  # F
+    cond_frames: int = 8  # F_cond
+    lr: float = 5e-5  # the paper's; short CPU runs want more
+    p_drop: float = 0.05  # drop text / anchor / both, each with this probability
+    anchor_tokens: int = 16
+    head_dim: int = 16
+    seed: int = 0
+    threads: int = 1
+    resume: bool = False
+    save_every: int = 100
+    log_every: int = 10
+    progress: bool = True
+
+
+class StreamingTrainer:
+    """The frozen base (text encoder, VAE, UNet3D), the trainable CAM (+ APM), one optimizer, the RNGs."""
+
+    def __init__(self, cfg: StreamingTrainConfig):
+        from vgen.config import ModelConfig
+        from vgen.methods.streaming.apm import APM, anchor_encoder
+        from vgen.methods.streaming.cam import CAM
+        from vgen.models import load_components
+
+        if cfg.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
+        if cfg.cond_frames >= cfg.chunk:
+            raise ValueError("cond_frames must be smaller than chunk")
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step_count = 0
+        self.base = load_components(ModelConfig(id=cfg.model), "cpu", torch.float32)
+        if self.base.kind != "unet3d":
+            raise ValueError(f"StreamingT2V trains on a UNet3D model; '{cfg.model}' is {self.base.kind}")
+        unet = self.base.unet
+        self.cam = CAM.from_unet(unet, self.base.vae_scale_factor, head_dim=cfg.head_dim)
+        self.apm = None
+        if cfg.stage == "cam+apm":
+            encoder = anchor_encoder("vae", vae=self.base.vae)
+            self.apm = APM.from_unet(unet, self.base.tokenizer.model_max_length, encoder, tokens=cfg.anchor_tokens)
+        if cfg.init:
+            state = torch.load(cfg.init, map_location="cpu", weights_only=False)
+            self.cam.load_state_dict(state["cam"])
+        self.modules = {"cam": self.cam} | ({"apm": self.apm} if self.apm is not None else {})
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        from vgen.core.schedulers import make_scheduler
+
+        self.noise_sched = make_scheduler("ddpm", self.base.scheduler)
+
+    # -- data -------------------------------------------------------------------------------------
+    def batch(self) -> dict:
+        """Captions and the clip layout of SPEC §4 (anchor / conditioning / chunk), pixels in [-1, 1]."""
+        from vgen.toyworld import sample_training_batch
+
+        cfg, (h, w) = self.cfg, self.base.native_size
+        captions, clips = sample_training_batch(self.rng, cfg.batch, 2 * cfg.chunk, h)
+        pixels = torch.from_numpy(clips).float().div(127.5).sub(1).permute(0, 1, 4, 2, 3)  # [B, 2F, 3, H, W]
+        F, Fc = cfg.chunk, cfg.cond_frames
+        anchor_idx = self.rng.integers(0, F, cfg.batch)
+        drop = self.rng.random(cfg.batch)  # [0, p): text; [p, 2p): anchor; [2p, 3p): both
+        p = cfg.p_drop
+        drop_text = (drop < p) | ((drop >= 2 * p) & (drop < 3 * p))
+        drop_anchor = drop >= p
+        drop_anchor &= drop < 3 * p
+        return {
+            "captions": ["" if d else c for c, d in zip(captions, drop_text)],
+            "anchor": pixels[np.arange(cfg.batch), anchor_idx],
+            "drop_anchor": torch.from_numpy(drop_anchor),
+            "cond": pixels[:, F : F + Fc],
+            "chunk": pixels[:, F : 2 * F],
+        }
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, F, 3, H, W] in [-1, 1] -> latents [B, C, F, h, w] (the VAE posterior mean, as at inference)."""
+        vae = self.base.vae
+        b, f = frames.shape[:2]
+        lat = vae.encode(frames.reshape(b * f, *frames.shape[2:])).latent_dist.mean * vae.config.scaling_factor
+        return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def embed(self, captions: list[str]) -> torch.Tensor:
+        from vgen.core.prompts import encode_text
+
+        return encode_text(self.base, captions)
+
+    # -- one step ---------------------------------------------------------------------------------
+    def loss(self, batch: dict) -> torch.Tensor:
+        from vgen.methods.streaming.unet_forward import streaming_unet_forward
+
+        latents = self.encode(batch["chunk"])
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (latents.shape[0],))
+        noisy = self.noise_sched.add_noise(latents, noise, t)
+        text = self.embed(batch["captions"])
+        tokens = None
+        if self.apm is not None:
+            h, w = batch["anchor"].shape[-2:]
+            real = self.apm.anchor_tokens(batch["anchor"])
+            null = self.apm.null_tokens(real.shape[0], h, w)
+            tokens = torch.where(batch["drop_anchor"][:, None, None], null, real)
+        pred = streaming_unet_forward(self.base.unet, noisy, t, text, cam=self.cam, cond_pixels=batch["cond"],
+                                      apm=self.apm, anchor_tokens=tokens)
+        return torch.nn.functional.mse_loss(pred, noise)
+
+    def step(self) -> float:
+        for m in self.modules.values():
+            m.train()
+        loss = self.loss(self.batch())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in self.modules.values() for p in m.parameters()], 1.0)
+        self.opt.step()
+        self.step_count += 1
+        return float(loss.detach())
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "step": self.step_count,
+            **{k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.opt.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state,
+        }
+
+    def save(self, path: Optional[Path] = None) -> Path:
+        path = Path(path or Path(self.cfg.out) / "last.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+        return path
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for k, m in self.modules.items():
+            m.load_state_dict(state[k])
+        self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr
+        self.step_count = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the weights (float16 when the model folder is float16) into <folder>/streaming/."""
+        from vgen.methods.streaming.cam import save_streaming
+
+        dtype = torch.float16 if _folder_is_half(Path(folder)) else None
+        return save_streaming(folder, self.cam, self.apm, dtype=dtype)
+
+
+def _folder_is_half(folder: Path) -> bool:
+    """Whether the model folder's UNet weights are stored in float16."""
+    from safetensors import safe_open
+
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    if not files:
+        return False
+    with safe_open(str(files[0]), "pt") as f:
+        key = next(iter(f.keys()))
+        return f.get_slice(key).get_dtype() in ("F16", "float16")
+
+
+def train(cfg: StreamingTrainConfig) -> StreamingTrainer:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    torch.set_num_threads(cfg.threads)
+    trainer = StreamingTrainer(cfg)
+    last = Path(cfg.out) / "last.pt"
+    if cfg.resume and last.is_file():
+        trainer.load(last)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    columns = [TextColumn(f"[bold]{cfg.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[loss]}")]
+    t0, ema = time.time(), None
+    with open(Path(cfg.out) / "log.txt", "a") as log, Progress(*columns, disable=not cfg.progress) as bar:
+        task = bar.add_task(cfg.stage, total=cfg.steps, completed=trainer.step_count, loss="")
+        while trainer.step_count < cfg.steps:
+            loss = trainer.step()
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {trainer.step_count}")
+            ema = loss if ema is None else 0.98 * ema + 0.02 * loss
+            bar.update(task, completed=trainer.step_count, loss=f"loss {ema:.4f}")
+            if trainer.step_count % cfg.log_every == 0:
+                log.write(f"step {trainer.step_count} loss={loss:.4f} ema={ema:.4f} t={time.time() - t0:.0f}s\n")
+                log.flush()
+            if trainer.step_count % cfg.save_every == 0 or trainer.step_count == cfg.steps:
+                trainer.save()
+    return trainer
