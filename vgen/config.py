@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from vgen.errors import ConfigError
 
-DEFAULT_MODEL = "tiny-random-unet3d"
+DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
 SCHEDULERS = ("ddim", "dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model")
 DEVICES = ("auto", "cpu", "cuda", "mps")

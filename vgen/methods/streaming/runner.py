@@ -79,7 +79,7 @@ class Memory:
     """What chunk k carries over from chunk k-1: the anchor and the last F_cond frames."""
 
     anchor: torch.Tensor  # [1, 3, H, W] in [-1, 1]: frame 0 of chunk 1
-    pixels: torch.Tensor  # [1, F_cond, 3, H, W] in [-1, 1]: decoded last frames
+    pixels: Optional[torch.Tensor]  # [1, F_cond, 3, H, W] in [-1, 1]: decoded last frames (trained mode only)
     latents: torch.Tensor  # [1, C, F_cond, h, w]: their clean latents
     noise: torch.Tensor  # [1, C, F_cond, h, w]: the initial noise they were denoised from
 
@@ -178,22 +178,24 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
             scheduler = new_scheduler()
             noise = iid_noise(shape, ctx.generator, components.device, components.dtype)
             kwargs: dict[str, Any] = {}
-            if k > 0 and mode != "independent":
+            if k > 0 and mode == "trained":  # fresh noise, as in training: CAM carries the past
+                kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
+            elif k > 0 and mode == "training-free":
                 noise[:, :, :Fc] = memory.noise  # shared noise: the re-covered frames start where they started
-                if mode == "trained":
-                    kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
-                else:
-                    kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc)
+                kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc)
             latents = denoise(components, scheduler, noise * scheduler.init_noise_sigma, prompt, w_text,
                               generator=ctx.generator, eta=s.eta, progress=ctx.progress,
                               description=f"chunk {k + 1}/{n}", **kwargs)
             new = slice(0, F) if k == 0 else slice(Fc, F)
             frames = decode_latents(components, latents[:, :, new], job.memory.decode_chunk)[0]
             emit(writer, latents[:, :, new], frames)
-            last = decode_latents(components, latents[:, :, F - Fc :], job.memory.decode_chunk)[0]
+            pixels = None
+            if mode == "trained":  # only CAM reads the conditioning frames as pixels
+                last = frames[-Fc:] if frames.shape[0] >= Fc else decode_latents(components, latents[:, :, F - Fc :])[0]
+                pixels = to_model_pixels(last)
             memory = Memory(
                 anchor=to_model_pixels(frames[:1])[0] if memory is None else memory.anchor,
-                pixels=to_model_pixels(last),
+                pixels=pixels,
                 latents=latents[:, :, F - Fc :],
                 noise=noise[:, :, F - Fc :],
             )

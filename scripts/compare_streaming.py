@@ -1,0 +1,275 @@
+"""Long videos on the toy world: does StreamingT2V keep its objects, without cuts? Three modes side by side.
+
+    .venv/bin/python scripts/compare_streaming.py [--model toy] [--prompts 24] [--frames 240] [--steps 20]
+        [--guidance 5] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
+        [--modes trained training-free independent] [--out DIR [--resume]] [--json records.json]
+
+Prompts: half single-object, half two-object held-out captions with their motions (vgen.toyworld.eval_prompts,
+seeded by --seed, so the same flags give the same rows). Row i uses seed --seed + i in every mode:
+    trained        CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
+    training-free  temporal inpainting of the overlap with shared noise
+    independent    chunks with no conditioning (the baseline)
+Each video is made by run_job (the same path as `vgen generate`, sidecar included) and read back from its mp4.
+Metrics per video: scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_len, printed),
+MAWE and warp error (OpenCV optical flow, named in the output), and the toy detector: identity drift, all
+prompted objects present, all present with their colour and shape (whole video), and the fraction of
+--window-frame windows in which every prompted object is present with its colour and shape
+(vgen.eval.longvideo), with whether the last window still has them.
+
+Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over 240 frames a
+prompted motion and a kept object pull against each other; the per-size table separates the rows.
+--out keeps the mp4s and sidecars (otherwise a temporary folder is used); with --resume, videos already
+there with the same settings (the sidecar's resolved config) are scored again but not regenerated, so an
+interrupted run can be continued. Generation wall time is printed per mode (for resumed videos: as recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MODES = ("trained", "training-free", "independent")
+
+
+def pick_prompts(n: int, seed: int) -> list[str]:
+    """n held-out prompts, singles and pairs alternating (so any prefix is balanced); deterministic in seed."""
+    from vgen.toyworld import eval_prompts
+
+    singles, pairs = eval_prompts(1, (n + 1) // 2, seed), eval_prompts(2, n // 2, seed)
+    out = []
+    for i in range(max(len(singles), len(pairs))):
+        out += singles[i : i + 1] + pairs[i : i + 1]
+    return out
+
+
+def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
+    from vgen.config import build_job
+
+    return build_job(flags={
+        "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
+        "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
+        "streaming.mode": mode, "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
+    })
+
+
+def finished(job) -> dict | None:
+    """The sidecar of an earlier run of exactly this job (same resolved config), or None."""
+    from vgen.config import output_path, to_dict
+    from vgen.jobs import is_complete, sidecar_path
+
+    if not is_complete(job):
+        return None
+    sidecar = json.loads(sidecar_path(output_path(job)).read_text())
+    return sidecar if sidecar.get("config") == json.loads(json.dumps(to_dict(job), default=str)) else None
+
+
+def generate(job, cache, resume: bool) -> tuple[dict, bool]:
+    """(sidecar, resumed): run the job unless --resume finds it done."""
+    from vgen.config import output_path
+    from vgen.jobs import run_job, sidecar_path
+
+    if resume and (done := finished(job)) is not None:
+        return done, True
+    run_job(job, cache, progress=False)
+    return json.loads(sidecar_path(output_path(job)).read_text()), False
+
+
+def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flow: str) -> dict:
+    """Every metric of one video file, as a flat record."""
+    from vgen.eval.longvideo import colour_shape_kept, window_scores
+    from vgen.eval.scenecuts import scene_cuts
+    from vgen.eval.warp import warp_metrics
+    from vgen.toyworld import detect_video, score_video
+    from vgen.video import read_video
+
+    video = read_video(path)
+    cuts = scene_cuts(video.frames, video.fps, min_scene_len)
+    warp = warp_metrics(video.frames, flow)
+    det = detect_video(video.frames)
+    score = score_video(det, prompt)
+    windows = window_scores(det, prompt, window)
+    return {
+        "frames_read": len(video.frames), "scene_cuts": cuts.cuts, "cut_frames": list(cuts.cut_frames),
+        "scene_params": cuts.params, "mawe": warp.mawe, "warp_error": warp.warp_error, "flow_std": warp.flow_std,
+        "flow": warp.flow, "identity_drift": score.identity_drift, "all_present": score.all_present,
+        "colour_shape": colour_shape_kept(score), "all_correct": score.all_correct,
+        "window_rate": windows.rate, "last_window_kept": windows.last_kept, "first_lost": windows.first_lost,
+        "windows": len(windows.kept),
+    }
+
+
+def mean(values) -> float:
+    values = [float(v) for v in values]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def median(values) -> float:
+    values = [float(v) for v in values]
+    return statistics.median(values) if values else float("nan")
+
+
+SUMMARY_HEADER = (f"{'mode':<20} {'n':>3} {'cuts':>5} {'cut%':>5} {'MAWE':>7} {'MAWE md':>7} {'warp':>7} {'warp md':>7} "
+                  f"{'drift':>6} {'present':>7} {'col+shp':>7} {'windows':>7} {'last ok':>7}")
+
+
+def summary_row(label: str, recs: list[dict]) -> str:
+    """Means per mode (medians of the heavy-tailed warp numbers); rates in %."""
+    return (f"{label:<20} {len(recs):>3} {mean(r['scene_cuts'] for r in recs):>5.2f} "
+            f"{mean(r['scene_cuts'] > 0 for r in recs):>5.0%} {mean(r['mawe'] for r in recs):>7.2f} "
+            f"{median(r['mawe'] for r in recs):>7.2f} {mean(r['warp_error'] for r in recs):>7.1f} "
+            f"{median(r['warp_error'] for r in recs):>7.1f} {mean(r['identity_drift'] for r in recs):>6.3f} "
+            f"{mean(r['all_present'] for r in recs):>7.0%} {mean(r['colour_shape'] for r in recs):>7.0%} "
+            f"{mean(r['window_rate'] for r in recs):>7.0%} {mean(r['last_window_kept'] for r in recs):>7.0%}")
+
+
+LEGEND = ("cuts: mean scene cuts per video; cut%: videos with any cut; MAWE / warp: mean and median (md); drift: "
+          "identity drift (fraction of frames an object is missing or not its majority shape);\n"
+          "present: all prompted objects present (whole video); col+shp: ... with their colour and shape; windows: mean "
+          "fraction of windows with every object present in colour and shape; last ok: the last window has them")
+
+
+def print_tables(records: list[dict], modes: list[str], args) -> None:
+    ok = [r for r in records if "error" not in r]
+    if not ok:
+        print("\nno video was scored")
+        return
+    p = ok[0]["scene_params"]
+    lens = sorted({r["scene_params"]["min_scene_len"] for r in ok})
+    print(f"\nmodel={args.model} prompts={args.prompts} frames={args.frames} steps={args.steps} guidance={args.guidance} "
+          f"seed={args.seed} window={args.window}")
+    print(f"scene cuts: PySceneDetect {p['scenedetect']} {p['detector']}, defaults (adaptive_threshold "
+          f"{p['adaptive_threshold']}, window_width {p['window_width']}, min_content_val {p['min_content_val']}) "
+          f"except min_scene_len {', '.join(map(str, lens))}; warp: {ok[0]['flow']} flow, MAWE c=9.5")
+    print(SUMMARY_HEADER)
+    for mode in modes:
+        recs = [r for r in ok if r["mode"] == mode]
+        if recs:
+            print(summary_row(mode, recs))
+    print(LEGEND)
+    print("\nby prompt size")
+    print(SUMMARY_HEADER)
+    for k in sorted({r["objects"] for r in ok}):
+        for mode in modes:
+            recs = [r for r in ok if r["mode"] == mode and r["objects"] == k]
+            if recs:
+                print(summary_row(f"{k} obj {mode}", recs))
+
+
+def print_times(records: list[dict], modes: list[str], metric_s: dict[str, float]) -> None:
+    print("\nwall time per mode")
+    for mode in modes:
+        recs = [r for r in records if r["mode"] == mode and "error" not in r]
+        if not recs:
+            continue
+        gen = sum(r["generate_s"] for r in recs)
+        resumed = sum(r["resumed"] for r in recs)
+        print(f"  {mode:<14} generation {gen:8.1f} s ({gen / len(recs):.1f} s/video, {len(recs)} videos"
+              f"{f', {resumed} resumed: as recorded' if resumed else ''}), metrics {metric_s.get(mode, 0.0):.1f} s")
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"  FAILED {r['mode']} row {r['row']}: {r['error']}")
+
+
+def available_modes(args, cache) -> list[str]:
+    """The asked modes; trained only when the model ships CAM/APM weights (a printed note otherwise)."""
+    from vgen.methods.streaming.runner import streaming_weights
+
+    modes = [m for m in MODES if m in args.modes]
+    if "trained" in modes:
+        components = cache.get(make_job(args, "a red circle", args.seed, "training-free", "probe", Path(".")))
+        if streaming_weights(components) is None:
+            print(f"trained CAM+APM: skipped ('{args.model}' ships no streaming weights; train them with "
+                  "scripts/train_streaming.py)")
+            modes.remove("trained")
+    return modes
+
+
+def run_row(args, cache, folder: Path, row: int, prompt: str, modes: list[str], metric_s: dict) -> list[dict]:
+    """One prompt in every mode, same seed; one printed line per video."""
+    from vgen.errors import VgenError
+
+    out = []
+    seed = args.seed + row
+    for mode in modes:
+        base = {"row": row, "mode": mode, "prompt": prompt, "objects": prompt.count(" and ") + 1, "seed": seed}
+        job = make_job(args, prompt, seed, mode, f"{row:03d}-{mode}", folder)
+        try:
+            sidecar, resumed = generate(job, cache, args.resume)
+            t0 = time.perf_counter()
+            kept = sidecar["output"] if args.out else None  # a temporary folder is gone after the run
+            rec = {**base, "path": kept, "generate_s": sidecar["timings"]["generate_s"],
+                   "resumed": resumed, "mode_run": sidecar["method_info"].get("mode"),
+                   **measure(Path(sidecar["output"]), prompt, args.window, args.min_scene_len, args.flow)}
+            metric_s[mode] = metric_s.get(mode, 0.0) + time.perf_counter() - t0
+        except (VgenError, ValueError) as err:
+            rec = {**base, "error": str(err).splitlines()[0]}
+        out.append(rec)
+        print(progress_line(rec, len(out) == 1), flush=True)
+    return out
+
+
+def progress_line(r: dict, first: bool) -> str:
+    head = f"[{r['row'] + 1:>3} {r['mode']:<13}]"
+    if "error" in r:
+        return f"{head} FAILED: {r['error']}"
+    return (f"{head} {r['generate_s']:6.1f} s{'*' if r['resumed'] else ' '} cuts {r['scene_cuts']} MAWE {r['mawe']:6.2f} "
+            f"drift {r['identity_drift']:.2f} present {'y' if r['all_present'] else 'n'} col+shp "
+            f"{'y' if r['colour_shape'] else 'n'} windows {r['window_rate']:4.0%}" + (f"  {r['prompt']}" if first else ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="toy")
+    ap.add_argument("--prompts", type=int, default=24, help="rows: half single-object, half two-object prompts")
+    ap.add_argument("--frames", type=int, default=240)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0, help="prompt draw and row i's seed (seed + i)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--window", type=int, default=16, help="frames per window of the per-window object score")
+    ap.add_argument("--min-scene-len", type=int, default=None,
+                    help="PySceneDetect min_scene_len (default: auto, 15 = PySceneDetect's default from 60 frames on)")
+    ap.add_argument("--flow", default="dis", choices=("dis", "farneback"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None, help="keep the mp4s and sidecars here")
+    ap.add_argument("--resume", action="store_true", help="skip videos already in --out with the same settings")
+    ap.add_argument("--json", default=None, help="write the per-video records here")
+    args = ap.parse_args()
+    if args.resume and not args.out:
+        sys.exit("compare_streaming: --resume needs --out (the folder of the earlier run)")
+    if args.model == "toy" and not (ROOT / "vgen" / "assets" / "toy").is_dir():
+        sys.exit("compare_streaming: the toy model is missing (vgen/assets/toy); train it first (scripts/train_toy.py) "
+                 "or pass --model <folder>")
+
+    from vgen.eval.files import check_metric_packages
+    from vgen.jobs import ModelCache
+
+    check_metric_packages()
+    cache = ModelCache()
+    modes = available_modes(args, cache)
+    prompts = pick_prompts(args.prompts, args.seed)
+    with tempfile.TemporaryDirectory(prefix="compare_streaming_") as tmp:
+        folder = Path(args.out) if args.out else Path(tmp)
+        print(f"{len(prompts)} prompts x {len(modes)} modes ({', '.join(modes)}), {args.frames} frames, videos in "
+              f"{folder if args.out else 'a temporary folder'}; * = resumed", flush=True)
+        records, metric_s, started = [], {}, time.perf_counter()
+        for row, prompt in enumerate(prompts):
+            records += run_row(args, cache, folder, row, prompt, modes, metric_s)
+            if row == 0 and len(prompts) > 1:
+                per_row = time.perf_counter() - started
+                print(f"  (about {per_row * (len(prompts) - 1) / 60:.0f} more minutes at this pace)", flush=True)
+        print_tables(records, modes, args)
+        print_times(records, modes, metric_s)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "modes": modes, "records": records}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
