@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench eval clean help
+.PHONY: setup test test-fast demo bench clean help eval-i4vgen eval-streaming
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
 	@echo "make demo    - create/refresh .venv and generate outputs/demo.mp4 with the default model"
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
 	@echo "make setup   - only create/refresh .venv"
+	@echo "make eval-i4vgen / eval-streaming - toy-world quality comparisons (long on a CPU)"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,15 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_flow.py --quick
 	$(BIN)/python scripts/bench_zs2.py
 	$(BIN)/python scripts/bench_vico.py
+	$(BIN)/python scripts/bench_i4vgen.py
+	$(BIN)/python scripts/bench_streaming.py --quick
+
+eval-i4vgen: $(STAMP)
+	$(BIN)/python scripts/compare_i4vgen.py
+
+# long (hours on a CPU): re-running continues where it stopped
+eval-streaming: $(STAMP)
+	$(BIN)/python scripts/compare_streaming.py --out outputs/compare_streaming --resume --json outputs/compare_streaming/records.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

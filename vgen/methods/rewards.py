@@ -9,6 +9,7 @@ A reward is ``score(images uint8 [N, H, W, 3], prompt) -> float64 [N]``, built o
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -109,7 +110,9 @@ def imagereward_reward(model_id: Optional[str] = None, device: str = "cpu") -> R
     return score
 
 
+@lru_cache(maxsize=4)
 def load_reward(name: str, model_id: Optional[str] = None, device: str = "cpu") -> Reward:
+    """The reward function, built once per (name, weights, device): a batch loads CLIP once."""
     if name == "toy":
         return toy_reward()
     if name == "clip":

@@ -1,0 +1,314 @@
+"""Does I4VGen make prompts come true, and what motion does it cost? Vanilla vs I4VGen on the toy world.
+
+    .venv/bin/python scripts/compare_i4vgen.py [--model toy] [--prompts 102] [--objects 1 2 3] [--steps 20]
+        [--frames 8] [--guidance 5] [--variant "i4vgen.warm_step_size=1" --variant "i4vgen.t_regen=0.78 ..."]
+        [--json out.json] [key=value ...]
+
+--prompts prompts in all, split evenly over --objects: held-out compositions and single objects from
+vgen.toyworld.eval_prompts (deterministic for --seed); prompt i gets seed --seed + i under every method. Each
+prompt is sampled by the vanilla runner and the i4vgen runner (anchor candidates from the model's image
+companion, toy-t2i for toy, picked by the reward; NI-VSDS; regeneration), in turn, in this process, models
+loaded once. key=value overrides go to every job (i4vgen.* keys only matter to I4VGen, e.g.
+i4vgen.candidates=8); each --variant "k=v k=v" is one more I4VGen method (i4vgen+1, +2, ...) on top of them.
+
+Columns, from the exact toy detector (score_video) per video, pooled per method and object count:
+  obj c+s      prompted objects found in the right colour and shape (pooled over objects)
+  all present  videos with every prompted object found;  all correct: and each right in colour, shape, motion
+  motion ok    prompted objects moving in the prompted direction (a missing object counts as wrong)
+  disp px      mean net displacement |last - first centroid| of the detected prompted objects over the clip, in
+               px of the generated frame (the paper trades motion for fidelity); moving px: only objects the
+               prompt says move (the toy world moves them 2-3.5 px/frame at 64 px)
+  anchor       mean reward of the chosen anchor image (toy reward: 1 = every object right, no extras)
+Times are the runners' wall time (scoring excluded), summed per method, and their ratio to vanilla.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ----------------------------------------------------------------------------------------------
+# what to run
+
+
+def split_counts(total: int, objects: list[int]) -> dict[int, int]:
+    """`total` prompts over the object counts, as evenly as possible (earlier counts take the remainder)."""
+    base, extra = divmod(total, len(objects))
+    return {k: base + (i < extra) for i, k in enumerate(objects)}
+
+
+def choose_prompts(total: int, objects: list[int], seed: int) -> list[tuple[int, str]]:
+    """(object count, prompt) pairs, deterministic for the seed."""
+    from vgen.toyworld import eval_prompts
+
+    return [(k, p) for k, n in split_counts(total, objects).items() if n for p in eval_prompts(k, n, seed=seed)]
+
+
+def method_overrides(variants: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """label -> (runner, extra overrides): vanilla, i4vgen, then i4vgen+1, +2, ... one per variant."""
+    out = {"vanilla": ("vanilla", []), "i4vgen": ("i4vgen", [])}
+    for n, v in enumerate(variants, 1):
+        out[f"i4vgen+{n}"] = ("i4vgen", v.split())
+    return out
+
+
+def build_jobs(args, prompts) -> dict[str, list]:
+    """Every job up front, so a bad override fails before any sampling."""
+    from vgen.config import build_job
+
+    jobs = {}
+    for label, (method, extra) in method_overrides(args.variants).items():
+        jobs[label] = [
+            build_job(
+                flags={"prompt": prompt, "method": method, "model.id": args.model, "seed": args.seed + i,
+                       "sampler.steps": args.steps, "sampler.guidance": args.guidance,
+                       "sampler.scheduler": args.scheduler, "video.frames": args.frames,
+                       "runtime.device": args.device, "runtime.dtype": args.dtype, "i4vgen.save_candidates": False},
+                overrides=[*args.overrides, *extra],
+            )
+            for i, (_, prompt) in enumerate(prompts)
+        ]
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------
+# running and scoring
+
+
+def run_one(job, cache, stem: Path):
+    """(video, seconds) from the job's runner in this process; a second model comes through the cache."""
+    import torch
+
+    from vgen.core.sampler import resolve_size
+    from vgen.jobs import RunContext
+    from vgen.methods import load_runner
+
+    components = cache.get(job)
+    h, w = resolve_size(components, job.video.height, job.video.width)
+    ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=stem,
+                     progress=False, load_model=lambda cfg: cache.get(job, cfg))
+    sync = torch.cuda.synchronize if components.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    video = load_runner(job.method)(job, components, ctx)
+    sync()
+    return video, time.perf_counter() - start
+
+
+def preload(jobs: dict[str, list], cache) -> None:
+    """Load every model (the image companion too) before timing, so no method's time includes a load."""
+    from vgen.methods.i4vgen import image_model_config
+
+    for runs in jobs.values():
+        cache.get(runs[0])
+        if runs[0].method == "i4vgen":
+            cache.get(runs[0], image_model_config(runs[0]))
+
+
+def displacement(trajectory) -> float | None:
+    """Net |last - first| of the observed centroids (px); None with fewer than two observations."""
+    import numpy as np
+
+    points = np.array(trajectory, dtype=np.float64)
+    points = points[~np.isnan(points).any(axis=1)]
+    return float(np.hypot(*(points[-1] - points[0]))) if len(points) >= 2 else None
+
+
+def measure(frames, prompt: str) -> dict:
+    """Per-video numbers from the toy detector."""
+    from vgen.toyworld import score_video
+
+    score = score_video(frames, prompt)
+    objects = []
+    for o in score.objects:
+        objects.append({
+            "spec": f"{o.spec.colour} {o.spec.shape} {o.spec.motion}",
+            "colour_shape_ok": bool(o.present and o.colour_ok and o.shape_ok),
+            "present": bool(o.present),
+            "motion": o.motion,
+            "motion_ok": o.motion_ok,
+            "displacement_px": displacement(o.trajectory) if o.present else None,
+            "prompted_moving": o.spec.motion not in (None, "still"),
+        })
+    return {"all_present": score.all_present, "all_correct": score.all_correct,
+            "extra_objects": list(score.extra_objects), "objects": objects}
+
+
+def anchor_info(video) -> dict | None:
+    anchor = video.metadata.get("anchor")
+    if not anchor:
+        return None
+    return {"chosen": anchor["chosen"], "reward": anchor["scores"][anchor["chosen"]], "scores": anchor["scores"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def mean(values) -> float:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(records: list[dict]) -> dict:
+    objs = [o for r in records for o in r["objects"]]
+    anchors = [r["anchor"]["reward"] for r in records if r.get("anchor")]
+    return {
+        "videos": len(records),
+        "obj_colour_shape": mean(o["colour_shape_ok"] for o in objs),
+        "all_present": mean(r["all_present"] for r in records),
+        "all_correct": mean(r["all_correct"] for r in records),
+        "motion_ok": mean(o["motion_ok"] for o in objs),
+        "disp_px": mean(o["displacement_px"] for o in objs),
+        "disp_moving_px": mean(o["displacement_px"] for o in objs if o["prompted_moving"]),
+        "anchor_reward": mean(anchors) if anchors else None,
+        "seconds": sum(r["seconds"] for r in records),
+    }
+
+
+def summary_rows(records: list[dict], labels: list[str], objects: list[int]) -> list[dict]:
+    rows = []
+    for label in labels:
+        mine = [r for r in records if r["method"] == label]
+        for k in ["all", *objects]:
+            part = mine if k == "all" else [r for r in mine if r["objects_n"] == k]
+            if part:
+                rows.append({"method": label, "objects": k, **summarize(part)})
+    return rows
+
+
+def pct(x) -> str:
+    return "-" if x is None or x != x else f"{x:.1%}"
+
+
+def num(x, digits=1) -> str:
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def print_rates(rows: list[dict]) -> None:
+    w = max(len(r["method"]) for r in rows) + 2
+    print(f"{'method':<{w}}{'objs':>4}{'n':>5}{'obj c+s':>9}{'all present':>12}{'all correct':>12}"
+          f"{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'anchor':>8}")
+    for r in rows:
+        print(f"{r['method']:<{w}}{r['objects']!s:>4}{r['videos']:>5}{pct(r['obj_colour_shape']):>9}"
+              f"{pct(r['all_present']):>12}{pct(r['all_correct']):>12}{pct(r['motion_ok']):>10}"
+              f"{num(r['disp_px']):>9}{num(r['disp_moving_px']):>10}{num(r['anchor_reward'], 3):>8}")
+
+
+def print_times(rows: list[dict]) -> None:
+    totals = [r for r in rows if r["objects"] == "all"]
+    base = totals[0]["seconds"]
+    w = max(len(r["method"]) for r in totals) + 2
+    print(f"{'method':<{w}}{'videos':>7}{'total s':>10}{'s / video':>11}{'x vanilla':>11}")
+    for r in totals:
+        print(f"{r['method']:<{w}}{r['videos']:>7}{r['seconds']:>10.1f}{r['seconds'] / r['videos']:>11.2f}"
+              f"{r['seconds'] / base:>10.2f}x")
+
+
+def print_legend(args) -> None:
+    for label, (_, extra) in method_overrides(args.variants).items():
+        if extra:
+            print(f"{label} = i4vgen with {' '.join(extra)}")
+
+
+def print_paired(records: list[dict], labels: list[str]) -> None:
+    """Per prompt, against vanilla: how often all-correct / all-present flips each way."""
+    base = {r["index"]: r for r in records if r["method"] == "vanilla"}
+    for label in labels[1:]:
+        mine = [r for r in records if r["method"] == label]
+        parts = []
+        for key in ("all_correct", "all_present"):
+            won = sum(r[key] and not base[r["index"]][key] for r in mine)
+            lost = sum(base[r["index"]][key] and not r[key] for r in mine)
+            parts.append(f"{key.replace('_', '-')} +{won} / -{lost}")
+        print(f"{label} vs vanilla, same prompt and seed: {', '.join(parts)}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="toy", help="video model (its image companion is picked by the runner)")
+    ap.add_argument("--prompts", type=int, default=102, help="prompts in all, split evenly over --objects")
+    ap.add_argument("--objects", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--seed", type=int, default=0, help="prompt choice, and the first video seed")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--variant", "--variants", dest="variants", action="append", default=[], metavar='"K=V [K=V ...]"',
+                    help="one more I4VGen method with these overrides (quoted, space-separated); repeat for more")
+    ap.add_argument("--json", default=None, help="write settings, the summary and per-video records here")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every job, e.g. i4vgen.warm_step_size=1")
+    args = ap.parse_args()
+    if args.prompts < 1:
+        ap.error("--prompts must be >= 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.model == "toy" and not (ROOT / "vgen" / "assets" / "toy").is_dir():
+        sys.exit("compare_i4vgen: the toy model is missing (vgen/assets/toy); train it first (scripts/train_toy.py)")
+
+    from vgen.errors import VgenError
+    from vgen.jobs import ModelCache
+
+    prompts = choose_prompts(args.prompts, args.objects, args.seed)
+    try:
+        jobs = build_jobs(args, prompts)
+    except VgenError as err:
+        sys.exit(f"compare_i4vgen: {err}")
+    labels = list(jobs)
+    print_legend(args)
+    cache = ModelCache()
+    try:
+        preload(jobs, cache)
+    except VgenError as err:
+        sys.exit(f"compare_i4vgen: {err}")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="compare_i4vgen-") as tmp:
+        for i, (n_obj, prompt) in enumerate(prompts):
+            line = []
+            for label in labels:  # interleaved, so machine load hits every method alike
+                try:
+                    video, seconds = run_one(jobs[label][i], cache, Path(tmp) / f"{i}-{len(line)}")
+                except VgenError as err:
+                    sys.exit(f"compare_i4vgen: {label}: {err}")
+                record = {"method": label, "index": i, "prompt": prompt, "objects_n": n_obj,
+                          "seed": args.seed + i, "seconds": round(seconds, 4), **measure(video.frames, prompt),
+                          "anchor": anchor_info(video)}
+                records.append(record)
+                ok = sum(o["colour_shape_ok"] for o in record["objects"])
+                line.append(f"{label} {ok}/{n_obj}{' P'[record['all_present']]}{' C'[record['all_correct']]}")
+            print(f"[{i + 1:>3}/{len(prompts)}] " + "  ".join(line) + f"  {prompt}", flush=True)
+
+    frame_px = video.frames.shape[2]
+    rows = summary_rows(records, labels, args.objects)
+    print(f"\nmodel={args.model} frames={args.frames} ({frame_px} px wide) steps={args.steps} {args.scheduler} "
+          f"guidance={args.guidance} seed={args.seed} overrides={args.overrides}")
+    print_rates(rows)
+    print()
+    print_times(rows)
+    print_paired(records, labels)
+    print_legend(args)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        Path(args.json).write_text(json.dumps({"settings": settings, "summary": rows, "videos": records}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
