@@ -153,6 +153,27 @@ def sample_scheduler():
 # state and checkpoints
 
 
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Atomic write (tmp + rename) so a killed run never leaves a half checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def resume_training(state: dict, opt: torch.optim.Optimizer, rng: np.random.Generator, lr: float) -> int:
+    """Restore the optimizer and both RNGs from a checkpoint; returns its step. The lr given now wins,
+    so a resumed run may cool down."""
+    opt.load_state_dict(state["optimizer"])
+    for group in opt.param_groups:
+        group["lr"] = lr
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    return int(state["step"])
+
+
 def to_pixels(uint8: np.ndarray) -> torch.Tensor:
     """uint8 [..., H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(uint8)).float().div(127.5).sub(1)
@@ -212,24 +233,13 @@ class Trainer:
         }
 
     def save(self, path: Optional[Path] = None) -> Path:
-        """Atomic write (tmp + rename) so a killed run never leaves a half checkpoint."""
-        path = Path(path or Path(self.cfg.out) / "last.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        return save_checkpoint(self.state(), path or Path(self.cfg.out) / "last.pt")
 
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         for k, m in self.models.items():
             m.load_state_dict(state["models"][k])
-        self.opt.load_state_dict(state["optimizer"])
-        for group in self.opt.param_groups:  # the lr given now wins: a resumed run may cool down
-            group["lr"] = self.cfg.lr
-        self.step_count = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step_count = resume_training(state, self.opt, self.rng, self.cfg.lr)
 
     # -- one step ------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:

@@ -158,23 +158,17 @@ class StreamingTrainer:
         }
 
     def save(self, path: Optional[Path] = None) -> Path:
-        path = Path(path or Path(self.cfg.out) / "last.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        from vgen.toyworld.train import save_checkpoint
+
+        return save_checkpoint(self.state(), path or Path(self.cfg.out) / "last.pt")
 
     def load(self, path: Path) -> None:
+        from vgen.toyworld.train import resume_training
+
         state = torch.load(path, map_location="cpu", weights_only=False)
         for k, m in self.modules.items():
             m.load_state_dict(state[k])
-        self.opt.load_state_dict(state["optimizer"])
-        for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr
-        self.step_count = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step_count = resume_training(state, self.opt, self.rng, self.cfg.lr)
 
     def export(self, folder: str | Path) -> Path:
         """Write the weights (float16 when the model folder is float16) into <folder>/streaming/."""
