@@ -11,12 +11,16 @@ import torch
 
 from vgen.models import ASSETS
 
-PROMPT = "a green circle moving up"  # measured with the shipped weights (joint step 4200); see FLOOR
+PROMPTS = ["a green circle moving up", "a red square moving left", "a yellow triangle moving right", "a blue diamond",
+           "a purple circle moving down", "an orange square"]
 SEED = 0
 STEPS = 10
 FRAMES = 8
 GUIDANCE = 5.0
-FLOOR = {"present": True, "colour_ok": True, "shape_ok": True}  # achieved on PROMPT / SEED; motion is not (yet)
+# Measured with the shipped weights (joint step 8000), seed 0: colour and shape right on 4 of 6 videos
+# (the diamond and the purple circle come out with another shape) and 5 of 6 images; motion is not (yet).
+FLOOR_T2V = 4
+FLOOR_T2I = 5
 
 pytestmark = pytest.mark.skipif(
     not (ASSETS / "toy" / "model_index.json").is_file(),
@@ -34,19 +38,26 @@ def test_toy_loads_in_float32_from_float16_weights():
     assert all(p.dtype == torch.float32 for p in comp.unet.parameters())
 
 
-def test_toy_draws_the_prompted_object():
-    from vgen.toyworld import score_video
-    from vgen.toyworld.evaluate import generate
+def _colour_and_shape_right(model: str, frames: int) -> int:
     from vgen.config import ModelConfig
     from vgen.models import load_components
+    from vgen.toyworld import score_video
+    from vgen.toyworld.evaluate import generate
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is fastest on a shared CPU
     try:
-        comp = load_components(ModelConfig(id="toy"), device="cpu", dtype="float32")
-        video = generate(comp, [PROMPT], [SEED], FRAMES, STEPS, GUIDANCE)[0]
+        comp = load_components(ModelConfig(id=model), device="cpu", dtype="float32")
+        videos = generate(comp, PROMPTS, [SEED] * len(PROMPTS), frames, STEPS, GUIDANCE)
     finally:
         torch.set_num_threads(threads)
-    obj = score_video(video, PROMPT).objects[0]
-    for key, want in FLOOR.items():
-        assert getattr(obj, key) == want, f"{key}: {obj.to_dict()}"
+    scores = [score_video(v, p, judge_motion=False).objects[0] for v, p in zip(videos, PROMPTS)]
+    return sum(o.present and o.colour_ok and o.shape_ok for o in scores)
+
+
+def test_toy_draws_the_prompted_objects():
+    assert _colour_and_shape_right("toy", FRAMES) >= FLOOR_T2V
+
+
+def test_toy_t2i_draws_the_prompted_objects():
+    assert _colour_and_shape_right("toy-t2i", 1) >= FLOOR_T2I
