@@ -104,6 +104,84 @@ def test_temporal_recording_is_per_position(tiny):
     torch.testing.assert_close(T, manual.reshape(2, 64, 3, 3)[1])
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_recorded_attention_matches_autograd_in_chunks(masked):
+    """The chunked kernel with recomputing backward gives autograd's values and gradients."""
+    from vgen.core.attention import recorded_attention
+
+    torch.manual_seed(3)
+    B, H, N, K, d, cols = 5, 3, 7, 9, 4, 6
+    q, k, v = (torch.randn(B, H, n, d, dtype=torch.float64, requires_grad=True) for n in (N, K, K))
+    mask = torch.randn(B, H, 1, K, dtype=torch.float64) if masked else None
+    w_out, w_mean = torch.randn(B, H, N, d, dtype=torch.float64), torch.randn(B, N, cols, dtype=torch.float64)
+    probs = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + (0 if mask is None else mask), dim=-1)
+    ref = ((probs @ v) * w_out).sum() + (probs[..., :cols].mean(1) * w_mean).sum()
+    expected = torch.autograd.grad(ref, (q, k, v), retain_graph=True)
+    out, mean = recorded_attention(q, k, v, mask, 0.5, cols, budget=2 * H * N * K)  # 3 chunks of the batch
+    torch.testing.assert_close(mean, probs[..., :cols].mean(1))
+    torch.testing.assert_close(out, probs @ v)
+    got = torch.autograd.grad((out * w_out).sum() + (mean * w_mean).sum(), (q, k, v))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    # only the recorded maps reach the loss (the layer that ends the pass): gradients through them alone
+    expected = torch.autograd.grad((probs[..., :cols].mean(1) * w_mean).sum(), (q, k))
+    _, mean = recorded_attention(q, k, v, mask, 0.5, cols, budget=2 * H * N * K)
+    for g, e in zip(torch.autograd.grad((mean * w_mean).sum(), (q, k)), expected):
+        torch.testing.assert_close(g, e)
+
+
+def _vico_gradient(c, checkpoint: bool, graph: str = "default"):
+    """(loss, d loss / d latent, how often a layer inside the first checkpointed unit ran) of one Vico pass."""
+    from vgen.core.prompts import prompt_length
+    from vgen.jobs import RunContext
+    from vgen.methods.vico import VicoGuide, checkpoint_units, prepare
+
+    job = make_job(PROMPT, **{"method": "vico", **SMALL, "sampler.steps": 10, "vico.graph": graph,
+                              "vico.checkpoint": checkpoint})
+    ctx = RunContext(generator=torch.Generator("cpu").manual_seed(0), height=job.video.height,
+                     width=job.video.width, output_stem=Path("unused"))
+    prompt, scheduler, latents, keys = prepare(job, c, ctx)
+    unit = checkpoint_units(c.unet)[0]
+    runs = []
+    handle = next(unit.children()).register_forward_hook(lambda *a: runs.append(1))
+    try:
+        with record_attention(c.unet, graph, stop_when_complete=True) as recorder:
+            guide = VicoGuide(job.vico, c, scheduler, prompt, keys, prompt_length(c.tokenizer, PROMPT), recorder, 10)
+            x = latents.detach().float().clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss, _, _ = guide.measure(x, scheduler.timesteps[2])
+                loss.backward()
+    finally:
+        handle.remove()
+    assert all("forward" not in m.__dict__ for m in checkpoint_units(c.unet))  # the UNet is restored
+    return loss.detach(), x.grad, len(runs)
+
+
+@pytest.mark.parametrize("graph", ["default", "full"])
+@pytest.mark.parametrize("name", ["tiny-random-unet3d", "tiny-random-motion"])
+def test_checkpointed_gradient_equals_the_stored_one(tiny, name, graph):
+    """Recomputing the layers in backward (vico.checkpoint) changes no bit of the latent's gradient; the
+    recorded maps stay in the graph (the gradient is not zero) and the layers really are recomputed."""
+    c = tiny(name)
+    loss, grad, runs = _vico_gradient(c, checkpoint=False, graph=graph)
+    loss_ck, grad_ck, runs_ck = _vico_gradient(c, checkpoint=True, graph=graph)
+    assert (runs, runs_ck) == (1, 2)
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(loss_ck, loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad_ck, grad, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tiny-random-unet3d", "tiny-random-motion"])
+def test_vico_video_is_the_same_with_and_without_checkpointing(tiny, name):
+    c = tiny(name)
+    keys = {"method": "vico", "model.id": name, "vico.lr": 0.05, **SMALL, "sampler.steps": 4}
+    video, _ = run_vico(c, make_job(PROMPT, **keys))
+    plain, _ = run_vico(c, make_job(PROMPT, **keys, **{"vico.checkpoint": False}))
+    assert video.metadata["vico"]["steps"] == plain.metadata["vico"]["steps"]
+    assert video.metadata["vico"]["steps"][0]["updates"] >= 1
+    np.testing.assert_array_equal(video.frames, plain.frames)
+
+
 # ---------------------------------------------------------------------------------------------- key tokens
 
 

@@ -120,7 +120,7 @@ class VicoConfig:
     iterative_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # steps with iterative refinement
     thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # stop refining there once loss < this
     max_iterations: int = 10  # iterations at most at an iterative step (other update steps: 1)
-    checkpoint: bool = True  # gradient pass recomputes each UNet layer in backward instead of storing it (same result, less memory)
+    checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
 
     def check(self) -> None:
         _choice("vico.graph", self.graph, ("default", "full"))

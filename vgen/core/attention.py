@@ -128,17 +128,22 @@ class AttentionRecorder:
     and never stops the pass: the maps kept in the forward are the graph's own tensors, and backward
     through them recomputes what they need."""
 
-    def __init__(self, specs: list[RecordSpec], stop_when_complete: bool = False):
+    def __init__(self, specs: list[RecordSpec], stop_when_complete: bool = False, tokens: Optional[int] = None):
         self.specs = {s.name: s for s in specs}
         self.active = False
         self.replaying = False  # recompute of a checkpointed layer: same ops, nothing kept
         self.stop_when_complete = stop_when_complete  # raise RecordingComplete after the last needed layer
+        self.tokens = tokens  # cross-attention keeps only the first `tokens` text tokens (None: all)
         self.probs: dict[str, torch.Tensor] = {}
 
+    def columns(self, name: str) -> Optional[int]:
+        """How many keys of layer ``name`` to keep: the prompt's tokens for cross-attention, else all."""
+        return self.tokens if self.specs[name].role == "cross" else None
+
     def keep(self, name: str, probs: torch.Tensor) -> None:
-        """Store one layer's head-averaged probabilities [B, heads, N, K] -> [B, N, K]; raise
-        RecordingComplete once every layer of the graph has run (when asked to)."""
-        self.probs[name] = probs.mean(dim=1)
+        """Store one layer's head-averaged probabilities [B, N, K]; raise RecordingComplete once every
+        layer of the graph has run (when asked to)."""
+        self.probs[name] = probs
         if self.stop_when_complete and len(self.probs) == len(self.specs):
             raise RecordingComplete
 
@@ -184,9 +189,91 @@ class RecordingComplete(Exception):
     """Every layer of the graph ran: a caller that only needs the recordings may stop the forward pass."""
 
 
+# Elements of one chunk of float32 probabilities [batch_chunk, heads, N, K] (1 MiB): the recorded layers
+# never hold more than a few of these, whatever the batch (frames or positions folded in).
+RECORD_BUDGET = 1 << 18
+
+
+def _chunks(batch: int, per_item: int, budget: int) -> list[tuple[int, int]]:
+    step = max(1, budget // max(1, per_item))
+    return [(b, min(b + step, batch)) for b in range(0, batch, step)]
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Probabilities in float32 at least: half-precision ones of ~1e-4 would lose the flow signal."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _probabilities(q, k, mask, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) in ``_acc`` precision."""
+    acc = _acc(q.dtype)
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores + mask.to(acc)
+    return scores.softmax(dim=-1)
+
+
+def _mask_chunk(mask: Optional[torch.Tensor], b0: int, b1: int) -> Optional[torch.Tensor]:
+    return None if mask is None else mask[b0:b1] if mask.shape[0] > 1 else mask
+
+
+class _RecordedAttention(torch.autograd.Function):
+    """(softmax(q k^T * scale + mask) v, head mean of the probabilities' first ``columns`` keys), computed
+    in batch chunks. Saves q, k, v (and the mask) only: backward recomputes each chunk's probabilities,
+    so neither pass holds more than a chunk of the [B, heads, N, K] float32 tensor and its gradient
+    (autograd would keep the probabilities and sum two full-size gradients into them). Gradients:
+        dP = dO v^T + dM / heads (first columns),  dS = P * (dP - rowsum(dP * P)) * scale,
+        dq = dS k,  dk = dS^T q,  dv = P^T dO."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float, columns: Optional[int], budget: int):
+        B, H, N, _ = q.shape
+        K = k.shape[-2]
+        c = K if columns is None else min(columns, K)
+        out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=v.dtype, device=v.device)
+        mean = torch.empty((B, N, c), dtype=_acc(q.dtype), device=q.device)
+        for b0, b1 in _chunks(B, H * N * K, budget):
+            p = _probabilities(q[b0:b1], k[b0:b1], _mask_chunk(mask, b0, b1), scale)
+            torch.matmul(p.to(v.dtype), v[b0:b1], out=out[b0:b1])
+            mean[b0:b1] = p[..., :c].mean(dim=1)
+        ctx.save_for_backward(q, k, v, mask)
+        ctx.scale, ctx.columns, ctx.budget = scale, c, budget
+        ctx.set_materialize_grads(False)
+        return out, mean
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, g_mean):
+        q, k, v, mask = ctx.saved_tensors
+        B, H, N, _ = q.shape
+        K, c = k.shape[-2], ctx.columns
+        gq, gk, gv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for b0, b1 in _chunks(B, H * N * K, ctx.budget):
+            p = _probabilities(q[b0:b1], k[b0:b1], _mask_chunk(mask, b0, b1), ctx.scale)
+            if g_out is not None:
+                gp = torch.matmul(g_out[b0:b1], v[b0:b1].transpose(-1, -2)).to(p.dtype)
+                gv[b0:b1] = torch.matmul(p.to(v.dtype).transpose(-1, -2), g_out[b0:b1])
+            else:
+                gp = torch.zeros_like(p)
+            if g_mean is not None:
+                gp[..., :c] += g_mean[b0:b1, None] / H
+            gs = gp.sub_((gp * p).sum(dim=-1, keepdim=True)).mul_(p).mul_(ctx.scale)
+            gq[b0:b1] = torch.matmul(gs, k[b0:b1].to(gs.dtype))
+            gk[b0:b1] = torch.matmul(gs.transpose(-1, -2), q[b0:b1].to(gs.dtype))
+        return gq, gk, gv, None, None, None, None
+
+
+def recorded_attention(q, k, v, mask=None, scale: float = 1.0, columns: Optional[int] = None,
+                       budget: int = RECORD_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output [B, heads, N, d] (v's dtype) and head-averaged probabilities [B, N, columns]
+    (float32 at least), differentiable in q, k, v with O(chunk) memory (see ``_RecordedAttention``)."""
+    return _RecordedAttention.apply(q, k, v, mask, float(scale), columns, int(budget))
+
+
 class RecordingAttnProcessor:
     """AttnProcessor2_0 with explicit probabilities softmax(QK^T * scale) while its recorder is active,
-    so they can be kept (head-averaged, float32) and backpropagated through; SDPA otherwise."""
+    so they can be kept (head-averaged, float32) and backpropagated through (``recorded_attention``);
+    SDPA otherwise."""
 
     def __init__(self, recorder: AttentionRecorder, name: str):
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -219,14 +306,10 @@ class RecordingAttnProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
         query, key, value, head_dim = split_heads(attn, query, key, value, batch)
-        # float32 scores and softmax: half-precision probabilities of ~1e-4 would lose the flow signal
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * (head_dim ** -0.5)
-        if attention_mask is not None:
-            scores = scores + attention_mask.float()
-        probs = scores.softmax(dim=-1)
+        hidden_states, probs = recorded_attention(query, key, value, attention_mask, head_dim ** -0.5,
+                                                  self.recorder.columns(self.name))
         if not self.recorder.replaying:
             self.recorder.keep(self.name, probs)
-        hidden_states = torch.matmul(probs.to(value.dtype), value)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -238,11 +321,11 @@ class RecordingAttnProcessor:
 
 
 @contextmanager
-def record_attention(unet: torch.nn.Module, graph: str = "default",
-                     stop_when_complete: bool = False) -> Iterator[AttentionRecorder]:
+def record_attention(unet: torch.nn.Module, graph: str = "default", stop_when_complete: bool = False,
+                     tokens: Optional[int] = None) -> Iterator[AttentionRecorder]:
     """Install recording processors on the layers of Vico's graph (see ``graph_layers``) for the
     length of the block; the recorder starts inactive (``recorder.active = True`` to record)."""
-    recorder = AttentionRecorder(graph_layers(unet, graph), stop_when_complete)
+    recorder = AttentionRecorder(graph_layers(unet, graph), stop_when_complete, tokens)
     with attention_processors(unet, recorder.factory):
         yield recorder
 

@@ -10,6 +10,12 @@ Algorithm (per denoising step i of N, before the usual CFG step):
             loss   = max_k relu(1 - A_k)        (raise the weakest key token)
             x <- Adam step on d loss / d x
     x_{i-1} <- scheduler step with the CFG noise prediction at x
+
+Memory: the gradient pass keeps one input per UNet layer and recomputes the layer in backward
+(``checkpointed``, vico.checkpoint); the recorded layers keep no probability tensor for backward
+(``core.attention.recorded_attention``); cross-attention maps keep only the prompt's tokens; the flow
+product is the tiled one. Together they hold the pass near one CFG step's memory, for the price of
+one extra batch-1 forward.
 """
 
 from __future__ import annotations
@@ -136,23 +142,18 @@ def attention_flow(blocks: list, cfg: VicoConfig, tiled: Optional[bool] = None) 
     return st_flow_blocks(blocks, cfg.flow, cfg.tau, cfg.residual, tiled)
 
 
-def prompt_columns(blocks: list, n_tokens: int) -> list:
-    """Blocks with cross-attention cut to the prompt's tokens [F, P, n_tokens]: flow never mixes text
-    tokens (every product and join is per column), so the padding columns only cost time and memory."""
-    return [(cross[..., :n_tokens], spatial, temporals) for cross, spatial, temporals in blocks]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Memory-lean gradient pass: activation checkpointing of the UNet's layers
 
-# The layer lists of diffusers' video UNet blocks (UNet3D and motion): their members run one after another.
-_LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules", "downsamplers",
-                "upsamplers")
+# The layer lists of diffusers' video UNet blocks (UNet3D and motion) whose members keep several
+# activations for backward. Not the downsamplers: a strided conv keeps only its input, which the
+# checkpoint would keep as well (recomputing it would buy nothing).
+_LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules", "upsamplers")
 
 
 def checkpoint_units(unet: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules the gradient pass checkpoints one by one: UNet3D's transformer_in and every resnet,
-    temporal conv, transformer, motion module and resampler of the down, mid and up blocks."""
+    temporal conv, transformer, motion module and upsampler of the down, mid and up blocks."""
     units = [unet.transformer_in] if getattr(unet, "transformer_in", None) is not None else []
     for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
         for name in _LAYER_LISTS:
@@ -199,6 +200,9 @@ class VicoGuide:
                  log: Callable[[str], None] = lambda m: None):
         self.cfg, self.c, self.scheduler, self.prompt = cfg, components, scheduler, prompt
         self.keys, self.n_tokens, self.recorder, self.log = keys, n_tokens, recorder, log
+        # flow never mixes text tokens (products and joins are per column): the padding columns of the
+        # cross-attention maps would only cost time and memory
+        recorder.tokens = n_tokens
         self.plan = update_plan(cfg, steps)
         self.lrs = lr_schedule(cfg.lr, steps)
         self.factor = max((s.factor for s in recorder.specs.values()), default=1)
@@ -214,9 +218,10 @@ class VicoGuide:
         h, w = H, W
         for _ in range(int(math.log2(self.factor))):
             h, w = -(-h // 2), -(-w // 2)
-        blocks = prompt_columns(self.record(x, t), self.n_tokens)
-        # with gradients, the tiled product keeps O(P*F*J) for backward instead of every P*F*F*J term
-        flow = attention_flow(blocks, self.cfg, tiled=True if torch.is_grad_enabled() else None)
+        blocks = self.record(x, t)
+        # the tiled product keeps O(P*F*J) for backward instead of every P*F*F*J term, and needs fewer
+        # transcendentals (2-3x faster than the plain broadcast at these sizes)
+        flow = attention_flow(blocks, self.cfg, tiled=True)
         del blocks
         maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma)
         scores = token_scores(maps)
