@@ -153,30 +153,32 @@ def run_job(
     files += [Path(p) for p in video.metadata.pop("files", [])]
     write_s = time.perf_counter() - t0
 
-    sidecar = {
+    timings = {"load_s": load_s, "generate_s": generate_s, "write_s": write_s, "total_s": time.perf_counter() - started}
+    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata)
+    write_json(sidecar, sidecar_path(mp4))
+    return JobResult(job, "done", mp4, time.perf_counter() - started, files=files)
+
+
+def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
+                  method_info: dict, method: Optional[str] = None) -> dict:
+    """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions."""
+    return {
         "output": str(mp4),
-        "files": [str(f) for f in files[1:]],
+        "files": [str(f) for f in files],
         "prompt": job.prompt,
-        "method": job.method,
+        "method": method or job.method,
         "seed": job.seed,
         "model": {"id": job.model.id, "kind": components.kind},
         "device": str(components.device),
         "dtype": str(components.dtype).removeprefix("torch."),
         "video": {"frames": video.num_frames, "height": video.size[0], "width": video.size[1], "fps": video.fps},
-        "timings": {
-            "load_s": round(load_s, 4),
-            "generate_s": round(generate_s, 4),
-            "write_s": round(write_s, 4),
-            "total_s": round(time.perf_counter() - started, 4),
-        },
-        "method_info": video.metadata,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "method_info": method_info,
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "config": to_dict(job),
     }
-    write_json(sidecar, sidecar_path(mp4))
-    return JobResult(job, "done", mp4, time.perf_counter() - started, files=files)
 
 
 def check_distinct_outputs(jobs: list[JobConfig]) -> None:

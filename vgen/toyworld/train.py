@@ -320,40 +320,52 @@ def load_vae(path: str | Path):
     return vae.requires_grad_(False).eval()
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) a stage up to cfg.steps; returns the last checkpoint's path."""
+def run_steps(trainer, *, label: str, steps: int, out: str | Path, save_every: int, log_every: int = 20,
+              progress: bool = True, before_save=None) -> None:
+    """The training loop both trainers share: `trainer.step()` (dict of losses) until `steps`, a progress
+    bar, a log line every `log_every` steps, `trainer.save()` every `save_every` steps and at the end
+    (`before_save` runs first), and a step snapshot every 10 saves to pick an export from."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    torch.set_num_threads(cfg.threads)
-    trainer = Trainer(cfg)
-    last = Path(cfg.out) / "last.pt"
-    if cfg.resume and last.is_file():
-        trainer.load(last)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    log = open(Path(cfg.out) / "log.txt", "a")
-    columns = [TextColumn(f"[bold]{cfg.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    Path(out).mkdir(parents=True, exist_ok=True)
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[loss]}")]
     t0, ema = time.time(), None
-    with Progress(*columns, disable=not cfg.progress) as bar:
-        task = bar.add_task(cfg.stage, total=cfg.steps, completed=trainer.step_count, loss="")
-        while trainer.step_count < cfg.steps:
+    with open(Path(out) / "log.txt", "a") as log, Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task(label, total=steps, completed=trainer.step_count, loss="")
+        while trainer.step_count < steps:
             losses = trainer.step()
             total = sum(losses.values())
             if not np.isfinite(total):
                 raise FloatingPointError(f"loss became {total} at step {trainer.step_count}")
             ema = total if ema is None else 0.98 * ema + 0.02 * total
             bar.update(task, completed=trainer.step_count, loss=f"loss {ema:.4f}")
-            if trainer.step_count % cfg.log_every == 0:
+            if trainer.step_count % log_every == 0:
                 parts = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
                 log.write(f"step {trainer.step_count} {parts} ema={ema:.4f} t={time.time() - t0:.0f}s\n")
                 log.flush()
-            if trainer.step_count % cfg.save_every == 0 or trainer.step_count == cfg.steps:
-                if cfg.stage == "vae":
-                    trainer.models["vae"].register_to_config(scaling_factor=calibrate_vae(trainer.models["vae"], np.random.default_rng(123), 128))
+            if trainer.step_count % save_every == 0 or trainer.step_count == steps:
+                if before_save is not None:
+                    before_save()
                 trainer.save()
-                if trainer.step_count % (10 * cfg.save_every) == 0:  # snapshots to pick an export from
-                    trainer.save(Path(cfg.out) / f"step{trainer.step_count}.pt")
-    log.close()
+                if trainer.step_count % (10 * save_every) == 0:
+                    trainer.save(Path(out) / f"step{trainer.step_count}.pt")
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a stage up to cfg.steps; returns the last checkpoint's path."""
+    torch.set_num_threads(cfg.threads)
+    trainer = Trainer(cfg)
+    last = Path(cfg.out) / "last.pt"
+    if cfg.resume and last.is_file():
+        trainer.load(last)
+
+    def calibrate() -> None:  # the VAE's latent scale follows its weights
+        vae = trainer.models["vae"]
+        vae.register_to_config(scaling_factor=calibrate_vae(vae, np.random.default_rng(123), 128))
+
+    run_steps(trainer, label=cfg.stage, steps=cfg.steps, out=cfg.out, save_every=cfg.save_every,
+              log_every=cfg.log_every, progress=cfg.progress, before_save=calibrate if cfg.stage == "vae" else None)
     return last
 
 

@@ -8,18 +8,16 @@ frames beyond the input. The mp4 is written atomically and the JSON sidecar last
 
 from __future__ import annotations
 
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from vgen.config import JobConfig, build_job, to_dict
+from vgen.config import JobConfig, build_job
 from vgen.errors import ConfigError, VgenError
-from vgen.jobs import ModelCache, sidecar_path, versions
-from vgen.video import Mp4Writer, Video, check_writable, read_video, write_json
+from vgen.jobs import ModelCache, build_sidecar, sidecar_path
+from vgen.video import Mp4Writer, Video, WrittenVideo, check_writable, read_video, write_json
 
 MIN_FRAMES = 2
 VIDEO_KINDS = ("unet3d", "motion")
@@ -146,38 +144,20 @@ def refine_file(
     frames = write_decoded(components, latents, mp4, video.fps, job.memory.decode_chunk)
     write_s = time.perf_counter() - t0
 
-    sidecar = {
-        "output": str(mp4),
-        "files": [],
-        "prompt": job.prompt,
-        "method": "refine",
-        "seed": job.seed,
-        "model": {"id": job.model.id, "kind": components.kind},
-        "device": str(components.device),
-        "dtype": str(components.dtype).removeprefix("torch."),
-        "video": {"frames": frames, "height": height, "width": width, "fps": video.fps},
-        "timings": {
-            "load_s": round(load_s, 4),
-            "encode_s": round(encode_s, 4),
-            "refine_s": round(refine_s, 4),
-            "write_s": round(write_s, 4),
-            "total_s": round(time.perf_counter() - started, 4),
-        },
-        "method_info": {
-            "source": str(source),
-            "source_size": {"height": video.size[0], "width": video.size[1]},
-            "upscale": upscale,
-            "strength": settings.strength,
-            "steps": settings.steps,
-            "scheduler": settings.scheduler,
-            "chunk": settings.chunk,
-            "overlap": settings.overlap,
-            "chunks": len(chunk_spans(frames, settings.chunk, settings.overlap)),
-        },
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv,
-        "config": to_dict(job),
+    method_info = {
+        "source": str(source),
+        "source_size": {"height": video.size[0], "width": video.size[1]},
+        "upscale": upscale,
+        "strength": settings.strength,
+        "steps": settings.steps,
+        "scheduler": settings.scheduler,
+        "chunk": settings.chunk,
+        "overlap": settings.overlap,
+        "chunks": len(chunk_spans(frames, settings.chunk, settings.overlap)),
     }
+    timings = {"load_s": load_s, "encode_s": encode_s, "refine_s": refine_s, "write_s": write_s,
+               "total_s": time.perf_counter() - started}
+    written = WrittenVideo(mp4, frames, (height, width), video.fps)
+    sidecar = build_sidecar(job, components, mp4, [], written, timings, method_info, method="refine")
     write_json(sidecar, sidecar_path(mp4))
     return mp4

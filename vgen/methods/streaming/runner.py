@@ -17,6 +17,7 @@ Without refinement only one chunk is ever in memory; decoded frames go to the mp
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -173,7 +174,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
 
     memory: Optional[Memory] = None
     writer = None if cfg.refine else Mp4Writer(ctx.mp4_path, job.video.fps)
-    with writer if writer is not None else _nothing():
+    with writer if writer is not None else nullcontext():
         for k in range(n):
             scheduler = new_scheduler()
             noise = iid_noise(shape, ctx.generator, components.device, components.dtype)
@@ -210,16 +211,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     }
     if cfg.refine:
         metadata["refine"] = refine_and_write(job, components, ctx, torch.cat(kept, dim=2).to(components.device))
-    h, w = ctx.height * cfg.upscale if cfg.refine else ctx.height, ctx.width * cfg.upscale if cfg.refine else ctx.width
-    return WrittenVideo(ctx.mp4_path, job.video.frames, (h, w), job.video.fps, metadata)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    scale = cfg.upscale if cfg.refine else 1
+    return WrittenVideo(ctx.mp4_path, job.video.frames, (ctx.height * scale, ctx.width * scale), job.video.fps, metadata)
 
 
 def refine_and_write(job: JobConfig, components: Components, ctx: RunContext, latents: torch.Tensor) -> dict:

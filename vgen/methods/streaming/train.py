@@ -10,7 +10,6 @@ weights into the model folder's `streaming/` where the runner finds them.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -135,7 +134,7 @@ class StreamingTrainer:
                                       apm=self.apm, anchor_tokens=tokens)
         return torch.nn.functional.mse_loss(pred, noise)
 
-    def step(self) -> float:
+    def step(self) -> dict[str, float]:
         for m in self.modules.values():
             m.train()
         loss = self.loss(self.batch())
@@ -144,7 +143,7 @@ class StreamingTrainer:
         torch.nn.utils.clip_grad_norm_([p for m in self.modules.values() for p in m.parameters()], 1.0)
         self.opt.step()
         self.step_count += 1
-        return float(loss.detach())
+        return {"loss": float(loss.detach())}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -191,28 +190,13 @@ def _folder_is_half(folder: Path) -> bool:
 
 
 def train(cfg: StreamingTrainConfig) -> StreamingTrainer:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from vgen.toyworld.train import run_steps
 
     torch.set_num_threads(cfg.threads)
     trainer = StreamingTrainer(cfg)
     last = Path(cfg.out) / "last.pt"
     if cfg.resume and last.is_file():
         trainer.load(last)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    columns = [TextColumn(f"[bold]{cfg.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[loss]}")]
-    t0, ema = time.time(), None
-    with open(Path(cfg.out) / "log.txt", "a") as log, Progress(*columns, disable=not cfg.progress) as bar:
-        task = bar.add_task(cfg.stage, total=cfg.steps, completed=trainer.step_count, loss="")
-        while trainer.step_count < cfg.steps:
-            loss = trainer.step()
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {trainer.step_count}")
-            ema = loss if ema is None else 0.98 * ema + 0.02 * loss
-            bar.update(task, completed=trainer.step_count, loss=f"loss {ema:.4f}")
-            if trainer.step_count % cfg.log_every == 0:
-                log.write(f"step {trainer.step_count} loss={loss:.4f} ema={ema:.4f} t={time.time() - t0:.0f}s\n")
-                log.flush()
-            if trainer.step_count % cfg.save_every == 0 or trainer.step_count == cfg.steps:
-                trainer.save()
+    run_steps(trainer, label=cfg.stage, steps=cfg.steps, out=cfg.out, save_every=cfg.save_every,
+              log_every=cfg.log_every, progress=cfg.progress)
     return trainer
