@@ -2,6 +2,7 @@
 
     python scripts/eval_toy.py                      # toy + toy-t2i
     python scripts/eval_toy.py --model DIR --image-model none --n-single 120
+    python scripts/eval_toy.py --ckpt runs/toy/joint/last.pt --vae runs/toy/vae/step1200.pt   # a training checkpoint
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ import json
 import torch
 
 from vgen.toyworld.evaluate import evaluate
+
+
+def motion_confusion(records: list[dict]) -> str:
+    """Prompted (rows) vs detected (columns) motion of the single-object records, as a text table."""
+    from vgen.toyworld.scene import MOTIONS
+
+    singles = [r["score"]["objects"][0] for r in records if len(r["score"]["objects"]) == 1
+               and r["score"]["objects"][0].get("prompted_motion")]
+    cols = list(MOTIONS) + ["none"]
+    lines = ["prompted \\ detected " + " ".join(f"{c:>6}" for c in cols)]
+    for m in MOTIONS:
+        row = [o.get("motion") or "none" for o in singles if o["prompted_motion"] == m]
+        lines.append(f"{m:<20} " + " ".join(f"{row.count(c):>6}" for c in cols))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -27,12 +42,26 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write per-prompt records here")
+    ap.add_argument("--ckpt", default=None, help="evaluate this joint/t2v/t2i training checkpoint instead of --model")
+    ap.add_argument("--vae", default="runs/toy/vae/last.pt", help="with --ckpt: the vae-stage checkpoint")
+    ap.add_argument("--confusion", action="store_true", help="also print prompted vs detected single-object motion")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    table = evaluate(a.model, None if a.image_model == "none" else a.image_model, n_single=a.n_single,
+    model, image_model = a.model, None if a.image_model == "none" else a.image_model
+    if a.ckpt:
+        from vgen.toyworld.train import components_from, load_checkpoint_models
+
+        models = load_checkpoint_models(a.ckpt, a.vae)
+        model = components_from(models, "unet3d") if "unet3d" in models else None
+        image_model = components_from(load_checkpoint_models(a.ckpt, a.vae), "unet2d") if "unet2d" in models else None
+        if model is None:
+            a.n_single = a.n_multi = 0
+    table = evaluate(model, image_model, n_single=a.n_single,
                      n_multi=a.n_multi, n_image=a.n_image, seed=a.seed, frames=a.frames, steps=a.steps,
                      guidance=a.guidance, progress=True)
     print(table.render())
+    if a.confusion:
+        print(motion_confusion(table.records))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": table.rows, "records": table.records}, f, indent=1)

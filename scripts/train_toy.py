@@ -29,6 +29,9 @@ def main(argv=None) -> None:
     ap.add_argument("--text-from", default=None, help="t2i: frozen text encoder from this checkpoint")
     ap.add_argument("--ckpt", default=None, help="export: the t2v/t2i/joint checkpoint")
     ap.add_argument("--assets", default="vgen/assets", help="export: destination (toy/, toy-t2i/)")
+    ap.add_argument("--loss-weight", choices=("eps", "v"), default="eps",
+                    help="v: weight the epsilon MSE by 1/alpha_bar_t (v-prediction loss; teaches layout and motion)")
+    ap.add_argument("--max-weight", type=float, default=20.0, help="cap of the v weight")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.stage == "export":
@@ -37,7 +40,8 @@ def main(argv=None) -> None:
         return
     cfg = TrainConfig(stage=a.stage, out=a.out or f"runs/toy/{a.stage}", steps=a.steps, batch=a.batch,
                       frames=a.frames, lr=a.lr, seed=a.seed, threads=a.threads, resume=a.resume, vae=a.vae,
-                      text_from=a.text_from, save_every=a.save_every, width=a.width, progress=not a.no_progress)
+                      text_from=a.text_from, save_every=a.save_every, width=a.width, progress=not a.no_progress,
+                      loss_weight=a.loss_weight, max_weight=a.max_weight)
     print(f"checkpoint: {train(cfg)}")
 
 

@@ -69,3 +69,35 @@ def test_export_writes_loadable_float16_folders(vae_ckpt, tmp_path):
     assert comp.kind == "unet3d" and comp.native_size == (64, 64)
     assert next(comp.unet.parameters()).dtype == torch.float32
     assert load_components(ModelConfig(id=str(folders[1])), device="cpu").kind == "unet2d"
+
+
+def test_v_weight_turns_the_epsilon_loss_into_the_v_prediction_loss():
+    """Closed form: with x0_hat from eps_hat, |v_hat - v|^2 = |eps_hat - eps|^2 / alpha_bar_t, so the
+    uncapped v weight (before its mean-1 normalisation) must reproduce diffusers' velocity targets."""
+    from vgen.toyworld.train import timestep_weights, train_scheduler
+
+    sched = train_scheduler()
+    a = sched.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x0, eps, eps_hat = (torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0, 100, 400, 700, 900, 999])
+    xt = sched.add_noise(x0, eps, t)
+    ab = a[t].double().view(-1, 1, 1, 1)
+    x0_hat = (xt - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+    v_hat = ab.sqrt() * eps_hat - (1 - ab).sqrt() * x0_hat
+    v = sched.get_velocity(x0, eps, t)
+    v_err = ((v_hat - v) ** 2).flatten(1).mean(1)
+    eps_err = ((eps_hat - eps) ** 2).flatten(1).mean(1)
+    uncapped = timestep_weights(a.double(), t, "v", cap=float("inf")) * (1 / a.double()).mean()
+    torch.testing.assert_close(uncapped * eps_err, v_err)
+    capped = timestep_weights(a, torch.arange(1000), "v", cap=20.0)
+    assert abs(float(capped.mean()) - 1.0) < 1e-5 and float(capped.max() / capped.min()) <= 20.0 + 1e-3
+    assert torch.equal(timestep_weights(a, t, "eps"), torch.ones(6))
+    with pytest.raises(ValueError, match="loss_weight"):
+        timestep_weights(a, t, "x0")
+
+
+def test_v_weighted_joint_step_is_finite(vae_ckpt):
+    tr = Trainer(_cfg(vae_ckpt, "joint", loss_weight="v"))
+    losses = tr.step()
+    assert set(losses) == {"t2v", "t2i"} and all(torch.isfinite(torch.tensor(v)) for v in losses.values())

@@ -94,7 +94,7 @@ def evaluate(
     image_model=None skips the t2i row.
     """
     table = EvalTable()
-    comp = _components(model)
+    comp = _components(model) if (n_single or n_multi) else None
 
     def run(prompts, judge):
         seeds = [seed + i for i in range(len(prompts))]

@@ -28,6 +28,7 @@ from .captions import vocabulary
 from .dataset import sample_image_batch, sample_training_batch
 
 STAGES = ("vae", "t2v", "t2i", "joint")
+LOSS_WEIGHTS = ("eps", "v")
 MAX_TOKENS = 32  # the longest toy caption (three objects with motion) is ~25 tokens
 TEXT_DIM = 128
 P_UNCOND = 0.1  # caption dropout, so classifier-free guidance has an unconditional model
@@ -51,6 +52,8 @@ class TrainConfig:
     log_every: int = 20
     width: int = 64  # UNet base channels (the second level doubles it)
     progress: bool = True
+    loss_weight: str = "eps"  # eps: DDPM's plain epsilon MSE | v: epsilon MSE / alpha_bar_t (= v-prediction MSE)
+    max_weight: float = 20.0  # cap of the v weight (1 / alpha_bar_t reaches ~200 at t = T)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +156,23 @@ def sample_scheduler():
 # state and checkpoints
 
 
+def timestep_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, kind: str = "eps",
+                     cap: float = 20.0) -> torch.Tensor:
+    """Per-sample weights of the epsilon MSE at timesteps t, with mean 1 over uniform t.
+
+    ``eps`` is DDPM's simple loss: in x0 terms it weights an error by SNR(t), so at high noise, where
+    a clip's layout and motion are decided, it hardly teaches anything. ``v`` divides by alpha_bar_t,
+    which makes it the v-prediction MSE (|v_hat - v|^2 = |eps_hat - eps|^2 / alpha_bar_t), capped at
+    ``cap`` so the last few timesteps do not swamp the batch.
+    """
+    if kind == "eps":
+        return torch.ones(t.shape, dtype=alphas_cumprod.dtype)
+    if kind != "v":
+        raise ValueError(f"loss_weight must be one of {', '.join(LOSS_WEIGHTS)}, got {kind!r}")
+    w = (1.0 / alphas_cumprod).clamp(max=cap)
+    return w[t] / w.mean()
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Atomic write (tmp + rename) so a killed run never leaves a half checkpoint."""
     path = Path(path)
@@ -186,6 +206,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         if cfg.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
+        if cfg.loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"loss_weight must be one of {', '.join(LOSS_WEIGHTS)}, got {cfg.loss_weight!r}")
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -281,7 +303,9 @@ class Trainer:
         noise = torch.randn_like(latents)
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (latents.shape[0],))
         noisy = self.noise_sched.add_noise(latents, noise, t)
-        return F.mse_loss(unet(noisy, t, encoder_hidden_states=embeds).sample, noise)
+        err = (unet(noisy, t, encoder_hidden_states=embeds).sample - noise) ** 2
+        w = timestep_weights(self.noise_sched.alphas_cumprod, t, self.cfg.loss_weight, self.cfg.max_weight)
+        return (w.to(err.dtype) * err.flatten(1).mean(1)).mean()
 
     def _diffusion_loss(self) -> dict[str, torch.Tensor]:
         cfg, losses = self.cfg, {}
