@@ -32,6 +32,7 @@ def main(argv=None) -> None:
     ap.add_argument("--loss-weight", choices=("eps", "v"), default="eps",
                     help="v: weight the epsilon MSE by 1/alpha_bar_t (v-prediction loss; teaches layout and motion)")
     ap.add_argument("--max-weight", type=float, default=20.0, help="cap of the v weight")
+    ap.add_argument("--objects", default="0.5,0.3,0.2", help="t2v clips: weights of 1, 2 and 3 objects")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.stage == "export":
@@ -41,7 +42,8 @@ def main(argv=None) -> None:
     cfg = TrainConfig(stage=a.stage, out=a.out or f"runs/toy/{a.stage}", steps=a.steps, batch=a.batch,
                       frames=a.frames, lr=a.lr, seed=a.seed, threads=a.threads, resume=a.resume, vae=a.vae,
                       text_from=a.text_from, save_every=a.save_every, width=a.width, progress=not a.no_progress,
-                      loss_weight=a.loss_weight, max_weight=a.max_weight)
+                      loss_weight=a.loss_weight, max_weight=a.max_weight,
+                      objects=tuple(float(w) for w in a.objects.split(",")))
     print(f"checkpoint: {train(cfg)}")
 
 

@@ -54,6 +54,7 @@ class TrainConfig:
     progress: bool = True
     loss_weight: str = "eps"  # eps: DDPM's plain epsilon MSE | v: epsilon MSE / alpha_bar_t (= v-prediction MSE)
     max_weight: float = 20.0  # cap of the v weight (1 / alpha_bar_t reaches ~200 at t = T)
+    objects: tuple[float, ...] = (0.5, 0.3, 0.2)  # t2v clips: weights of 1, 2 and 3 objects
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ class Trainer:
     def _diffusion_loss(self) -> dict[str, torch.Tensor]:
         cfg, losses = self.cfg, {}
         if "unet3d" in self.models:
-            caps, vids = sample_training_batch(self.rng, cfg.batch, cfg.frames, cfg.size)
+            caps, vids = sample_training_batch(self.rng, cfg.batch, cfg.frames, cfg.size, cfg.objects)
             lat = self._latents(vids)  # [B*F, C, h, w]
             lat = lat.reshape(cfg.batch, cfg.frames, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
             losses["t2v"] = self._eps_loss(self.models["unet3d"], lat, self._embed(caps))
