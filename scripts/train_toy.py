@@ -33,6 +33,8 @@ def main(argv=None) -> None:
                     help="v: weight the epsilon MSE by 1/alpha_bar_t (v-prediction loss; teaches layout and motion)")
     ap.add_argument("--max-weight", type=float, default=20.0, help="cap of the v weight")
     ap.add_argument("--objects", default="0.5,0.3,0.2", help="t2v clips: weights of 1, 2 and 3 objects")
+    ap.add_argument("--motion-probe", type=float, default=0.0,
+                    help="weight of an auxiliary motion classifier on the UNet3D mid block (0: off)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.stage == "export":
@@ -43,7 +45,7 @@ def main(argv=None) -> None:
                       frames=a.frames, lr=a.lr, seed=a.seed, threads=a.threads, resume=a.resume, vae=a.vae,
                       text_from=a.text_from, save_every=a.save_every, width=a.width, progress=not a.no_progress,
                       loss_weight=a.loss_weight, max_weight=a.max_weight,
-                      objects=tuple(float(w) for w in a.objects.split(",")))
+                      objects=tuple(float(w) for w in a.objects.split(",")), motion_probe=a.motion_probe)
     print(f"checkpoint: {train(cfg)}")
 
 

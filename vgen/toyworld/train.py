@@ -24,14 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .captions import vocabulary
+from .captions import parse_prompt, vocabulary
 from .dataset import sample_image_batch, sample_training_batch
+from .scene import MOTIONS
 
 STAGES = ("vae", "t2v", "t2i", "joint")
 LOSS_WEIGHTS = ("eps", "v")
 MAX_TOKENS = 32  # the longest toy caption (three objects with motion) is ~25 tokens
 TEXT_DIM = 128
 P_UNCOND = 0.1  # caption dropout, so classifier-free guidance has an unconditional model
+PROBE_MIN_T = 900  # the motion probe's timesteps: alpha_bar < 0.02, the clip barely shows through
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainConfig:
     loss_weight: str = "eps"  # eps: DDPM's plain epsilon MSE | v: epsilon MSE / alpha_bar_t (= v-prediction MSE)
     max_weight: float = 20.0  # cap of the v weight (1 / alpha_bar_t reaches ~200 at t = T)
     objects: tuple[float, ...] = (0.5, 0.3, 0.2)  # t2v clips: weights of 1, 2 and 3 objects
+    motion_probe: float = 0.0  # weight of the auxiliary motion classifier on the UNet3D's mid-block features
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,6 +237,14 @@ class Trainer:
             self.noise_sched = train_scheduler()
         params = [p for m in self.models.values() for p in m.parameters()]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        self.probe = self._motion_probe() if cfg.motion_probe > 0 and "unet3d" in self.models else None
+
+    def _motion_probe(self) -> "MotionProbe":
+        unet = self.models["unet3d"]
+        channels = unet.config.block_out_channels
+        vae = self.frozen["vae"]
+        side = self.cfg.size // 2 ** (len(vae.config.block_out_channels) - 1) // 2 ** (len(channels) - 1)
+        return MotionProbe(unet.mid_block, self.cfg.frames * channels[-1] * side * side, self.cfg.lr)
 
     def vae_path(self) -> Path:
         return Path(self.cfg.vae) if self.cfg.vae else Path(self.cfg.out).parent / "vae" / "last.pt"
@@ -253,6 +264,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": self.rng.bit_generator.state,
             "scaling_factor": (self.models.get("vae") or self.frozen["vae"]).config.scaling_factor,
+            **({"motion_probe": self.probe.state_dict()} if self.probe is not None else {}),
         }
 
     def save(self, path: Optional[Path] = None) -> Path:
@@ -263,6 +275,8 @@ class Trainer:
         for k, m in self.models.items():
             m.load_state_dict(state["models"][k])
         self.step_count = resume_training(state, self.opt, self.rng, self.cfg.lr)
+        if self.probe is not None and "motion_probe" in state:  # a probe added midway starts fresh
+            self.probe.load_state_dict(state["motion_probe"])
 
     # -- one step ------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -271,9 +285,13 @@ class Trainer:
         losses = self._vae_loss() if self.cfg.stage == "vae" else self._diffusion_loss()
         total = sum(losses.values())
         self.opt.zero_grad(set_to_none=True)
+        if self.probe is not None:
+            self.probe.opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for m in self.models.values() for p in m.parameters()], 1.0)
         self.opt.step()
+        if self.probe is not None:
+            self.probe.opt.step()
         self.step_count += 1
         return {k: float(v.detach()) for k, v in losses.items()}
 
@@ -308,6 +326,15 @@ class Trainer:
         w = timestep_weights(self.noise_sched.alphas_cumprod, t, self.cfg.loss_weight, self.cfg.max_weight)
         return (w.to(err.dtype) * err.flatten(1).mean(1)).mean()
 
+    def _probe_loss(self, latents: torch.Tensor, captions: list[str], labels: list[int]) -> torch.Tensor:
+        """The motion probe on a second forward of these clips at t in [PROBE_MIN_T, T), prompts kept."""
+        n = self.noise_sched.config.num_train_timesteps
+        t = torch.randint(PROBE_MIN_T, n, (latents.shape[0],))
+        noisy = self.noise_sched.add_noise(latents, torch.randn_like(latents), t)
+        ids = self.tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+        self.models["unet3d"](noisy, t, encoder_hidden_states=self.text_encoder(ids["input_ids"])[0])
+        return self.probe.loss(labels)
+
     def _diffusion_loss(self) -> dict[str, torch.Tensor]:
         cfg, losses = self.cfg, {}
         if "unet3d" in self.models:
@@ -315,10 +342,59 @@ class Trainer:
             lat = self._latents(vids)  # [B*F, C, h, w]
             lat = lat.reshape(cfg.batch, cfg.frames, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
             losses["t2v"] = self._eps_loss(self.models["unet3d"], lat, self._embed(caps))
+            if self.probe is not None:
+                keep, labels = self.probe.targets(caps)
+                if keep:
+                    losses["probe"] = cfg.motion_probe * self._probe_loss(lat[keep], [caps[i] for i in keep], labels)
         if "unet2d" in self.models:
             caps, imgs = sample_image_batch(self.rng, 2 * cfg.batch, cfg.size)
             losses["t2i"] = self._eps_loss(self.models["unet2d"], self._latents(imgs), self._embed(caps))
         return losses
+
+
+class MotionProbe(torch.nn.Module):
+    """Auxiliary classifier: single-object clips' motion word from the UNet3D's mid-block output at
+    nearly pure noise (t >= PROBE_MIN_T), where only the text can tell the motion.
+
+    Diffusion training alone leaves the toy UNet3D blind to motion words (probe_toy_conditioning: their
+    effect on the prediction is ~50x below a colour's): no gradient reaches a word the network does not
+    yet attend to. Asking the mid-block features to name the motion from the prompt gives one. At low
+    noise the clip itself shows its motion, so a probe there learns nothing about the text. Not
+    exported: only the UNet's weights ship.
+    """
+
+    def __init__(self, mid_block: torch.nn.Module, features: int, lr: float):
+        super().__init__()
+        self.head = torch.nn.Linear(features, len(MOTIONS))
+        self.opt = torch.optim.AdamW(self.head.parameters(), lr=lr, weight_decay=0.01)
+        self.features: Optional[torch.Tensor] = None
+        mid_block.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output) -> None:
+        self.features = output[0] if isinstance(output, tuple) else output
+
+    @staticmethod
+    def targets(captions: list[str]) -> tuple[list[int], list[int]]:
+        """(indices, motion labels) of the single-object captions that name a motion."""
+        keep, labels = [], []
+        for b, cap in enumerate(captions):
+            specs = parse_prompt(cap) if cap.strip() else []
+            if len(specs) == 1 and specs[0].motion is not None:
+                keep.append(b)
+                labels.append(MOTIONS.index(specs[0].motion))
+        return keep, labels
+
+    def loss(self, labels: list[int]) -> torch.Tensor:
+        """Cross-entropy of the last forward's mid-block features (batch = len(labels) clips)."""
+        feats = self.features.reshape(len(labels), -1)  # [B*F, C, h, w] -> [B, F*C*h*w]
+        return F.cross_entropy(self.head(feats), torch.tensor(labels))
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return {"head": self.head.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict, *args, **kwargs) -> None:
+        self.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["optimizer"])
 
 
 # ----------------------------------------------------------------------------------------------
