@@ -128,3 +128,13 @@ def test_motion_probe_trains_and_round_trips(vae_ckpt, tmp_path):
     fresh = Trainer(cfg)
     fresh.load(tmp_path / "plain" / "last.pt")
     assert fresh.probe is not None
+
+
+def test_motion_probe_path_targets_are_the_direction_times_a_centred_ramp(vae_ckpt, tmp_path):
+    from vgen.toyworld.scene import MOTIONS
+
+    tr = Trainer(_cfg(vae_ckpt, "joint", motion_probe=1.0, out=str(tmp_path / "p"), frames=5))
+    got = tr.probe.path_targets([MOTIONS.index(m) for m in ("left", "down", "still")])
+    ramp = [-0.5, -0.25, 0.0, 0.25, 0.5]
+    expected = torch.tensor([[[-r, 0.0] for r in ramp], [[0.0, r] for r in ramp], [[0.0, 0.0]] * 5])
+    torch.testing.assert_close(got, expected)

@@ -244,7 +244,7 @@ class Trainer:
         channels = unet.config.block_out_channels
         vae = self.frozen["vae"]
         side = self.cfg.size // 2 ** (len(vae.config.block_out_channels) - 1) // 2 ** (len(channels) - 1)
-        return MotionProbe(unet.mid_block, self.cfg.frames * channels[-1] * side * side, self.cfg.lr)
+        return MotionProbe(unet.mid_block, self.cfg.frames * channels[-1] * side * side, self.cfg.lr, self.cfg.frames)
 
     def vae_path(self) -> Path:
         return Path(self.cfg.vae) if self.cfg.vae else Path(self.cfg.out).parent / "vae" / "last.pt"
@@ -353,8 +353,9 @@ class Trainer:
 
 
 class MotionProbe(torch.nn.Module):
-    """Auxiliary classifier: single-object clips' motion word from the UNet3D's mid-block output at
-    nearly pure noise (t >= PROBE_MIN_T), where only the text can tell the motion.
+    """Auxiliary heads on the UNet3D's mid-block output for single-object clips at nearly pure noise
+    (t >= PROBE_MIN_T), where only the text can tell the motion: the motion word (all frames), and each
+    frame's place along the path.
 
     Diffusion training alone leaves the toy UNet3D blind to motion words (probe_toy_conditioning: their
     effect on the prediction is ~50x below a colour's): no gradient reaches a word the network does not
@@ -363,10 +364,14 @@ class MotionProbe(torch.nn.Module):
     exported: only the UNet's weights ship.
     """
 
-    def __init__(self, mid_block: torch.nn.Module, features: int, lr: float):
+    def __init__(self, mid_block: torch.nn.Module, features: int, lr: float, frames: int):
         super().__init__()
+        self.frames = frames
         self.head = torch.nn.Linear(features, len(MOTIONS))
-        self.opt = torch.optim.AdamW(self.head.parameters(), lr=lr, weight_decay=0.01)
+        # per frame: where the object is along its path, dir * (f / (F-1) - 1/2); needs the frame's index,
+        # which the UNet3D's temporal layers (no position embedding) must work out for themselves
+        self.shift = torch.nn.Linear(features // frames, 2)
+        self.opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
         self.features: Optional[torch.Tensor] = None
         mid_block.register_forward_hook(self._keep)
 
@@ -384,16 +389,29 @@ class MotionProbe(torch.nn.Module):
                 labels.append(MOTIONS.index(specs[0].motion))
         return keep, labels
 
+    def path_targets(self, labels: list[int]) -> torch.Tensor:
+        """[B, F, 2] (x, y) place along the path: the motion's unit vector (image axes, y down) times
+        f / (F-1) - 1/2; zero for 'still'."""
+        unit = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
+        dirs = torch.tensor([unit[MOTIONS[i]] for i in labels])
+        ramp = torch.linspace(-0.5, 0.5, self.frames)
+        return dirs[:, None, :] * ramp[None, :, None]
+
     def loss(self, labels: list[int]) -> torch.Tensor:
-        """Cross-entropy of the last forward's mid-block features (batch = len(labels) clips)."""
-        feats = self.features.reshape(len(labels), -1)  # [B*F, C, h, w] -> [B, F*C*h*w]
-        return F.cross_entropy(self.head(feats), torch.tensor(labels))
+        """Cross-entropy of the motion word plus the per-frame path MSE, from the last forward's mid
+        block (batch = len(labels) clips)."""
+        feats = self.features.reshape(len(labels), self.frames, -1)  # [B*F, C, h, w] -> [B, F, C*h*w]
+        ce = F.cross_entropy(self.head(feats.flatten(1)), torch.tensor(labels))
+        return ce + F.mse_loss(self.shift(feats), self.path_targets(labels)) / 0.04  # /0.04: targets' scale
 
     def state_dict(self, *args, **kwargs) -> dict:
-        return {"head": self.head.state_dict(), "optimizer": self.opt.state_dict()}
+        return {"head": self.head.state_dict(), "shift": self.shift.state_dict(), "optimizer": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict, *args, **kwargs) -> None:
+        if "shift" not in state:  # a probe of an older run: start afresh
+            return
         self.head.load_state_dict(state["head"])
+        self.shift.load_state_dict(state["shift"])
         self.opt.load_state_dict(state["optimizer"])
 
 
