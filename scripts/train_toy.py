@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--max-weight", type=float, default=20.0, help="cap of the v weight")
     ap.add_argument("--objects", default="0.5,0.3,0.2", help="t2v clips: weights of 1, 2 and 3 objects")
     ap.add_argument("--motion-probe", type=float, default=0.0,
-                    help="weight of an auxiliary motion classifier on the UNet3D mid block (0: off)")
+                    help="weight of the auxiliary motion heads (word + per-frame path) on the UNet3D mid block (0: off)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.stage == "export":

@@ -57,7 +57,7 @@ class TrainConfig:
     loss_weight: str = "eps"  # eps: DDPM's plain epsilon MSE | v: epsilon MSE / alpha_bar_t (= v-prediction MSE)
     max_weight: float = 20.0  # cap of the v weight (1 / alpha_bar_t reaches ~200 at t = T)
     objects: tuple[float, ...] = (0.5, 0.3, 0.2)  # t2v clips: weights of 1, 2 and 3 objects
-    motion_probe: float = 0.0  # weight of the auxiliary motion classifier on the UNet3D's mid-block features
+    motion_probe: float = 0.0  # weight of MotionProbe (motion word + per-frame path heads on the UNet3D mid block)
 
 
 # ----------------------------------------------------------------------------------------------
