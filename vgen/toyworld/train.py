@@ -471,13 +471,20 @@ def run_steps(trainer, *, label: str, steps: int, out: str | Path, save_every: i
                     trainer.save(Path(out) / f"step{trainer.step_count}.pt")
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) a stage up to cfg.steps; returns the last checkpoint's path."""
+def open_trainer(make, cfg):
+    """``make(cfg)`` with cfg.threads torch threads, loaded from <out>/last.pt when cfg.resume and it exists
+    (the start both trainers share)."""
     torch.set_num_threads(cfg.threads)
-    trainer = Trainer(cfg)
+    trainer = make(cfg)
     last = Path(cfg.out) / "last.pt"
     if cfg.resume and last.is_file():
         trainer.load(last)
+    return trainer
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) a stage up to cfg.steps; returns the last checkpoint's path."""
+    trainer = open_trainer(Trainer, cfg)
 
     def calibrate() -> None:  # the VAE's latent scale follows its weights
         vae = trainer.models["vae"]
@@ -485,7 +492,7 @@ def train(cfg: TrainConfig) -> Path:
 
     run_steps(trainer, label=cfg.stage, steps=cfg.steps, out=cfg.out, save_every=cfg.save_every,
               log_every=cfg.log_every, progress=cfg.progress, before_save=calibrate if cfg.stage == "vae" else None)
-    return last
+    return Path(cfg.out) / "last.pt"
 
 
 # ----------------------------------------------------------------------------------------------

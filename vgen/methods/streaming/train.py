@@ -190,13 +190,9 @@ def _folder_is_half(folder: Path) -> bool:
 
 
 def train(cfg: StreamingTrainConfig) -> StreamingTrainer:
-    from vgen.toyworld.train import run_steps
+    from vgen.toyworld.train import open_trainer, run_steps
 
-    torch.set_num_threads(cfg.threads)
-    trainer = StreamingTrainer(cfg)
-    last = Path(cfg.out) / "last.pt"
-    if cfg.resume and last.is_file():
-        trainer.load(last)
+    trainer = open_trainer(StreamingTrainer, cfg)
     run_steps(trainer, label=cfg.stage, steps=cfg.steps, out=cfg.out, save_every=cfg.save_every,
               log_every=cfg.log_every, progress=cfg.progress)
     return trainer
