@@ -26,6 +26,7 @@ def test_layers_override_in_order(tmp_path):
         ("video.frames=0", "config key 'video.frames' must be >= 1"),
         ("sampler.guidance=-1", "sampler.guidance"),
         ("seed=-1", "config key 'seed'"),
+        ("vico.checkpoint_levels=0", "config key 'vico.checkpoint_levels' must be >= 1"),
         ("method=magic", "unknown method 'magic'; choose one of: vanilla"),
         ("steps", "is not of the form key=value"),
     ],

@@ -130,18 +130,19 @@ def test_recorded_attention_matches_autograd_in_chunks(masked):
         torch.testing.assert_close(g, e)
 
 
-def _vico_gradient(c, checkpoint: bool, graph: str = "default"):
-    """(loss, d loss / d latent, how often a layer inside the first checkpointed unit ran) of one Vico pass."""
+def _vico_gradient(c, checkpoint: bool, graph: str = "default", levels=None, unit=None):
+    """(loss, d loss / d latent, how often a layer inside ``unit`` (default: the first checkpointed one)
+    ran) of one Vico pass."""
     from vgen.core.prompts import prompt_length
     from vgen.jobs import RunContext
     from vgen.methods.vico import VicoGuide, checkpoint_units, prepare
 
     job = make_job(PROMPT, **{"method": "vico", **SMALL, "sampler.steps": 10, "vico.graph": graph,
-                              "vico.checkpoint": checkpoint})
+                              "vico.checkpoint": checkpoint, "vico.checkpoint_levels": levels})
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(0), height=job.video.height,
                      width=job.video.width, output_stem=Path("unused"))
     prompt, scheduler, latents, keys = prepare(job, c, ctx)
-    unit = checkpoint_units(c.unet)[0]
+    unit = unit if unit is not None else checkpoint_units(c.unet)[0]
     runs = []
     handle = next(unit.children()).register_forward_hook(lambda *a: runs.append(1))
     try:
@@ -167,6 +168,37 @@ def test_checkpointed_gradient_equals_the_stored_one(tiny, name, graph):
     loss_ck, grad_ck, runs_ck = _vico_gradient(c, checkpoint=True, graph=graph)
     assert (runs, runs_ck) == (1, 2)
     assert grad.abs().max() > 0
+    torch.testing.assert_close(loss_ck, loss, rtol=0, atol=0)
+    torch.testing.assert_close(grad_ck, grad, rtol=1e-6, atol=1e-12)
+
+
+def test_checkpoint_units_by_level(tiny):
+    """levels=N keeps the layers of the N finest resolutions: on the two-level tiny UNet3D, level 0 is
+    transformer_in, down block 0 and up block 1 (whose upsampler-free layers run at full size)."""
+    from vgen.methods.vico import checkpoint_units
+
+    u = tiny("tiny-random-unet3d").unet
+    layers = lambda block: [m for name in ("resnets", "temp_convs", "attentions", "temp_attentions", "upsamplers")
+                            for m in (getattr(block, name, None) or [])]
+    level0 = [u.transformer_in, *layers(u.down_blocks[0]), *layers(u.up_blocks[1])]
+    level1 = [*layers(u.down_blocks[1]), *layers(u.mid_block), *layers(u.up_blocks[0])]
+    assert u.up_blocks[0].upsamplers and len(level1) > 4
+    assert {id(m) for m in checkpoint_units(u, 1)} == {id(m) for m in level0}
+    assert {id(m) for m in checkpoint_units(u)} == {id(m) for m in level0 + level1}
+    assert {id(m) for m in checkpoint_units(u, 2)} == {id(m) for m in checkpoint_units(u)}
+
+
+@pytest.mark.parametrize("name", ["tiny-random-unet3d", "tiny-random-motion"])
+def test_checkpointing_the_finest_level_only(tiny, name):
+    """vico.checkpoint_levels=1 recomputes the full-resolution layers and stores the coarse ones (a mid-block
+    resnet runs once), with the same gradient as storing everything."""
+    c = tiny(name)
+    fine = c.unet.down_blocks[0].resnets[0]
+    coarse = c.unet.mid_block.resnets[0]
+    loss, grad, _ = _vico_gradient(c, checkpoint=False)
+    loss_ck, grad_ck, fine_runs = _vico_gradient(c, checkpoint=True, levels=1, unit=fine)
+    _, _, coarse_runs = _vico_gradient(c, checkpoint=True, levels=1, unit=coarse)
+    assert (fine_runs, coarse_runs) == (2, 1)
     torch.testing.assert_close(loss_ck, loss, rtol=0, atol=0)
     torch.testing.assert_close(grad_ck, grad, rtol=1e-6, atol=1e-12)
 

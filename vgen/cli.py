@@ -235,6 +235,7 @@ def models() -> None:
     typer.echo("tiny-random-unet3d  random ModelScope-shaped model, for tests")
     typer.echo("tiny-random-motion  random AnimateDiff-shaped model, for tests")
     typer.echo("tiny-random-unet2d  random Stable-Diffusion-shaped model, for tests")
+    typer.echo("zeroscope-quarter   random ZeroScope-shaped model at 1/4 width, for benchmarks (320x512)")
     typer.echo("Any Hugging Face id (e.g. cerspense/zeroscope_v2_576w) or local diffusers folder also works.")
 
 

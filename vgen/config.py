@@ -121,6 +121,7 @@ class VicoConfig:
     thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # stop refining there once loss < this
     max_iterations: int = 10  # iterations at most at an iterative step (other update steps: 1)
     checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
+    checkpoint_levels: Optional[int] = None  # checkpoint only the layers of this many finest resolutions (None: all)
 
     def check(self) -> None:
         _choice("vico.graph", self.graph, ("default", "full"))
@@ -131,6 +132,8 @@ class VicoConfig:
         _at_least("vico.sigma", self.sigma, 0)
         _at_least("vico.lr", self.lr, 0)
         _at_least("vico.max_iterations", self.max_iterations, 1)
+        if self.checkpoint_levels is not None:
+            _at_least("vico.checkpoint_levels", self.checkpoint_levels, 1)
         if not 0.0 <= self.fraction <= 1.0:
             raise ConfigError(f"config key 'vico.fraction' must be in [0, 1], got {self.fraction}")
         if len(self.thresholds) != len(self.iterative_steps):

@@ -22,14 +22,14 @@ TEXT_DIM = 32
 SEED = 0
 
 
-def _text_parts() -> dict:
+def _text_parts(hidden_size: int = TEXT_DIM) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_DIM,
-        intermediate_size=37,
+        hidden_size=hidden_size,
+        intermediate_size=37 if hidden_size == TEXT_DIM else 4 * hidden_size,
         num_attention_heads=4,
         num_hidden_layers=2,
         max_position_embeddings=77,
@@ -151,9 +151,46 @@ def tiny_unet2d() -> dict:
     return parts
 
 
+@_seeded
+def zeroscope_quarter() -> dict:
+    """ZeroScope's layout (UNet3D: 4 levels, 2 layers per block, the same head count and head widths; an
+    8x VAE) at a quarter of its channels, random: for benchmarks at ZeroScope's sizes (320x512, 16
+    frames: latents 40x64) where per-op overhead no longer dominates as it does on the tiny models."""
+    from diffusers import AutoencoderKL, UNet3DConditionModel
+
+    parts = _text_parts(hidden_size=256)
+    parts["vae"] = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 64, 128, 128),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=512,
+    )
+    parts["unet"] = UNet3DConditionModel(
+        sample_size=(40, 64),  # latents of a 320x512 video
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+        block_out_channels=(80, 160, 320, 320),
+        layers_per_block=2,
+        cross_attention_dim=256,
+        attention_head_dim=16,  # UNet3D reads it as the head count: heads of 5/10/20/20 channels, as ZeroScope's
+        norm_num_groups=16,
+    )
+    parts["scheduler"] = _scheduler()
+    return parts
+
+
 BUILDERS: dict[str, Callable[[], dict]] = {
     "tiny-random-unet3d": tiny_unet3d,
     "tiny-random-motion": tiny_motion,
     "tiny-random-unet2d": tiny_unet2d,
+    "zeroscope-quarter": zeroscope_quarter,
 }
-KINDS = {"tiny-random-unet3d": "unet3d", "tiny-random-motion": "motion", "tiny-random-unet2d": "unet2d"}
+KINDS = {"tiny-random-unet3d": "unet3d", "tiny-random-motion": "motion", "tiny-random-unet2d": "unet2d",
+         "zeroscope-quarter": "unet3d"}

@@ -151,14 +151,18 @@ def attention_flow(blocks: list, cfg: VicoConfig, tiled: Optional[bool] = None) 
 _LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules", "upsamplers")
 
 
-def checkpoint_units(unet: torch.nn.Module) -> list[torch.nn.Module]:
+def checkpoint_units(unet: torch.nn.Module, levels: Optional[int] = None) -> list[torch.nn.Module]:
     """The modules the gradient pass checkpoints one by one: UNet3D's transformer_in and every resnet,
-    temporal conv, transformer, motion module and upsampler of the down, mid and up blocks."""
-    units = [unet.transformer_in] if getattr(unet, "transformer_in", None) is not None else []
-    for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
+    temporal conv, transformer, motion module and upsampler of the down, mid and up blocks; with
+    ``levels``, only those of the ``levels`` finest resolutions (level 0 = the UNet input's)."""
+    n = len(unet.down_blocks)
+    placed = [(0, unet.transformer_in)] if getattr(unet, "transformer_in", None) is not None else []
+    blocks = [(i, b) for i, b in enumerate(unet.down_blocks)] + [(n - 1, unet.mid_block)]
+    blocks += [(n - 1 - i, b) for i, b in enumerate(unet.up_blocks)]
+    for level, block in blocks:
         for name in _LAYER_LISTS:
-            units.extend(getattr(block, name, None) or [])
-    return units
+            placed.extend((level, m) for m in getattr(block, name, None) or [])
+    return [m for level, m in placed if levels is None or level < levels]
 
 
 def _checkpointed(forward: Callable, context_fn: Callable) -> Callable:
@@ -174,11 +178,11 @@ def _checkpointed(forward: Callable, context_fn: Callable) -> Callable:
 
 
 @contextmanager
-def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder) -> Iterator[None]:
+def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder, levels: Optional[int] = None) -> Iterator[None]:
     """Activation checkpointing of ``checkpoint_units`` for the length of the block (diffusers' UNet3D has
     none): a gradient pass stores one input per layer instead of every activation. Models are eval()
     (no dropout), so no RNG state is kept for the recompute."""
-    units = checkpoint_units(unet)
+    units = checkpoint_units(unet, levels)
     previous = [m.__dict__.get("forward") for m in units]
     for m in units:
         m.forward = _checkpointed(m.forward, recorder.checkpoint_contexts)
@@ -234,7 +238,7 @@ class VicoGuide:
         self.recorder.clear()
         self.recorder.active = True
         try:
-            with checkpointed(self.c.unet, self.recorder) if lean else nullcontext():
+            with checkpointed(self.c.unet, self.recorder, self.cfg.checkpoint_levels) if lean else nullcontext():
                 model_in = self.scheduler.scale_model_input(x.to(self.c.dtype), t)
                 predict_noise(self.c, model_in, t, self.prompt.cond[:1])
         except RecordingComplete:
