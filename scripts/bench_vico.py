@@ -1,9 +1,10 @@
 """Vico's end-to-end cost against vanilla sampling: wall time and peak memory, same model, steps and seed.
 
     .venv/bin/python scripts/bench_vico.py [--steps 50] [--frames 16] [--device cpu|cuda] [--models ...]
-        [--repeats 3] [--threads 1] [--memory rss|profiler] [--set vico.checkpoint=false ...]
+        [--repeats 3] [--threads 1] [--memory rss|profiler] [--memory-steps N] [--set vico.checkpoint=false ...]
 
-Models: tiny-random-unet3d and tiny-random-motion, plus the toy model when vgen/assets/toy exists.
+Models: tiny-random-unet3d and tiny-random-motion, plus the toy model when vgen/assets/toy exists;
+--models zeroscope-quarter runs ZeroScope's layout at its size (make bench-vico-zeroscope; long on a CPU).
 Every (model, method) gets two fresh subprocesses, one for memory and one for time; each loads the
 model and warms up with a 2-step run of the same job first (first-call allocations and kernel setup
 are not the method's cost). Time: median of --repeats generations (model loading excluded).
@@ -141,6 +142,9 @@ def main() -> None:
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per (model, method); the median is shown")
+    ap.add_argument("--memory-steps", type=int, default=0,
+                    help="steps of the memory runs (0: --steps); the peak is one update pass or the decode, "
+                         "which a 4-step run already has (its step 0 refines up to vico.max_iterations times)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for the runs, e.g. vico.checkpoint=false")
     ap.add_argument("--memory", choices=("rss", "profiler"), default="rss", help="CPU peak-memory measure")
@@ -156,7 +160,7 @@ def main() -> None:
     models = args.models or ["tiny-random-unet3d", "tiny-random-motion"]
     if args.models is None and (ROOT / "vgen" / "assets" / "toy").is_dir():
         models.append("toy")
-    print(f"steps={args.steps} frames={args.frames} scheduler={args.scheduler} device={args.device} "
+    print(f"steps={args.steps} memory-steps={args.memory_steps or args.steps} frames={args.frames} scheduler={args.scheduler} device={args.device} "
           f"threads={args.threads} repeats={args.repeats} memory={args.memory} set={args.set} prompt='{args.prompt}'")
     print(f"{'model':<20} {'vanilla s':>9} {'vico s':>8} {'time x':>7} {'vanilla MiB':>11} {'vico MiB':>9} "
           f"{'mem x':>6} {'updates':>7} {'upd/step':>8}  load")
@@ -194,7 +198,7 @@ def run_child(args, model: str, method: str, measure: str) -> dict:
     if measure == "memory" and args.memory == "rss":
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     cmd = [sys.executable, __file__, "--child", "--model", model, "--method", method, "--measure", measure,
-           "--steps", str(args.steps), "--frames", str(args.frames), "--scheduler", args.scheduler,
+           "--steps", str(args.memory_steps if measure == "memory" and args.memory_steps else args.steps), "--frames", str(args.frames), "--scheduler", args.scheduler,
            "--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads),
            "--memory", args.memory, "--prompt", args.prompt, "--set", *args.set]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
