@@ -174,7 +174,8 @@ def test_checkpointed_gradient_equals_the_stored_one(tiny, name, graph):
 
 def test_checkpoint_units_by_level(tiny):
     """levels=N keeps the layers of the N finest resolutions: on the two-level tiny UNet3D, level 0 is
-    transformer_in, down block 0 and up block 1 (whose upsampler-free layers run at full size)."""
+    transformer_in, down block 0 and up block 1 (the last, at full size); up block 0's upsampler counts at
+    its input's level, 1."""
     from vgen.methods.vico import checkpoint_units
 
     u = tiny("tiny-random-unet3d").unet

@@ -154,7 +154,8 @@ _LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motio
 def checkpoint_units(unet: torch.nn.Module, levels: Optional[int] = None) -> list[torch.nn.Module]:
     """The modules the gradient pass checkpoints one by one: UNet3D's transformer_in and every resnet,
     temporal conv, transformer, motion module and upsampler of the down, mid and up blocks; with
-    ``levels``, only those of the ``levels`` finest resolutions (level 0 = the UNet input's)."""
+    ``levels``, only those of the ``levels`` finest resolutions (level 0 = the UNet input's; an upsampler
+    counts at its input's level)."""
     n = len(unet.down_blocks)
     placed = [(0, unet.transformer_in)] if getattr(unet, "transformer_in", None) is not None else []
     blocks = [(i, b) for i, b in enumerate(unet.down_blocks)] + [(n - 1, unet.mid_block)]
