@@ -64,7 +64,7 @@ def test_vanilla_matches_pipeline_with_negative_prompt_and_no_cfg(tiny):
     _assert_same_frames(run_vanilla(c, job), _pipeline_frames(TextToVideoSDPipeline, c, "ddim", 3, 2, 1.0))
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "sde-dpm++"])  # AnimateDiff steps in [B, C, F, H, W], as we do (the SDE noise follows the layout)
 def test_vanilla_matches_animatediff_pipeline(tiny, scheduler):
     from diffusers import AnimateDiffPipeline
 

@@ -19,7 +19,7 @@ from vgen.errors import ConfigError
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
-SCHEDULERS = ("ddim", "dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model")
+SCHEDULERS = ("ddim", "dpm++", "sde-dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODEL_KINDS = ("auto", "unet3d", "motion", "unet2d")
@@ -103,32 +103,44 @@ class ZS2Config:
 
 @dataclass
 class VicoConfig:
-    """Vico (method vico): raise the weakest key token's attention flow by updating the latent."""
+    """Vico (method vico): raise the weakest key token's attention flow by updating the latent.
+
+    Defaults follow the public code (github Adamdad/vico); our variants are named values of the same keys.
+    """
 
     tokens: list[int] = field(default_factory=list)  # explicit key-token indices in the encoded prompt (start token = 0)
     words: list[str] = field(default_factory=list)  # key words ("cat,dog" or [cat, dog]); multi-token words count as their span
-    stop_words: list[str] = field(default_factory=list)  # extra words automatic selection drops (no tokens/words given)
+    select: str = "official"  # automatic key words: official (nouns + verbs + left/right/top/bottom) | nouns (ours)
+    stop_words: list[str] = field(default_factory=list)  # words automatic selection never keeps
     graph: str = "default"  # default (cross -> temporal per block, blocks averaged) | full (+ spatial self-attn, blocks chained)
     flow: str = "soft"  # soft (differentiable widest path) | hard | rollout
     tau: float = 0.01  # temperature of the soft max-min product
     residual: bool = True  # self-attention maps become (A + I)/2
     scale: float = 100.0  # flows are multiplied by this before the softmax over tokens
-    sigma: float = 0.5  # σ of the 3x3x3 Gaussian smoothing each key token's [F, h, w] map (0 = none)
+    sigma: float = 0.5  # σ of the 3x3x3 smoothing of each key token's [F, h, w] map (0 = none)
+    smoothing: str = "official"  # official: exp(-(d/2σ)²), reflect borders | textbook: exp(-d²/2σ²), replicate (ours)
     objective: str = "hinge"  # hinge: max_i relu(1 - A_i) (public code) | min: -min_i A_i (paper)
     lr: float = 1e-4  # Adam step size at step 0; scaled by sqrt(linspace(1, 0.5, steps))[i]
+    adam_eps: float = 1e-7  # Adam's epsilon (public code)
     fraction: float = 0.5  # update the latent at steps i < fraction * steps
-    iterative_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # steps with iterative refinement
-    thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # stop refining there once loss < this
-    max_iterations: int = 10  # iterations at most at an iterative step (other update steps: 1)
+    iterative_at: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # refinement steps as fractions of the steps
+    iterative_steps: Optional[list[int]] = None  # absolute refinement steps instead (e.g. [0, 10, 20]); None: iterative_at
+    thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # no (further) update there once loss < this
+    threshold: float = 0.2  # other update steps: no update once the loss is below this (public code)
+    max_iterations: int = 10  # iterations at most at a refinement step (other update steps: 1)
     checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
     checkpoint_levels: Optional[int] = None  # checkpoint only the layers of this many finest resolutions (None: all)
 
     def check(self) -> None:
+        _choice("vico.select", self.select, ("official", "nouns"))
+        _choice("vico.smoothing", self.smoothing, ("official", "textbook"))
         _choice("vico.graph", self.graph, ("default", "full"))
         _choice("vico.flow", self.flow, ("soft", "hard", "rollout"))
         _choice("vico.objective", self.objective, ("hinge", "min"))
         if self.tau <= 0:
             raise ConfigError(f"config key 'vico.tau' must be > 0, got {self.tau}")
+        if self.adam_eps <= 0:
+            raise ConfigError(f"config key 'vico.adam_eps' must be > 0, got {self.adam_eps}")
         _at_least("vico.sigma", self.sigma, 0)
         _at_least("vico.lr", self.lr, 0)
         _at_least("vico.max_iterations", self.max_iterations, 1)
@@ -136,10 +148,14 @@ class VicoConfig:
             _at_least("vico.checkpoint_levels", self.checkpoint_levels, 1)
         if not 0.0 <= self.fraction <= 1.0:
             raise ConfigError(f"config key 'vico.fraction' must be in [0, 1], got {self.fraction}")
-        if len(self.thresholds) != len(self.iterative_steps):
+        if any(not 0.0 <= f < 1.0 for f in self.iterative_at):
+            raise ConfigError(f"config key 'vico.iterative_at' holds fractions in [0, 1), got {list(self.iterative_at)}")
+        steps = self.iterative_at if self.iterative_steps is None else self.iterative_steps
+        key = "vico.iterative_at" if self.iterative_steps is None else "vico.iterative_steps"
+        if len(self.thresholds) != len(steps):
             raise ConfigError(
-                f"config keys vico.iterative_steps and vico.thresholds need one threshold per step, "
-                f"got {len(self.iterative_steps)} steps and {len(self.thresholds)} thresholds"
+                f"config keys {key} and vico.thresholds need one threshold per step, "
+                f"got {len(steps)} steps and {len(self.thresholds)} thresholds"
             )
 
 

@@ -7,6 +7,7 @@ or Ctrl-C never leaves a half-written output. No torch here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -195,9 +196,25 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
 
 
 def write_json(data: dict, path: str | Path) -> Path:
+    """Strict JSON (RFC 8259: no NaN or Infinity, which strict parsers reject): non-finite numbers become
+    null. Written atomically."""
+    text = json.dumps(strict_json(data), indent=2, default=_jsonable, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+        tmp.write_text(text + "\n")
     return Path(path)
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf; numpy's too) replaced by None, containers rebuilt."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _jsonable(value: Any) -> Any:

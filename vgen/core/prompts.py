@@ -58,26 +58,56 @@ def encode_prompt(
     return PromptEmbeds(cond=cond, uncond=uncond)
 
 
-def token_spans(tokenizer, prompt: str, words: list[str]) -> dict[str, list[int]]:
-    """Token positions (in the encoded prompt, start token = 0) of each word.
+def word_starts(tokenizer, ids: list[int]) -> set[int]:
+    """Positions of `ids` where a word begins, from the tokenizer's word markers: CLIP's BPE ends a word's
+    last token with "</w>", SentencePiece starts a word with "▁", byte-level BPE with "Ġ". With no marker
+    every position counts (the old subsequence match)."""
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if any(p.endswith("</w>") for p in pieces):
+        return {i for i in range(1, len(ids)) if ids[i - 1] in special or pieces[i - 1].endswith("</w>")}
+    if any(p.startswith(("▁", "Ġ")) for p in pieces):
+        return {i for i in range(1, len(ids)) if pieces[i].startswith(("▁", "Ġ")) or ids[i - 1] in special}
+    return set(range(1, len(ids)))
 
-    A word split into several tokens yields its whole span; a word that appears twice yields both.
-    Raises ValueError for a word that is not in the prompt.
+
+def token_spans(tokenizer, prompt: str, words: list[str]) -> dict[str, list[int]]:
+    """Token positions (in the encoded prompt, start token = 0) of each word, matched at word boundaries.
+
+    A word split into several tokens yields its whole span; a word that appears twice yields both; a word
+    is never found inside another ("ing" is not in "djing"). Raises ValueError for a word not in the prompt.
     """
     ids = tokenize(tokenizer, [prompt])["input_ids"][0].tolist()
+    starts = word_starts(tokenizer, ids)
     spans: dict[str, list[int]] = {}
     for word in words:
         piece = tokenizer(word, add_special_tokens=False)["input_ids"]
         found = [
             i + k
-            for i in range(1, len(ids) - len(piece) + 1)
-            if ids[i : i + len(piece)] == piece
+            for i in sorted(starts)
+            if i + len(piece) <= len(ids) and ids[i : i + len(piece)] == piece
             for k in range(len(piece))
         ]
         if not piece or not found:
             raise ValueError(f"word '{word}' is not in the prompt '{prompt}'")
         spans[word] = found
     return spans
+
+
+def word_span_at(tokenizer, prompt: str, start: int, word: str) -> list[int]:
+    """Token positions of the one occurrence of `word` that begins at character `start` of the prompt.
+
+    The tokens of the text before it are counted (word-level tokenizers are prefix-stable at a word
+    boundary); the span is checked against the prompt's own tokens. [] when truncation cut it off or the
+    tokenizer splits the text differently there.
+    """
+    ids = tokenize(tokenizer, [prompt])["input_ids"][0].tolist()
+    before = tokenizer(prompt[:start], add_special_tokens=False)["input_ids"] if prompt[:start].strip() else []
+    piece = tokenizer(word, add_special_tokens=False)["input_ids"]
+    first = 1 + len(before)
+    if piece and ids[first : first + len(piece)] == piece:
+        return list(range(first, first + len(piece)))
+    return []
 
 
 def prompt_length(tokenizer, prompt: str) -> int:

@@ -82,7 +82,7 @@ def guided_noise(
 ) -> torch.Tensor:
     """Classifier-free guided prediction: uncond + g * (cond - uncond), one batched UNet call."""
     model_in = torch.cat([latents] * 2) if prompt.guided else latents
-    model_in = scheduler.scale_model_input(model_in, t)
+    model_in = scheduler.scale_model_input(model_in, t).to(components.dtype)  # a float32 master runs the model in its dtype
     out = predict_noise(components, model_in, t, prompt.cfg_batch(), **unet_kwargs)
     if not prompt.guided:
         return out
@@ -107,8 +107,13 @@ def denoise(
     description: str = "denoising",
     unet_kwargs: Optional[dict] = None,
     guide: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    master_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Run the scheduler from `latents` over `timesteps` (default: all of scheduler.timesteps).
+
+    `master_dtype` (e.g. float32) keeps the latents, the hooks' updates and the scheduler's arithmetic in
+    that dtype while the model runs in its own: small latent updates (Vico's 1e-4 Adam steps) are not
+    rounded away between steps in half precision. The result is in `master_dtype` then.
 
     `pre_step` may replace the latents before the model call (e.g. Vico's latent update),
     `post_step` after the scheduler step (e.g. inpainting known frames). `guide(latents, t) -> noise`
@@ -116,6 +121,8 @@ def denoise(
     """
     steps = list(scheduler.timesteps if timesteps is None else timesteps)
     extra = step_kwargs(scheduler, generator, eta)
+    if master_dtype is not None:
+        latents = latents.to(master_dtype)
     with components.placed(components.unet), progress_bar(len(steps), description, progress) as advance:
         for i, t in enumerate(steps):
             if pre_step is not None:
@@ -124,7 +131,7 @@ def denoise(
                 noise = guide(latents, t)
             else:
                 noise = guided_noise(components, scheduler, latents, t, prompt, guidance, **(unet_kwargs or {}))
-            latents = scheduler.step(noise, t, latents, **extra).prev_sample
+            latents = scheduler.step(noise.to(latents.dtype), t, latents, **extra).prev_sample
             if post_step is not None:
                 latents = post_step(i, t, latents)
             advance(1)

@@ -11,6 +11,9 @@ from vgen.errors import ConfigError
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    # the Vico script's scheduler: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"); it also
+    # passes use_karras=True, which is not a config key of that class and so changes nothing
+    "sde-dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),

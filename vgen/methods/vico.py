@@ -1,15 +1,18 @@
 """Vico: compositional video by equalising attention flow (SPEC.md section 1, arXiv 2407.06182).
 
-Algorithm (per denoising step i of N, before the usual CFG step):
+Algorithm (per denoising step i of N, before the usual CFG step), as the public code (Adamdad/vico) does it:
     if i < N/2:
-        x <- float32 copy of the latent;  Adam(x, lr = lr0 * sqrt(linspace(1, 0.5, N))[i])
-        repeat (10 times at most at steps 0/10/20, until loss < 0.95/0.5/0.2; once otherwise):
+        x <- the float32 master latent;  Adam(x, lr = lr0 * sqrt(linspace(1, 0.5, N))[i], eps 1e-7)
+        repeat (10 times at most at steps 0, N/5, 2N/5 with thresholds 0.95/0.5/0.2; once at other steps, 0.2):
             record cross + temporal attention of one positive-prompt forward pass (with autograd)
             flow   = ST-Flow of the recorded graph                          [F, P, J]
-            A_k    = max over (f, h, w) of Gauss3x3x3(softmax_j(100 * flow[real tokens]))[key token k]
+            A_k    = max over (f, h, w) of Smooth3x3x3(softmax_j(100 * flow[real tokens]))[key token k]
             loss   = max_k relu(1 - A_k)        (raise the weakest key token)
+            stop if loss < threshold            (checked before the update: a step may make none)
             x <- Adam step on d loss / d x
     x_{i-1} <- scheduler step with the CFG noise prediction at x
+
+Key tokens: nouns and verbs of the prompt (a part-of-speech tagger, core.tagging) plus left/right/top/bottom.
 
 Memory: the gradient pass keeps one input per UNet layer and recomputes the layer in backward
 (``checkpointed``, vico.checkpoint); the recorded layers keep no probability tensor for backward
@@ -21,7 +24,6 @@ one extra batch-1 forward.
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -32,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from vgen.config import JobConfig, VicoConfig
 from vgen.core.attention import AttentionRecorder, RecordingComplete, record_attention
 from vgen.core.flow import full_graph_flow, st_flow_blocks
-from vgen.core.prompts import PromptEmbeds, encode_prompt, prompt_length, token_spans
+from vgen.core.prompts import PromptEmbeds, encode_prompt, prompt_length, token_spans, word_span_at
 from vgen.core.sampler import decode_latents, denoise, initial_latents, latent_shape, predict_noise, to_uint8
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
@@ -40,26 +42,43 @@ from vgen.jobs import RunContext
 from vgen.models import Components
 from vgen.video import Video
 
-# Words automatic selection drops: function words, and motion / direction words (they describe how
-# things move, not which things must appear).
-STOP_WORDS = frozenset(
-    """a an the and or but of with without in on at to from by for into onto over under above below
-    near next beside behind between is are was were be being been it its this that these those there
-    some many two three four one while as then than very
-    moving moves move going goes staying stays standing static left right up down still
-    playing running flying swimming walking
-    together each other around across along through""".split()
-)
+# The official key finder (utils.find_keywords of the public code): Penn Treebank noun and verb tags, the
+# four direction words whatever their tag, never "view" or "is".
+OFFICIAL_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ"})
+NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
+DIRECTION_WORDS = frozenset({"left", "right", "top", "bottom"})
+NEVER_KEY = frozenset({"view", "is"})
 
 
 @dataclass(frozen=True)
 class KeyToken:
-    label: str  # the word, or "#<index>" for an explicit index
+    label: str  # the word, "word#2" for its second occurrence, or "#<index>" for an explicit index
     indices: tuple[int, ...]  # positions in the encoded prompt (start token = 0)
 
 
+def key_words(prompt: str, select: str = "official", stop_words: frozenset = frozenset()) -> list[tuple[str, int]]:
+    """(word, character offset) of the prompt's automatic key words, one per occurrence.
+
+    official: nouns and verbs by part of speech, plus left/right/top/bottom, minus view/is (the public code);
+    nouns: nouns only (ours: keeps motion verbs, which describe how a thing moves, out of the competition).
+    """
+    from vgen.core.tagging import pos_tags
+
+    tags = OFFICIAL_TAGS if select == "official" else NOUN_TAGS
+    extra = DIRECTION_WORDS if select == "official" else frozenset()
+    out = []
+    for w in pos_tags(prompt):
+        word = w.text.lower()
+        if word in NEVER_KEY or word in stop_words or not any(ch.isalnum() for ch in word):
+            continue
+        if w.tag in tags or word in extra:
+            out.append((w.text, w.start))
+    return out
+
+
 def select_key_tokens(tokenizer, prompt: str, cfg: VicoConfig) -> list[KeyToken]:
-    """Key tokens from explicit indices, else from words, else automatic (content words of the prompt)."""
+    """Key tokens from explicit indices, else from words (each word's every occurrence, as one span), else
+    automatic (``key_words``: one key token per occurrence, a word split into several tokens as its span)."""
     n = prompt_length(tokenizer, prompt)
     if cfg.tokens:
         bad = [i for i in cfg.tokens if not 1 <= i <= n - 2]
@@ -67,45 +86,61 @@ def select_key_tokens(tokenizer, prompt: str, cfg: VicoConfig) -> list[KeyToken]
             raise ConfigError(f"vico.tokens {bad} are outside the prompt's tokens 1..{n - 2}")
         return [KeyToken(f"#{i}", (i,)) for i in dict.fromkeys(cfg.tokens)]
     words = [w.strip() for item in cfg.words for w in str(item).split(",") if w.strip()]
-    explicit = bool(words)
-    if not explicit:
-        stop = STOP_WORDS | {w.lower() for w in cfg.stop_words}
-        words = [w for w in re.findall(r"[a-z0-9']+", prompt.lower()) if w not in stop]
-    keys, seen = [], set()
-    for word in dict.fromkeys(words):
-        try:
-            span = token_spans(tokenizer, prompt, [word])[word]
-        except ValueError:
-            if explicit:
+    if words:
+        keys = []
+        for word in dict.fromkeys(words):
+            try:
+                span = token_spans(tokenizer, prompt, [word])[word]
+            except ValueError:
                 raise ConfigError(f"vico.words: '{word}' is not in the prompt '{prompt}'") from None
+            span = tuple(i for i in span if i <= n - 2)  # drop what truncation cut off
+            if span:
+                keys.append(KeyToken(word, span))
+        return keys
+    stop = frozenset(w.lower() for w in cfg.stop_words)
+    keys, seen, count = [], set(), {}
+    for word, start in key_words(prompt, cfg.select, stop):
+        span = tuple(i for i in word_span_at(tokenizer, prompt, start, word) if i <= n - 2)
+        if not span or span in seen:
             continue
-        span = tuple(i for i in span if i <= n - 2)  # drop what truncation cut off
-        if span and span not in seen:
-            seen.add(span)
-            keys.append(KeyToken(word, span))
+        seen.add(span)
+        count[word.lower()] = count.get(word.lower(), 0) + 1
+        label = word.lower() if count[word.lower()] == 1 else f"{word.lower()}#{count[word.lower()]}"
+        keys.append(KeyToken(label, span))
     return keys
 
 
-def gaussian_kernel3d(sigma: float, size: int = 3) -> torch.Tensor:
-    """Normalised size^3 Gaussian (frames, height, width)."""
-    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(r**2) / (2 * sigma**2))
+def smoothing_kernel3d(sigma: float, kind: str = "official", size: int = 3) -> torch.Tensor:
+    """Normalised size^3 kernel over (frames, height, width), a product of one weight per axis offset d.
+
+    official: exp(-(d / (2σ))²) (the public code's GaussianSmoothing: with σ 0.5 an effective σ of 0.71 and
+    a centre weight of 0.19); textbook: exp(-d² / (2σ²)) (σ 0.5: centre 0.49).
+    """
+    d = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-((d / (2 * sigma)) ** 2)) if kind == "official" else torch.exp(-(d**2) / (2 * sigma**2))
     k = g[:, None, None] * g[None, :, None] * g[None, None, :]
-    return k / k.sum()
+    return (k / k.sum()).float()
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float, kind: str = "official") -> torch.Tensor:
+    """Smooth [K, F, h, w] maps with the 3x3x3 kernel. Borders: reflect (public code), or replicate for the
+    textbook kernel and along any axis of length 1 (reflection needs two samples)."""
+    if sigma <= 0:
+        return maps
+    x = maps[:, None]
+    mode = "reflect" if kind == "official" and min(maps.shape[1:]) >= 2 else "replicate"
+    x = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1), mode=mode)
+    return torch.nn.functional.conv3d(x, smoothing_kernel3d(sigma, kind).to(maps)[None, None])[:, 0]
 
 
 def token_maps(flow: torch.Tensor, keys: list[KeyToken], n_tokens: int, h: int, w: int,
-               scale: float = 100.0, sigma: float = 0.5) -> torch.Tensor:
+               scale: float = 100.0, sigma: float = 0.5, smoothing: str = "official") -> torch.Tensor:
     """Each key token's smoothed map [K, F, h, w]: softmax over the real tokens of scale*flow, the key's
-    span summed (a multi-token word holds its span's share), then a 3x3x3 Gaussian (replicate borders)."""
+    span summed (a multi-token word holds its span's share), then the 3x3x3 smoothing."""
     F = flow.shape[0]
     probs = (flow[..., 1 : n_tokens - 1].float() * scale).softmax(dim=-1)  # real tokens only
     maps = torch.stack([probs[..., [i - 1 for i in k.indices]].sum(-1) for k in keys])  # [K, F, P]
-    maps = maps.reshape(len(keys), 1, F, h, w)
-    if sigma > 0:
-        kernel = gaussian_kernel3d(sigma).to(maps)[None, None]
-        maps = torch.nn.functional.conv3d(torch.nn.functional.pad(maps, (1, 1, 1, 1, 1, 1), mode="replicate"), kernel)
-    return maps[:, 0]
+    return smooth_maps(maps.reshape(len(keys), F, h, w), sigma, smoothing)
 
 
 def token_scores(maps: torch.Tensor) -> torch.Tensor:
@@ -125,13 +160,22 @@ def lr_schedule(lr: float, steps: int) -> list[float]:
     return (lr * torch.linspace(1.0, 0.5, steps, dtype=torch.float64).sqrt()).tolist()
 
 
-def update_plan(cfg: VicoConfig, steps: int) -> dict[int, tuple[int, Optional[float]]]:
-    """step -> (max iterations, loss threshold or None) for the steps that update the latent."""
-    iterative = dict(zip(cfg.iterative_steps, cfg.thresholds))
+def iterative_steps(cfg: VicoConfig, steps: int) -> list[int]:
+    """The steps with iterative refinement: vico.iterative_steps if given, else vico.iterative_at scaled to
+    the step count (0, 0.2, 0.4 -> steps 0, 10, 20 of 50 as in the public code; 0, 2, 4 of 10)."""
+    if cfg.iterative_steps is not None:
+        return list(cfg.iterative_steps)
+    return [min(int(round(f * steps)), steps - 1) for f in cfg.iterative_at]
+
+
+def update_plan(cfg: VicoConfig, steps: int) -> dict[int, tuple[int, float]]:
+    """step -> (max iterations, loss threshold) for the steps that may update the latent: refinement steps
+    (vico.max_iterations, their own threshold), other early steps (one iteration, vico.threshold)."""
+    iterative = dict(zip(iterative_steps(cfg, steps), cfg.thresholds))
     plan = {}
     for i in range(steps):
         if i < cfg.fraction * steps:
-            plan[i] = (cfg.max_iterations, float(iterative[i])) if i in iterative else (1, None)
+            plan[i] = (cfg.max_iterations, float(iterative[i])) if i in iterative else (1, float(cfg.threshold))
     return plan
 
 
@@ -228,7 +272,7 @@ class VicoGuide:
         # transcendentals (2-3x faster than the plain broadcast at these sizes)
         flow = attention_flow(blocks, self.cfg, tiled=True)
         del blocks
-        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma)
+        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma, self.cfg.smoothing)
         scores = token_scores(maps)
         return vico_loss(scores, self.cfg.objective), scores, maps
 
@@ -252,27 +296,30 @@ class VicoGuide:
             raise RuntimeError("Vico recorded no cross-attention: the model has no layer for its graph")
         return blocks
 
-    def named(self, scores: torch.Tensor) -> dict[str, float]:
-        return {k.label: round(float(s), 6) for k, s in zip(self.keys, scores.detach())}
+    def named(self, scores: torch.Tensor) -> dict[str, Optional[float]]:
+        return {k.label: finite_or_none(round(float(s), 6)) for k, s in zip(self.keys, scores.detach())}
 
     def __call__(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
-        """pre_step hook: the latent update of step i. Every planned step makes at least one Adam step;
-        an iterative step keeps going while the loss is >= its threshold, ``iterations`` steps at most."""
+        """pre_step hook: the latent update of step i (public code's order). Each iteration measures the
+        loss first and stops once it is below the step's threshold, so a step may make no update; otherwise
+        one Adam step. The latent stays float32 (the sampler's master copy): a 1e-4 step survives."""
         if i == self.after_step:
             with torch.no_grad():
                 self.scores_after = self.named(self.measure(latents, t)[1])
         if i not in self.plan:
             return latents
         iterations, threshold = self.plan[i]
-        x = latents.detach().float().clone().requires_grad_(True)  # fp16 steps of 1e-4 would round away
-        opt = torch.optim.Adam([x], lr=self.lrs[i])
-        record = {"step": i, "t": int(t), "lr": self.lrs[i], "losses": [], "updates": 0}
+        x = latents.detach().float().clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=self.lrs[i], eps=self.cfg.adam_eps)
+        record = {"step": i, "t": int(t), "lr": self.lrs[i], "threshold": threshold, "losses": [], "updates": 0}
         with torch.enable_grad():
             for _ in range(iterations):
                 loss, scores, _ = self.measure(x, t)
                 value = loss.item()
-                record["losses"].append(value)
+                record["losses"].append(finite_or_none(value))
                 record.setdefault("scores", self.named(scores))
+                if math.isfinite(value) and value < threshold:
+                    break
                 opt.zero_grad()
                 loss.backward()
                 del loss, scores  # drop the spent graph before the next pass builds one
@@ -289,12 +336,34 @@ class VicoGuide:
                     self.log(f"vico: non-finite update at step {i} skipped")
                     break
                 record["updates"] += 1
-                if threshold is None or value < threshold:
-                    break
         self.history.append(record)
         if record["updates"] == 0:
             return latents
         return x.detach().to(latents.dtype)
+
+    def weakest(self) -> dict:
+        """The weakest key token before the updates, its score before and after, and whether it moved
+        (rose by at least MOVED_BY): a run whose weakest token did not move got nothing from Vico."""
+        before = self.history[0]["scores"] if self.history else {}
+        if not before or not self.scores_after:
+            return {}
+        token = min(before, key=lambda k: before[k] if before[k] is not None else math.inf)
+        b, a = before[token], self.scores_after.get(token)
+        moved = b is not None and a is not None and a - b >= MOVED_BY
+        return {"token": token, "before": b, "after": a, "moved": bool(moved)}
+
+
+# A weakest-token score that rose by less than this (scores are in [0, 1]) counts as not moved.
+MOVED_BY = 1e-3
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def finite_or_none(value: float) -> Optional[float]:
+    """Strict JSON has no NaN or infinity: a non-finite number is recorded as null."""
+    return value if math.isfinite(value) else None
 
 
 def prepare(job: JobConfig, components: Components, ctx: RunContext):
@@ -323,7 +392,16 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         with record_attention(components.unet, cfg.graph, stop_when_complete=True) as recorder:
             guide = VicoGuide(cfg, components, scheduler, prompt, keys, n_tokens, recorder, s.steps, ctx.log)
             latents = denoise(components, scheduler, latents, prompt, s.guidance, generator=ctx.generator,
-                              eta=s.eta, progress=ctx.progress, pre_step=guide, description="denoising (vico)")
+                              eta=s.eta, progress=ctx.progress, pre_step=guide, description="denoising (vico)",
+                              master_dtype=torch.float32)
+        weakest = guide.weakest()
+        updates = sum(r["updates"] for r in guide.history)
+        if updates == 0:
+            ctx.log("vico: no latent update was made: every loss was already below its threshold")
+        elif weakest and not weakest["moved"]:
+            ctx.log(f"vico: warning: the weakest key token '{weakest['token']}' did not move "
+                    f"({_fmt(weakest['before'])} -> {_fmt(weakest['after'])}); Vico changed little here "
+                    f"(a larger vico.lr may help on this model)")
         meta.update(
             graph=cfg.graph,
             update_steps=sorted(guide.plan),
@@ -331,6 +409,9 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
             scores_before=guide.history[0]["scores"] if guide.history else {},
             scores_after=guide.scores_after,
             nonfinite_skipped={"count": len(guide.skipped), "steps": guide.skipped},
+            updates=updates,
+            weakest=weakest,
+            select=cfg.select if not (cfg.tokens or cfg.words) else ("tokens" if cfg.tokens else "words"),
         )
     frames = decode_latents(components, latents, job.memory.decode_chunk)[0]
     return Video(to_uint8(frames), fps=job.video.fps, metadata={"vico": meta})
