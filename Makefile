@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-vico-zeroscope clean help eval-i4vgen eval-streaming
+.PHONY: setup test test-fast demo bench bench-vico-zeroscope clean help eval-i4vgen eval-streaming eval-vico
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -15,7 +15,7 @@ help:
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
 	@echo "make setup   - only create/refresh .venv"
-	@echo "make eval-i4vgen / eval-streaming - toy-world quality comparisons (long on a CPU)"
+	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: $(STAMP)
 bench-vico-zeroscope: $(STAMP)
 	$(BIN)/python scripts/bench_vico_update.py --no-flops --repeats 1
 	$(BIN)/python scripts/bench_vico.py --models zeroscope-quarter --repeats 1 --memory-steps 4
+
+# Vico's key-word agreement with the public code's rule, then base vs Vico on 100 + 100 held-out prompts
+# (resumable: re-running continues where it stopped)
+eval-vico: $(STAMP)
+	$(BIN)/python scripts/key_tokens_agreement.py
+	$(BIN)/python scripts/compare_vico.py --n 100 --json outputs/compare_vico/records.json --resume
 
 eval-i4vgen: $(STAMP)
 	$(BIN)/python scripts/compare_i4vgen.py
