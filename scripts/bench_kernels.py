@@ -13,9 +13,10 @@ prompt tokens kept of 77:
   noise-ar1       AR(1) noise mixing of [1, 4, 16, 40, 64] along frames, float32
   noise-kv        ZS2's key/value running average of SD 1.5 at 512x512: [2, 16, 4096, 320] along frames
 Implementations: "torch" is the reference the dispatch falls back to (the tiled product, the chunked
-recorded attention, the ar_matrix einsum), "plain" the broadcast reference where it fits, "compile" is
-torch.compile (Inductor) of the plain reference (for the noise: of the einsum and of a frame loop,
-"scan"), "triton" the vgen/core/kernels kernel (CUDA only), "sdpa" plain SDPA (the output alone) as
+recorded attention, the ar_matrix einsum of noise.py / ZS2's processor), "plain" the broadcast reference
+where it fits, "matmul" the ar_matrix product as one batched matmul on a contiguous view (same values),
+"scan" a frame loop y_i = decay*y_{i-1} + gain*x_i, "compile" / "compile-scan" torch.compile (Inductor)
+of the plain reference / of the loop (on CUDA Inductor writes that loop as one Triton kernel), "triton" the vgen/core/kernels kernel (CUDA only), "sdpa" plain SDPA (the output alone) as
 the yardstick of the recorded attention. fwd = forward, f+b = forward and backward (flow, attention).
 
 Times are medians of --repeats after warm-ups (compile time excluded, printed apart). GB/s counts the
@@ -100,6 +101,12 @@ def einsum_mix(x: torch.Tensor, mix: torch.Tensor, spec: str) -> torch.Tensor:
     return torch.einsum(spec, mix, x)
 
 
+def matmul_mix(x: torch.Tensor, mix: torch.Tensor, dim: int) -> torch.Tensor:
+    """The same product as one batched matmul over a contiguous view (no permuted copies)."""
+    lead = math.prod(x.shape[:dim])
+    return torch.matmul(mix, x.reshape(lead, x.shape[dim], -1)).reshape(x.shape)
+
+
 def cases(half: torch.dtype) -> list[Case]:
     rho, mu = 0.94, 0.98
     out = []
@@ -128,11 +135,13 @@ def cases(half: torch.dtype) -> list[Case]:
     mom = noise.ar_matrix(F, mu, 1 - mu, torch.float32)
     out.append(Case("noise-ar1", lambda device, gen: (torch.randn(1, 4, F, 40, 64, generator=gen).to(device),), {
         "torch": lambda x: einsum_mix(x, ar.to(x.device), "ij,bcjhw->bcihw"),
+        "matmul": lambda x: matmul_mix(x, ar.to(x.device), 2),
         "scan": lambda x: scan_mix(x, rho, math.sqrt(1 - rho * rho), 2),
         "compile": lambda x: einsum_mix(x, ar.to(x.device), "ij,bcjhw->bcihw"),
         "compile-scan": lambda x: scan_mix(x, rho, math.sqrt(1 - rho * rho), 2)}, backward=False))
     out.append(Case("noise-kv", lambda device, gen: (torch.randn(2, F, 4096, 320, generator=gen).to(device, half),), {
         "torch": lambda x: einsum_mix(x, mom.to(x.device, x.dtype), "ij,gjtd->gitd"),
+        "matmul": lambda x: matmul_mix(x, mom.to(x.device, x.dtype), 1),
         "scan": lambda x: scan_mix(x, mu, 1 - mu, 1),
         "compile": lambda x: einsum_mix(x, mom.to(x.device, x.dtype), "ij,gjtd->gitd"),
         "compile-scan": lambda x: scan_mix(x, mu, 1 - mu, 1)}, backward=False))
