@@ -264,6 +264,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="skip the plain broadcast of flow-spatial on a CPU")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     ap.add_argument("--only", nargs="*", default=None, help="case name prefixes (flow, attn, noise, ...)")
+    ap.add_argument("--budget", type=float, default=0, help="seconds after which no new case starts (0: none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -276,8 +277,12 @@ def main(argv=None) -> list[dict]:
     print(f"kernels on {name}: torch {torch.__version__}, attention/noise-kv dtype {str(half).removeprefix('torch.')}, "
           f"repeats {args.repeats}, load {os.getloadavg()[0]:.1f}")
     rows = []
+    started = time.perf_counter()
     for case in cases(half):
         if args.only and not any(case.name.startswith(o) for o in args.only):
+            continue
+        if args.budget and time.perf_counter() - started > args.budget:
+            rows.append({"case": case.name, "impl": "-", "error": f"skipped: past the {args.budget:.0f}s budget"})
             continue
         rows += run_case(case, device, args.repeats, compile_ok, args.quick)
         if device.type == "cuda":

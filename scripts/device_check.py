@@ -364,7 +364,8 @@ def main() -> None:
         import bench_kernels
 
         log("")
-        return bench_kernels.main(["--device", args.device, "--repeats", str(args.repeats)])
+        left = max(30.0, args.budget + 50 - (time.perf_counter() - started))  # stop starting cases by ~8 min
+        return bench_kernels.main(["--device", args.device, "--repeats", str(args.repeats), "--budget", f"{left:.0f}"])
 
     results["kernels"] = section("kernels", kernels) or []
     log("\ntargets:")
