@@ -5,10 +5,10 @@ step holds one [BLOCK_M, BLOCK_N] tile in registers and nothing of size m*k*n ex
 any float dtype are read as they are and accumulated in float32. The soft product keeps a running hard
 max h and Z = sum_r exp(s_r - h) with s_r = softmin(a, b)/tau, using exp(s - h) = 1/(e^(h-a) + e^(h-b))
 (as ``flow._SoftBottleneckTiled`` does); it stores L = h + log Z for the backward, which recomputes the
-same steps and adds each step's row/column sums of the gradient with atomics (one add per program, so
-there is no contention when n or m fits one tile, the usual case). The hard product stores the argmax r*
-and its backward sends G[i, j] to the weaker edge of the best path (first maximum on ties, a <= b goes to
-A), like ``flow._HardBottleneckTiled``.
+same steps and writes each step's row/column sums of the gradient per tile (summed by torch after: no
+atomics, so the soft gradient is deterministic). The hard product stores the argmax r* and its backward
+sends G[i, j] to the weaker edge of the best path (first maximum on ties, a <= b goes to A), like
+``flow._HardBottleneckTiled``; that is a scatter-add, done with atomics (as torch's scatter_add_ on CUDA).
 
 Importing this module imports triton: callers go through ``vgen.core.kernels.dispatch``.
 """
@@ -77,10 +77,10 @@ def _soft_bwd(a_ptr, b_ptr, lse_ptr, g_ptr, ga_ptr, gb_ptr, M, N, K, inv_tau,
         eb = tl.exp(tl.minimum(lse - b[None, :], _EXP_CLAMP))
         d = 1.0 / (ea + eb)
         w = g * d * d  # zero outside the tile (g loaded as 0 there)
-        if NEED_A:
-            tl.atomic_add(ga_ptr + pb * M * K + rm * K + r, tl.sum(w * ea, axis=1), mask=mm)
-        if NEED_B:
-            tl.atomic_add(gb_ptr + pb * K * N + r * N + rn, tl.sum(w * eb, axis=0), mask=mn)
+        if NEED_A:  # partial sums per n-tile: [Bt, n_tiles, M, K]
+            tl.store(ga_ptr + ((pb * tl.num_programs(2) + pn) * M + rm) * K + r, tl.sum(w * ea, axis=1), mask=mm)
+        if NEED_B:  # partial sums per m-tile: [Bt, m_tiles, K, N]
+            tl.store(gb_ptr + ((pb * tl.num_programs(1) + pm) * K + r) * N + rn, tl.sum(w * eb, axis=0), mask=mn)
 
 
 @triton.jit
@@ -188,13 +188,13 @@ class SoftBottleneckTriton(torch.autograd.Function):
         n = b.shape[-1]
         g = grad.expand(*batch, m, n).reshape(bt, m, n)
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ga = torch.zeros((bt, m, k), dtype=torch.float32, device=a.device)
-        gb = torch.zeros((bt, k, n), dtype=torch.float32, device=a.device)
         bm, bn = _blocks(m, n)
-        _soft_bwd[_grid(bt, m, n, bm, bn)](a, b, lse, g, ga, gb, m, n, k, 1.0 / ctx.tau,
-                                           *a.stride(), *b.stride(), *g.stride(),
-                                           NEED_A=need_a, NEED_B=need_b, BLOCK_M=bm, BLOCK_N=bn)
-        return (_reduce(ga, batch, A) if need_a else None, _reduce(gb, batch, B) if need_b else None, None)
+        grid = _grid(bt, m, n, bm, bn)
+        ga = torch.empty((bt, grid[2], m, k) if need_a else (1,), dtype=torch.float32, device=a.device)
+        gb = torch.empty((bt, grid[1], k, n) if need_b else (1,), dtype=torch.float32, device=a.device)
+        _soft_bwd[grid](a, b, lse, g, ga, gb, m, n, k, 1.0 / ctx.tau, *a.stride(), *b.stride(), *g.stride(),
+                        NEED_A=need_a, NEED_B=need_b, BLOCK_M=bm, BLOCK_N=bn)
+        return (_reduce(ga.sum(1), batch, A) if need_a else None, _reduce(gb.sum(1), batch, B) if need_b else None, None)
 
 
 class HardBottleneckTriton(torch.autograd.Function):
