@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-vico-zeroscope clean help eval-i4vgen eval-streaming eval-vico
+.PHONY: setup test test-fast demo bench bench-vico-zeroscope clean help eval-i4vgen eval-streaming eval-vico device-check device-wheels
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -15,6 +15,8 @@ help:
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
 	@echo "make setup   - only create/refresh .venv"
+	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
+	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -42,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_vico_update.py --no-measure
 	$(BIN)/python scripts/bench_i4vgen.py
 	$(BIN)/python scripts/bench_streaming.py --quick
+	$(BIN)/python scripts/bench_kernels.py --quick --repeats 3
 
 # one update's cost per checkpoint policy, then end to end (50 steps, 16 frames, 320x512)
 bench-vico-zeroscope: $(STAMP)
@@ -53,6 +56,15 @@ bench-vico-zeroscope: $(STAMP)
 eval-vico: $(STAMP)
 	$(BIN)/python scripts/key_tokens_agreement.py
 	$(BIN)/python scripts/compare_vico.py --n 100 --json outputs/compare_vico/records.json --resume
+
+# The one prepared command for a GPU machine (< 8 min on one H200). No venv there: it runs on the machine's
+# python3 with its torch and triton, and installs what the machine lacks from .whl/ (make device-wheels,
+# here), offline. ARGS=--dry-run prints the plan and checks the imports on any machine.
+device-check:
+	$(PYTHON) scripts/device_check.py $(ARGS)
+
+device-wheels:
+	$(PYTHON) scripts/device_check.py --download-wheels
 
 eval-i4vgen: $(STAMP)
 	$(BIN)/python scripts/compare_i4vgen.py

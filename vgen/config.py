@@ -22,6 +22,7 @@ DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offlin
 SCHEDULERS = ("ddim", "dpm++", "sde-dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+KERNELS = ("auto", "torch", "triton")  # = vgen.core.kernels.dispatch.KERNELS (kept torch-free here)
 MODEL_KINDS = ("auto", "unet3d", "motion", "unet2d")
 
 
@@ -62,6 +63,9 @@ class OutputConfig:
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (float16 on cuda, float32 on cpu) | float32 | float16 | bfloat16
+    # core kernels (flow products, Vico's recorded attention): auto (Triton on CUDA when it imports, else
+    # torch) | torch | triton (without CUDA only under TRITON_INTERPRET=1); env VGEN_KERNELS overrides
+    kernels: str = "auto"
 
 
 @dataclass
@@ -382,6 +386,7 @@ def validate(job: JobConfig) -> None:
     get_method(job.method)
     _choice("sampler.scheduler", job.sampler.scheduler, SCHEDULERS)
     _choice("runtime.dtype", job.runtime.dtype, DTYPES)
+    _choice("runtime.kernels", job.runtime.kernels, KERNELS)
     _choice("model.kind", job.model.kind, MODEL_KINDS)
     device = job.runtime.device
     if not (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):

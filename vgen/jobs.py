@@ -98,6 +98,15 @@ class ModelCache:
         return self._cache[key]
 
 
+def configure_kernels(job: JobConfig) -> str:
+    """Set the core kernels for the job (``runtime.kernels``, env VGEN_KERNELS overrides); ConfigError if
+    Triton is forced where it cannot run."""
+    from vgen.core.kernels import configure
+    from vgen.models import resolve_device
+
+    return configure(job.runtime.kernels, resolve_device(job.runtime.device))
+
+
 def run_job(
     job: JobConfig,
     models: Optional[ModelCache] = None,
@@ -116,6 +125,7 @@ def run_job(
     method = get_method(job.method)
 
     t0 = time.perf_counter()
+    configure_kernels(job)
     models = models or ModelCache()
     components = models.get(job)
     if components.kind not in method.kinds:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from vgen.core.kernels.dispatch import use_triton
+
 
 @dataclass(frozen=True)
 class AttentionLayer:
@@ -266,7 +268,15 @@ class _RecordedAttention(torch.autograd.Function):
 def recorded_attention(q, k, v, mask=None, scale: float = 1.0, columns: Optional[int] = None,
                        budget: int = RECORD_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output [B, heads, N, d] (v's dtype) and head-averaged probabilities [B, N, columns]
-    (float32 at least), differentiable in q, k, v with O(chunk) memory (see ``_RecordedAttention``)."""
+    (float32 at least), differentiable in q, k, v with O(chunk) memory (see ``_RecordedAttention``).
+
+    Without a mask, where ``vgen.core.kernels`` picks Triton (CUDA by default), the flash-style Triton
+    kernel runs instead (``budget`` does not apply: it never holds a [B, heads, N, K] tensor);
+    ``_RecordedAttention`` stays the reference and the fallback."""
+    if mask is None and q.dtype == k.dtype == v.dtype and use_triton(q, k, v):
+        from vgen.core.kernels import triton_attention
+
+        return triton_attention.recorded_attention(q, k, v, scale, columns)
     return _RecordedAttention.apply(q, k, v, mask, float(scale), columns, int(budget))
 
 

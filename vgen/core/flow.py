@@ -6,7 +6,7 @@ graph: the best single path scored by its weakest edge. Along a chain of layers 
 
 * the products: hard ``bottleneck_matmul``, soft ``soft_bottleneck_matmul`` (plain references) and
   ``soft_bottleneck_matmul_tiled`` / ``bottleneck_matmul_tiled`` (O(m*n) memory, backward recomputes tiles),
-  with the ``bottleneck`` dispatcher;
+  with the ``bottleneck`` dispatcher (Triton kernels of ``vgen.core.kernels`` where it picks them);
 * the graphs: ``st_flow`` / ``st_flow_blocks`` (default graph of the public code), ``full_graph_flow``
   (``vico.graph: full``), ``attention_rollout`` and ``cross_attention_flow`` (baselines);
 * the exact reference ``exact_max_flow`` on the very same graph (``build_flow_graph``).
@@ -33,6 +33,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+
+from vgen.core.kernels.dispatch import use_triton
 
 __all__ = [
     "bottleneck_matmul",
@@ -276,8 +278,19 @@ def bottleneck_matmul_tiled(A: torch.Tensor, B: torch.Tensor, tile: int | None =
 
 def bottleneck(A: torch.Tensor, B: torch.Tensor, mode: str = "soft", tau: float = 0.01,
                tiled: bool | None = None) -> torch.Tensor:
-    """Dispatcher: ``mode`` "soft" | "hard"; ``tiled=None`` tiles when batch*m*k*n > TILED_THRESHOLD."""
+    """Dispatcher: ``mode`` "soft" | "hard"; ``tiled=None`` tiles when batch*m*k*n > TILED_THRESHOLD.
+
+    Where ``vgen.core.kernels`` picks Triton (CUDA by default, see its dispatch), the Triton kernel runs
+    instead (it never stores m*k*n, so ``tiled`` does not matter), unless ``tiled=False`` asks for the
+    plain broadcast. The named products above are the torch references and fallbacks.
+    """
     _check_mm(A, B)
+    if mode in ("soft", "hard") and tiled is not False and use_triton(A, B):
+        from vgen.core.kernels import triton_bottleneck
+
+        if mode == "soft":
+            return triton_bottleneck.soft_bottleneck(A, B, tau)
+        return triton_bottleneck.hard_bottleneck(A, B)
     if tiled is None:
         batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         tiled = math.prod(batch) * A.shape[-2] * A.shape[-1] * B.shape[-1] > TILED_THRESHOLD

@@ -1,0 +1,265 @@
+"""Triton kernels (vgen/core/kernels) against the torch references of flow.py and attention.py.
+
+Without CUDA the kernels run in Triton's interpreter: this module sets TRITON_INTERPRET=1 before triton
+is first imported (triton.language decorates its own helpers at import time, so it must be set then) and
+restores the variable once its tests are done; with ``runtime.kernels`` at "auto" nothing else in the
+suite reads it. On a CUDA machine (``make device-check``) the same tests run compiled. Sizes are small and odd (never tile multiples), with
+some over one tile so the grids and the atomics of the backward span several programs.
+"""
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+_SAVED_ENV = {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "VGEN_KERNELS")}
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="triton is not installed (make test installs it)")
+
+from vgen.core import attention, flow  # noqa: E402
+from vgen.core.kernels import dispatch, use_kernels  # noqa: E402
+from vgen.errors import ConfigError  # noqa: E402
+
+DEV = torch.device("cuda" if CUDA else "cpu")
+HALF = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    """TRITON_INTERPRET=1 (no CUDA) and no VGEN_KERNELS while this module runs; restored after it."""
+    os.environ.pop(dispatch.ENV, None)
+    if not CUDA:
+        os.environ["TRITON_INTERPRET"] = "1"
+    yield
+    for k, v in _SAVED_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def rand(*shape, dtype=torch.float32, gen):
+    return torch.rand(*shape, generator=gen).to(DEV, dtype)
+
+
+def tol(dtype, scale=1.0):
+    """Absolute tolerance: a few roundings of the output dtype at magnitude ``scale`` (float32: accumulation)."""
+    eps = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    return 4 * eps * max(1.0, scale)
+
+
+def grads(fn, inputs, weights):
+    """Values and gradients of sum(fn(*inputs) * weights)."""
+    xs = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*xs)
+    (out.float() * weights).sum().backward()
+    return out.detach(), [x.grad for x in xs]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bottleneck (max-min) product
+
+
+SHAPES = [  # (A shape, B shape): batched, broadcast, several m/n tiles (m > 32, n > 64)
+    ((3, 13, 19), (3, 19, 11)),
+    ((2, 1, 7, 5), (4, 5, 9)),
+    ((37, 6), (6, 70)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("shapes", SHAPES, ids=["batched", "broadcast", "tiles"])
+def test_soft_bottleneck_matches_reference(shapes, dtype):
+    from vgen.core.kernels.triton_bottleneck import soft_bottleneck
+
+    gen = torch.Generator().manual_seed(0)
+    A, B = rand(*shapes[0], dtype=dtype, gen=gen), rand(*shapes[1], dtype=dtype, gen=gen)
+    tau = 0.01 if dtype == torch.float32 else 0.05  # 0.01: exponents up to 100 hit the clamp
+    out_shape = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]) + (A.shape[-2], B.shape[-1])
+    W = torch.randn(out_shape, generator=gen).to(DEV)
+    out, (gA, gB) = grads(lambda a, b: soft_bottleneck(a, b, tau), (A, B), W)
+    # reference: the plain broadcast with autograd, in float32 on the same (rounded) inputs
+    ref, (rA, rB) = grads(lambda a, b: flow.soft_bottleneck_matmul(a, b, tau), (A.float(), B.float()), W)
+    assert out.dtype == dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.float(), ref, atol=tol(dtype), rtol=0)
+    assert gA.dtype == dtype and gB.dtype == dtype
+    torch.testing.assert_close(gA.float(), rA, atol=tol(dtype, rA.abs().max().item()), rtol=0)
+    torch.testing.assert_close(gB.float(), rB, atol=tol(dtype, rB.abs().max().item()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("shapes", SHAPES, ids=["batched", "broadcast", "tiles"])
+def test_hard_bottleneck_matches_reference(shapes, dtype):
+    from vgen.core.kernels.triton_bottleneck import hard_bottleneck
+
+    gen = torch.Generator().manual_seed(1)
+    A, B = rand(*shapes[0], dtype=dtype, gen=gen), rand(*shapes[1], dtype=dtype, gen=gen)
+    out_shape = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]) + (A.shape[-2], B.shape[-1])
+    W = torch.randn(out_shape, generator=gen).to(DEV)
+    out, (gA, gB) = grads(hard_bottleneck, (A, B), W)
+    # values: max and min are exact in every dtype, so the plain reference matches bit for bit
+    assert torch.equal(out, flow.bottleneck_matmul(A, B))
+    # gradients: the argmax edge, ties to the first maximum (as the torch tiled kernel); with float32 the
+    # random values have no ties and autograd through the plain reference's amax is the independent check
+    ref_fn = flow.bottleneck_matmul if dtype == torch.float32 else flow.bottleneck_matmul_tiled
+    _, (rA, rB) = grads(ref_fn, (A, B), W)
+    torch.testing.assert_close(gA.float(), rA.float(), atol=tol(dtype, W.abs().max().item()), rtol=0)
+    torch.testing.assert_close(gB.float(), rB.float(), atol=tol(dtype, W.abs().max().item()), rtol=0)
+
+
+def test_hard_bottleneck_hand_case():
+    """[[1, .2], [.3, .9]] ⊗ [[.5, .1], [.4, .8]]: out[0,0] = max(min(1,.5), min(.2,.4)) = .5 via r=0, where
+    B's edge .5 is the weaker, so A[0,0] gets no gradient and B[0,0] gets 1."""
+    from vgen.core.kernels.triton_bottleneck import hard_bottleneck
+
+    A = torch.tensor([[1.0, 0.2], [0.3, 0.9]], device=DEV, requires_grad=True)
+    B = torch.tensor([[0.5, 0.1], [0.4, 0.8]], device=DEV, requires_grad=True)
+    out = hard_bottleneck(A, B)
+    torch.testing.assert_close(out.cpu(), torch.tensor([[0.5, 0.2], [0.4, 0.8]]))
+    out[0, 0].backward()
+    assert A.grad.cpu().tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert B.grad.cpu().tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_flow_graphs_dispatch_to_triton():
+    """st_flow_blocks and full_graph_flow (public flow.py functions) give the torch results on Triton."""
+    gen = torch.Generator().manual_seed(2)
+    F, P, J = 5, 6, 7
+
+    def att(*shape):
+        return torch.softmax(3 * torch.randn(*shape, generator=gen), -1).to(DEV)
+
+    blocks = [(att(F, P, J), att(F, P, P), [att(P, F, F), att(P, F, F)]) for _ in range(2)]
+    for mode in ("soft", "hard"):
+        for fn in (flow.st_flow_blocks, flow.full_graph_flow):
+            with use_kernels("torch"):
+                ref = fn(blocks, mode=mode, tau=0.02)
+            with use_kernels("triton"):
+                got = fn(blocks, mode=mode, tau=0.02)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    with use_kernels("triton"):
+        A, B = att(3, 4, 5), att(3, 5, 6)
+        assert type(flow.bottleneck(A.requires_grad_(), B, "soft", 0.1).grad_fn).__name__ == "SoftBottleneckTritonBackward"
+        assert type(flow.bottleneck(A, B, "hard").grad_fn).__name__ == "HardBottleneckTritonBackward"
+        assert "Triton" not in type(flow.bottleneck(A, B, "soft", 0.1, tiled=False).grad_fn).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------
+# recorded attention
+
+
+ATTN = [  # (B, heads, N, K, head dim, value dim, columns)
+    (2, 3, 19, 21, 20, 23, 7),  # cross-attention-like: keep the first 7 keys
+    (3, 2, 5, 5, 16, 16, None),  # temporal-like: frames x frames, all columns
+    (1, 2, 70, 67, 8, 8, 66),  # several query and key tiles (> 64)
+]
+
+
+def _attn_case(case, dtype, gen):
+    B, H, N, K, D, DV, c = case
+    q = (torch.randn(B, H, N, D, generator=gen) * 1.5).to(DEV, dtype)
+    k = torch.randn(B, H, K, D, generator=gen).to(DEV, dtype)
+    v = torch.randn(B, H, K, DV, generator=gen).to(DEV, dtype)
+    C = K if c is None else c
+    return (q, k, v), D ** -0.5, c, torch.randn(B, H, N, DV, generator=gen).to(DEV), torch.randn(B, N, C, generator=gen).to(DEV)
+
+
+def _run_attn(fn, inputs, scale, columns, g_out, g_mean, use_out=True, use_mean=True):
+    xs = [x.detach().clone().requires_grad_() for x in inputs]
+    out, mean = fn(*xs, scale, columns)
+    loss = 0
+    if use_out:
+        loss = loss + (out.float() * g_out).sum()
+    if use_mean:
+        loss = loss + (mean * g_mean).sum()
+    loss.backward()
+    return out.detach(), mean.detach(), [x.grad for x in xs]
+
+
+def _torch_recorded(q, k, v, scale, columns):
+    return attention._RecordedAttention.apply(q, k, v, None, scale, columns, attention.RECORD_BUDGET)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("case", ATTN, ids=["cross", "temporal", "tiles"])
+def test_recorded_attention_matches_reference(case, dtype):
+    from vgen.core.kernels.triton_attention import recorded_attention
+
+    gen = torch.Generator().manual_seed(3)
+    inputs, scale, c, g_out, g_mean = _attn_case(case, dtype, gen)
+    out, mean, gs = _run_attn(recorded_attention, inputs, scale, c, g_out, g_mean)
+    rout, rmean, rgs = _run_attn(_torch_recorded, inputs, scale, c, g_out, g_mean)
+    assert out.dtype == dtype and mean.dtype == torch.float32 and mean.shape == rmean.shape
+    torch.testing.assert_close(out.float(), rout.float(), atol=tol(dtype, 2.0), rtol=0)
+    torch.testing.assert_close(mean, rmean, atol=1e-6 if dtype == torch.float32 else 2e-3, rtol=0)
+    for g, r in zip(gs, rgs):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), r.float(), atol=tol(dtype, r.abs().max().item()), rtol=0)
+
+
+def test_recorded_attention_one_output_only():
+    """Gradients when only the output or only the probabilities reach the loss (None gradients)."""
+    from vgen.core.kernels.triton_attention import recorded_attention
+
+    gen = torch.Generator().manual_seed(4)
+    inputs, scale, c, g_out, g_mean = _attn_case(ATTN[0], torch.float32, gen)
+    for use_out, use_mean in ((True, False), (False, True)):
+        *_, gs = _run_attn(recorded_attention, inputs, scale, c, g_out, g_mean, use_out, use_mean)
+        *_, rgs = _run_attn(_torch_recorded, inputs, scale, c, g_out, g_mean, use_out, use_mean)
+        for g, r in zip(gs, rgs):
+            torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
+
+
+def test_recorded_attention_probabilities_against_softmax():
+    """The head mean is the plain softmax's (independent of both kernels), through the public dispatch."""
+    gen = torch.Generator().manual_seed(5)
+    (q, k, v), scale, c, _, _ = _attn_case(ATTN[0], torch.float32, gen)
+    p = torch.softmax(q @ k.transpose(-1, -2) * scale, -1)
+    q.requires_grad_()
+    with use_kernels("triton"):
+        out, mean = attention.recorded_attention(q, k, v, scale=scale, columns=c)
+        masked, _ = attention.recorded_attention(q, k, v, torch.zeros(1, 1, 1, k.shape[-2], device=DEV), scale, c)
+    torch.testing.assert_close(mean, p[..., :c].mean(1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, p @ v, atol=1e-5, rtol=0)
+    assert type(out.grad_fn).__name__ == "RecordedAttentionTritonBackward"
+    assert type(masked.grad_fn).__name__ == "_RecordedAttentionBackward"  # a mask keeps the torch path
+    torch.testing.assert_close(masked, p @ v, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dispatch
+
+
+def test_dispatch_choices(monkeypatch):
+    x = torch.zeros(2, 2)
+    with use_kernels("auto"):
+        assert not dispatch.use_triton(x)  # auto: Triton on CUDA tensors only
+    with use_kernels("torch"):
+        assert not dispatch.use_triton(x.to(DEV))
+    with use_kernels("triton"):
+        assert dispatch.use_triton(x.to(DEV))
+        assert not dispatch.use_triton(x.double())  # float64 keeps the torch reference
+    monkeypatch.setenv(dispatch.ENV, "torch")  # the env beats the configured value
+    with use_kernels("triton"):
+        assert not dispatch.use_triton(x.to(DEV))
+        assert dispatch.configure("triton", "cpu") == "torch"
+
+
+def test_forcing_triton_without_cuda_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError) as err:
+        dispatch.configure("triton", "cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "TRITON_INTERPRET=1" in msg and "runtime.kernels=auto" in msg
+    monkeypatch.setenv(dispatch.ENV, "triton")
+    with pytest.raises(ConfigError, match=f"set {dispatch.ENV}=auto"):
+        dispatch.configure("auto", "cpu")
+    monkeypatch.setenv(dispatch.ENV, "fast")
+    with pytest.raises(ConfigError, match="not one of: auto, torch, triton"):
+        dispatch.configure("auto", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv(dispatch.ENV)
+    assert dispatch.configure("triton", "cpu") == "triton"
+    dispatch.configure("auto")
