@@ -168,7 +168,7 @@ def generate(
 def batch(
     file: Path = typer.Argument(..., help="Batch YAML: defaults, jobs, prompts (file), seeds."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " (applied to every job)", show_default=False),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip jobs whose mp4 and sidecar exist (resume)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip jobs whose mp4 and sidecar exist with the same settings (resume); re-run changed ones, saying why."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for every job."),
 ) -> None:
     """Run many jobs from a YAML file; failed jobs never stop the others."""
@@ -346,7 +346,7 @@ def refine(
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Frames per refinement chunk (default 24)."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Frames shared by consecutive chunks (default 8)."),
     upscale: Optional[int] = typer.Option(None, "--upscale", help="Integer factor frames are resized by first (default 1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the full schedule (default 25)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the full schedule [default: streaming's 50 (DDIM, eta 1), or the model's own: the toy's 20]."),
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, euler, euler-a, ddpm, unipc, pndm or model."),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
