@@ -416,7 +416,7 @@ def resolve(
     With `presets`, the method's defaults and the model's settings go under the given layers (a test
     that wants the bare schema passes presets=False).
     """
-    given = [_as_layer(item) for item in layers if _as_layer(item).update is not None]
+    given = [layer for layer in map(_as_layer, layers) if layer.update is not None]
     below: list[Layer] = []
     if presets:
         from vgen.methods import get_method
