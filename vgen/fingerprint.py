@@ -77,7 +77,7 @@ def weight_files(folder: Path, subfolders: Iterable[str], variant: Optional[str]
         if variant:
             chosen = [p for p in candidates if f".{variant}." in p.name]
         else:
-            chosen = [p for p in candidates if p.name.count(".") == 1 or "-of-" in p.name]
+            chosen = [p for p in candidates if p.name.count(".") == 1]  # no variant infix
         files += chosen or candidates
     return files
 
