@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/vgen generate "a red circle moving left and a blue square moving up" --model toy --frames 8 --steps 20 --guidance 5 --out outputs/demo.mp4 --gif
+	$(BIN)/vgen generate "a red circle moving left and a blue square moving up" --model toy --frames 8 --steps 20 --guidance 5 --out outputs/demo.mp4 --gif --overwrite
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_core.py

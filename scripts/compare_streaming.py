@@ -56,18 +56,19 @@ def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
         "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
         "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
         "streaming.mode": mode, "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
+        "sampler.eta": 0.0,  # the protocol of the README's table (the method's default is now the paper's eta 1)
+        "output.overwrite": True,  # this script owns its folder: a changed job replaces its old video
     })
 
 
 def finished(job) -> dict | None:
     """The sidecar of an earlier run of exactly this job (same resolved config), or None."""
-    from vgen.config import output_path, to_dict
-    from vgen.jobs import is_complete, sidecar_path
+    from vgen.config import output_path
+    from vgen.jobs import previous_output, sidecar_path
 
-    if not is_complete(job):
+    if not previous_output(job)[0]:
         return None
-    sidecar = json.loads(sidecar_path(output_path(job)).read_text())
-    return sidecar if sidecar.get("config") == json.loads(json.dumps(to_dict(job), default=str)) else None
+    return json.loads(sidecar_path(output_path(job)).read_text())
 
 
 def generate(job, cache, resume: bool) -> tuple[dict, bool]:

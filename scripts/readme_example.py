@@ -25,7 +25,7 @@ def main() -> None:
     clips = []
     for prompt in PROMPTS:
         job = build_job(flags={"prompt": prompt, "video.frames": 8, "sampler.steps": 20, "sampler.guidance": 5.0,
-                               "output.dir": str(out)})
+                               "output.dir": str(out), "output.overwrite": True})
         clips.append(read_video(run_job(job, cache, progress=False).path).frames)
     pad = np.full((8, 64, 4, 3), 255, np.uint8)
     row = np.concatenate([np.concatenate([c, pad], axis=2) for c in clips], axis=2)[:, :, :-4]

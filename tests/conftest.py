@@ -29,10 +29,11 @@ def tiny():
 
 
 def make_job(prompt="a red circle moving left", **keys):
-    """A JobConfig from dotted keys, e.g. make_job(**{"sampler.steps": 3})."""
+    """A JobConfig from dotted keys over the bare schema, e.g. make_job(**{"sampler.steps": 3}) (no method
+    defaults or model settings: unit tests compare against references built from the schema's values)."""
     from vgen.config import build_job
 
-    return build_job(flags={"prompt": prompt, **keys})
+    return build_job(flags={"prompt": prompt, **keys}, presets=False)
 
 
 def run_vanilla(components, job):

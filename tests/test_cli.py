@@ -25,14 +25,14 @@ def leftovers(folder: Path) -> list[str]:
 def test_generate_writes_mp4_gif_frames_and_sidecar(tmp_path):
     r = vgen("generate", "a red circle moving left", *FAST, "--out", tmp_path, "--gif", "--save-frames", "--seed", "3", "sampler.eta=0.0")
     assert r.returncode == 0, r.stderr
-    mp4 = tmp_path / "a-red-circle-moving-left-3.mp4"
+    mp4 = tmp_path / "a-red-circle-moving-left-vanilla-3.mp4"
     assert r.stdout.splitlines()[0] == str(mp4)
     from vgen.video import read_video
 
     video = read_video(mp4)
     assert video.frames.shape == (4, 32, 32, 3)
-    assert (tmp_path / "a-red-circle-moving-left-3.gif").is_file()
-    assert len(list((tmp_path / "a-red-circle-moving-left-3_frames").glob("*.png"))) == 4
+    assert (tmp_path / "a-red-circle-moving-left-vanilla-3.gif").is_file()
+    assert len(list((tmp_path / "a-red-circle-moving-left-vanilla-3_frames").glob("*.png"))) == 4
     side = json.loads(mp4.with_suffix(".json").read_text())
     assert side["seed"] == 3 and side["config"]["sampler"]["steps"] == 2 and side["model"]["kind"] == "unet3d"
     assert side["versions"]["torch"] and side["timings"]["total_s"] > 0 and side["dtype"] == "float32"
@@ -151,7 +151,8 @@ def test_batch_failed_jobs_do_not_stop_others_and_resume_skips(tmp_path):
     assert r.returncode == 1
     out = tmp_path / "out"
     done = sorted(p.name for p in out.glob("*.mp4"))
-    assert done == ["a-dog-5.mp4", "a-green-square-moving-up-0.mp4", "a-green-square-moving-up-1.mp4", "a-red-circle-moving-left-0.mp4"]
+    assert done == ["a-dog-vanilla-5.mp4", "a-green-square-moving-up-vanilla-0.mp4", "a-green-square-moving-up-vanilla-1.mp4",
+                    "a-red-circle-moving-left-vanilla-0.mp4"]
     assert "does not exist" in r.stdout + r.stderr and "sampler.stepz" in r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1] == "error: 2 of 6 jobs failed"
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}

@@ -61,6 +61,93 @@ def test_shipped_configs_resolve():
 
 def test_output_naming_and_yaml():
     job = build_job(flags={"prompt": "A Red Circle, moving LEFT!", "seed": 4})
-    assert str(output_path(job)) == "outputs/a-red-circle-moving-left-4.mp4"
+    assert str(output_path(job)) == "outputs/a-red-circle-moving-left-vanilla-4.mp4"
+    assert str(output_path(build_job(flags={"prompt": "a cat", "method": "vico"}))) == "outputs/a-cat-vico-0.mp4"
     assert slugify("!!!") == "video"
-    assert "steps: 25" in to_yaml(job)
+    assert "steps: 20" in to_yaml(job)  # the toy's own setting
+    assert "steps: 25" in to_yaml(build_job(flags={"prompt": "x"}, presets=False))  # the schema's
+
+
+# ---- per-method defaults, model-carried settings, sources (issue 18) ----
+
+from vgen.config import config_sources, load_config_file  # noqa: E402
+
+
+def _model_folder(tmp_path, settings: str):
+    """A local model folder that carries only settings: resolving a config reads no weights."""
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    (folder / "vgen.yaml").write_text(settings)
+    return folder
+
+
+def test_precedence_schema_method_model_config_flags_overrides(tmp_path):
+    folder = _model_folder(tmp_path, "vico:\n  sampler: {steps: 30, guidance: 4.0, scheduler: euler}\n"
+                                     "  video: {frames: 6, fps: 12}\n  vico: {lr: 0.02, sigma: 0.3}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sampler: {guidance: 3.0}\nvideo: {frames: 5, fps: 10}\nvico: {sigma: 0.2}\n")
+    job = build_job(str(cfg), {"prompt": "x", "method": "vico", "model.id": str(folder), "video.frames": 7},
+                    ["video.fps=11"])
+    # schema 25 < vico's 50 (method) < model 30; model 4 < config 3; config 5 < flag 7; config 10 < override 11
+    assert (job.sampler.steps, job.sampler.guidance, job.video.frames, job.video.fps) == (30, 3.0, 7, 11)
+    assert (job.sampler.scheduler, job.vico.lr, job.vico.sigma, job.sampler.eta) == ("euler", 0.02, 0.2, 0.0)
+    src = config_sources(job)
+    model = f"model:{folder}"
+    assert src["sampler.steps"] == model and src["sampler.scheduler"] == model and src["vico.lr"] == model
+    assert src["sampler.guidance"] == str(cfg) and src["vico.sigma"] == str(cfg)
+    assert src["video.frames"] == "flag" and src["video.fps"] == "override" and src["sampler.eta"] == "default"
+    assert "zs2.lam" not in src  # only the method's own section
+
+
+def test_method_defaults_without_model_settings():
+    # a hub id carries no settings: the method's own (the paper's) defaults apply, nothing is fetched
+    job = build_job(flags={"prompt": "x", "method": "streaming", "model.id": "ali-vilab/text-to-video-ms-1.7b"})
+    assert (job.sampler.steps, job.sampler.eta, job.sampler.scheduler) == (50, 1.0, "ddim")
+    assert config_sources(job)["sampler.eta"] == "method"
+    job = build_job(flags={"prompt": "x", "method": "vico", "model.id": "cerspense/zeroscope_v2_576w"})
+    assert (job.sampler.steps, job.sampler.guidance, job.sampler.scheduler, job.vico.lr) == (50, 12.0, "sde-dpm++", 1e-4)
+
+
+def test_the_toy_carries_settings_per_method():
+    job = build_job(flags={"prompt": "x", "method": "zs2"})
+    assert job.model.id == "toy-t2i" and config_sources(job)["model.id"] == "model:toy"
+    assert (job.sampler.steps, job.sampler.guidance, job.video.frames) == (20, 5.0, 8)
+    assert config_sources(job)["sampler.steps"] == "model:toy-t2i"  # the sibling's own settings follow
+    job = build_job(flags={"prompt": "x", "method": "vico"})
+    assert (job.vico.lr, job.sampler.steps, job.sampler.guidance, job.sampler.scheduler) == (1e-2, 20, 5.0, "ddim")
+    job = build_job(flags={"prompt": "x", "method": "streaming"})
+    assert job.video.frames == 64 and job.video.frames > job.streaming.chunk and job.sampler.eta == 1.0
+    # an explicit --model wins over the model's redirect
+    assert build_job(flags={"prompt": "x", "method": "zs2", "model.id": "toy"}).model.id == "toy"
+
+
+def test_bad_model_settings_name_the_file(tmp_path):
+    folder = _model_folder(tmp_path, "vanilla:\n  sampler: {stepz: 3}\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'sampler.stepz' \(in .*vgen.yaml \[vanilla\]\)"):
+        build_job(flags={"prompt": "x", "model.id": str(folder)})
+
+
+def test_list_overrides_take_commas():
+    job = build_job(flags={"prompt": "x", "method": "vico"}, overrides=["vico.words=cat,dog", "vico.tokens=2,5"])
+    assert job.vico.words == ["cat", "dog"] and job.vico.tokens == [2, 5]
+    assert build_job(flags={"prompt": "x", "method": "vico"}, overrides=["vico.words=[cat, dog]"]).vico.words == ["cat", "dog"]
+
+
+def test_override_of_an_unused_method_section_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        build_job(flags={"prompt": "x"}, overrides=["vico.lr=1e-2"], strict=True)
+    assert "vico.lr" in str(err.value) and "method vanilla" in str(err.value) and "\n" not in str(err.value)
+    assert build_job(flags={"prompt": "x", "method": "vico"}, overrides=["vico.lr=1e-2"], strict=True).vico.lr == 1e-2
+
+
+def test_a_sidecar_loads_as_its_config(tmp_path):
+    import json
+
+    side = tmp_path / "run.json"
+    side.write_text(json.dumps({"output": "o.mp4", "versions": {}, "command": ["vgen"], "config": {
+        "prompt": "a red circle", "method": "zs2", "seed": 3, "model": {"id": "toy-t2i"},
+        "sampler": {"steps": 7}, "output": {"dir": "elsewhere", "name": "old"}}}))
+    cfg = load_config_file(side)
+    assert "output" not in cfg or "dir" not in cfg.output  # the re-run names its own file
+    job = build_job(str(side))
+    assert (job.prompt, job.method, job.seed, job.sampler.steps, job.output.name) == ("a red circle", "zs2", 3, 7, None)

@@ -217,7 +217,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", model, "--steps", "3", "--frames", "3",
              "--out", tmp_path, "i4vgen.candidates=3", "i4vgen.iterations=2")
     assert r.returncode == 0, r.stderr
-    mp4 = tmp_path / "a-red-circle-moving-left-0.mp4"
+    mp4 = tmp_path / "a-red-circle-moving-left-i4vgen-0.mp4"
     from vgen.video import read_video
 
     assert read_video(mp4).frames.shape == (3, 32, 32, 3)
@@ -226,7 +226,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     assert len(info["anchor"]["scores"]) == 3 and info["anchor"]["image_model"] == "tiny-random-unet2d"
     assert info["anchor"]["chosen"] == int(np.argmax(info["anchor"]["scores"]))
     assert info["ni_vsds"]["step_sizes"] == [10.0, 10.0]
-    anchor, grid = tmp_path / "a-red-circle-moving-left-0_anchor.png", tmp_path / "a-red-circle-moving-left-0_candidates.png"
+    anchor, grid = tmp_path / "a-red-circle-moving-left-i4vgen-0_anchor.png", tmp_path / "a-red-circle-moving-left-i4vgen-0_candidates.png"
     assert sorted(side["files"]) == sorted([str(anchor), str(grid)])
     import imageio.v3 as iio
 

@@ -194,7 +194,7 @@ def test_generate_zs2_from_the_command_line(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    side = json.loads((tmp_path / "a-red-circle-moving-left-0.json").read_text())
+    side = json.loads((tmp_path / "a-red-circle-moving-left-zs2-0.json").read_text())
     assert side["method"] == "zs2" and side["video"]["frames"] == 3
     assert side["method_info"]["rho"] == pytest.approx(rho_from_lambda(0.2)) and side["method_info"]["momentum"] == 0.98
     from vgen.methods import get_method

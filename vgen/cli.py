@@ -31,7 +31,52 @@ EXIT_USER_ERROR = 2
 EXIT_FAILED_JOBS = 1
 EXIT_INTERRUPTED = 130
 
-OVERRIDES_HELP = "key=value overrides of any config key, e.g. sampler.eta=0.5 memory.decode_chunk=4"
+OVERRIDES_HELP = (
+    "KEY=VALUE overrides of any config key, e.g. sampler.eta=0.5 memory.decode_chunk=4; method knobs are "
+    "METHOD.KEY=VALUE (vico.lr=1e-2, vico.words=cat,dog, zs2.momentum=0.9; `vgen config show -m METHOD` lists them)"
+)
+DEFAULTS_NOTE = (
+    "Defaults: each value comes from the built-in schema < the method's defaults (the paper's) < the model's "
+    "settings for that method (its vgen.yaml; the toy ships some) < --config < flags < KEY=VALUE; "
+    "`vgen config show -m METHOD [--model ID]` prints every value and where it came from."
+)
+
+
+def _default(key: str) -> str:
+    """The schema default of a dotted key, for help texts (no torch, no model read)."""
+    from vgen.config import JobConfig
+
+    node = JobConfig()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return "the model's" if node is None else str(node)
+
+
+def _method_defaults(key: str) -> str:
+    from vgen.methods import METHODS
+
+    found = [f"{m.name} {m.defaults[key]}" for m in METHODS.values() if key in m.defaults]
+    return f"; {', '.join(found)}" if found else ""
+
+
+def _hint(text: str, key: str) -> str:
+    return f"{text} [default: {_default(key)}{_method_defaults(key)}; a model may carry its own]"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from vgen import __version__
+
+        typer.echo(f"vgen {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Text-to-video generation with Vico, StreamingT2V, ZS2 and I4VGen on diffusers models."""
 
 
 def _echo_err(message: str) -> None:
@@ -49,29 +94,43 @@ def _out_flags(out: Optional[Path]) -> dict:
     return {"output.dir": str(out)}
 
 
-@app.command()
+@app.command(epilog=DEFAULTS_NOTE)
 def generate(
-    prompt: str = typer.Argument(..., help="What the video shows."),
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="vanilla, vico, streaming, zs2, i4vgen (see `vgen methods`)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML job config (e.g. configs/vanilla.yaml)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Hub id, local diffusers folder or built-in name."),
-    frames: Optional[int] = typer.Option(None, "--frames", "-f", help="Number of frames."),
-    height: Optional[int] = typer.Option(None, "--height", help="Height in pixels (default: the model's)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Width in pixels (default: the model's)."),
-    fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second of the mp4."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
-    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, euler, euler-a, ddpm, unipc, pndm or model."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder, or the .mp4 path."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
-    gif: Optional[bool] = typer.Option(None, "--gif/--no-gif", help="Also write a GIF."),
-    save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame."),
+    prompt: Optional[str] = typer.Argument(
+        None, metavar="PROMPT", show_default=False,
+        help="What the video shows (may come from --config, e.g. a sidecar JSON to re-run)."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP, show_default=False),
+    method: Optional[str] = typer.Option(
+        None, "--method", "-m", metavar="METHOD", help="vanilla, vico, streaming, zs2, i4vgen (see `vgen methods`) [default: vanilla]."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", metavar="FILE",
+        help="YAML job config (configs/*.yaml), or an output's sidecar .json to re-run it exactly."),
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="MODEL", help="Hub id, local diffusers folder or built-in name (`vgen models`) [default: toy]."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-f", metavar="N", help=_hint("Number of frames.", "video.frames")),
+    height: Optional[int] = typer.Option(None, "--height", metavar="PX", help="Height in pixels [default: the model's native size]."),
+    width: Optional[int] = typer.Option(None, "--width", metavar="PX", help="Width in pixels [default: the model's native size]."),
+    fps: Optional[int] = typer.Option(None, "--fps", metavar="N", help=_hint("Frames per second of the mp4.", "video.fps")),
+    steps: Optional[int] = typer.Option(None, "--steps", metavar="N", help=_hint("Denoising steps.", "sampler.steps")),
+    guidance: Optional[float] = typer.Option(
+        None, "--guidance", "-g", metavar="SCALE", help=_hint("Classifier-free guidance scale.", "sampler.guidance")),
+    negative: Optional[str] = typer.Option(None, "--negative", metavar="TEXT", help="Negative prompt [default: none]."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", metavar="NAME",
+        help=_hint("ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm or model.", "sampler.scheduler")),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", metavar="N", help="Random seed [default: 0]."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", metavar="PATH", help="Output folder, or the .mp4 path [default: outputs/<slug>-<method>-<seed>.mp4]."),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing output (otherwise it is an error)."),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Keep an existing output whose sidecar has the same settings; re-run (saying why) otherwise."),
+    device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N [default: auto]."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", metavar="DTYPE", help="auto, float32, float16, bfloat16 [default: auto: float16 on cuda, else float32]."),
+    gif: Optional[bool] = typer.Option(None, "--gif/--no-gif", help="Also write a GIF [default: no]."),
+    save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame [default: no]."),
 ) -> None:
-    """Generate one video from a text prompt."""
+    """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>.mp4 and its .json sidecar."""
     from vgen.config import build_job
 
     flags = {
@@ -89,14 +148,17 @@ def generate(
         "seed": seed,
         "runtime.device": device,
         "runtime.dtype": dtype,
+        "output.overwrite": overwrite,
         "output.gif": gif,
         "output.save_frames": save_frames,
         **_out_flags(out),
     }
-    job = build_job(str(config) if config else None, flags, overrides or [])
+    job = build_job(str(config) if config else None, flags, overrides or [], strict=True)
     from vgen.jobs import run_job
 
-    result = run_job(job)
+    result = run_job(job, log=_echo_err, skip_existing=skip_existing)
+    if result.status == "skipped":
+        _echo_err(f"skipped: {result.path} exists with the same settings ({result.path.with_suffix('.json').name})")
     typer.echo(str(result.path))
     for extra in result.files[1:]:
         typer.echo(str(extra))
@@ -106,7 +168,7 @@ def generate(
 def batch(
     file: Path = typer.Argument(..., help="Batch YAML: defaults, jobs, prompts (file), seeds."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " (applied to every job)", show_default=False),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip jobs whose mp4 and sidecar exist (resume)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip jobs whose mp4 and sidecar exist with the same settings (resume); re-run changed ones, saying why."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for every job."),
 ) -> None:
     """Run many jobs from a YAML file; failed jobs never stop the others."""
@@ -124,6 +186,7 @@ def batch(
 
     def report(i: int, result: JobResult) -> None:
         detail = str(result.path) if result.status != "failed" else result.error
+        detail += f" ({result.note})" if result.note and result.status != "failed" else ""
         console.print(f"[{i}/{len(runnable)}] {result.status}: {labels[id(result.job)]} -> {detail}", highlight=False)
 
     results = run_batch([item.job for item in runnable], skip_existing=skip_existing, on_result=report)
@@ -220,39 +283,57 @@ def eval_(
 
 @app.command()
 def methods() -> None:
-    """List the methods and the model kinds each runs on."""
+    """List the methods: paper, config file, model kinds, the knobs to turn first, the method's defaults."""
     from vgen.methods import METHODS
 
     for info in METHODS.values():
-        typer.echo(f"{info.name:<10} {info.summary} [{', '.join(info.kinds)}]")
+        typer.echo(f"{info.name:<10} {info.summary}")
+        typer.echo(f"{'':<10} paper: {info.paper or '-'}   config: {info.config}   runs on: {', '.join(info.kinds)}")
+        typer.echo(f"{'':<10} main knobs: {', '.join(info.knobs)}")
+        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items()) or "the schema's"
+        typer.echo(f"{'':<10} defaults: {defaults}")
+    typer.echo("Every knob: `vgen config show -m METHOD`; paper settings: configs/<method>-paper.yaml.")
 
 
 @app.command()
 def models() -> None:
-    """List the built-in model names."""
-    typer.echo("toy                 text-to-video model of the toy world (ships with vgen)")
-    typer.echo("toy-t2i             text-to-image model of the toy world, same latent space")
-    typer.echo("tiny-random-unet3d  random ModelScope-shaped model, for tests")
-    typer.echo("tiny-random-motion  random AnimateDiff-shaped model, for tests")
-    typer.echo("tiny-random-unet2d  random Stable-Diffusion-shaped model, for tests")
-    typer.echo("zeroscope-quarter   random ZeroScope-shaped model at 1/4 width, for benchmarks (320x512)")
-    typer.echo("Any Hugging Face id (e.g. cerspense/zeroscope_v2_576w) or local diffusers folder also works.")
+    """List the built-in models with their kind and native size."""
+    from vgen.model_settings import BUILTIN_FOLDERS, FOLDER_SUMMARIES, IN_MEMORY_MODELS, folder_info, settings_path
+
+    typer.echo(f"{'name':<20}{'kind':<8}{'size':<10}about")
+    for name, folder in BUILTIN_FOLDERS.items():
+        kind, size = folder_info(folder)
+        shown = f"{size[0]}x{size[1]}" if size else "?"
+        carries = " (carries per-method settings: vgen.yaml)" if settings_path(name) else ""
+        typer.echo(f"{name:<20}{kind:<8}{shown:<10}{FOLDER_SUMMARIES.get(name, '')}{carries}")
+    for info in IN_MEMORY_MODELS:
+        typer.echo(f"{info.name:<20}{info.kind:<8}{f'{info.size[0]}x{info.size[1]}':<10}{info.summary}")
+    typer.echo("Any Hugging Face id (e.g. cerspense/zeroscope_v2_576w) or local diffusers folder also works; "
+               "size is height x width in pixels.")
 
 
 @config_app.command("show")
 def config_show(
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method whose section to show."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML job config to merge."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model id."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt (a placeholder if omitted)."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP, show_default=False),
+    method: Optional[str] = typer.Option(None, "--method", "-m", metavar="METHOD", help="Method whose section to show [default: vanilla]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="YAML job config or sidecar JSON to merge."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Model id [default: toy]."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", metavar="PROMPT", help="Prompt (PROMPT if omitted)."),
+    sources: bool = typer.Option(True, "--sources/--no-sources", help="Say where each non-default value came from."),
 ) -> None:
-    """Print the resolved config (defaults < --config < flags < overrides) as YAML."""
+    """Print the resolved config as YAML, each value's source in a comment.
+
+    Order: default < method < model:<id> < --config < flag < override.
+    """
     from vgen.config import build_job, to_yaml
 
-    flags = {"method": method, "model.id": model, "prompt": prompt or "<prompt>"}
-    job = build_job(str(config) if config else None, flags, overrides or [])
-    typer.echo(to_yaml(job), nl=False)
+    from vgen.config import load_config_file
+
+    if prompt is None and not (config and load_config_file(config).get("prompt")):
+        prompt = "PROMPT"  # a placeholder: the config is shown before any prompt is known
+    flags = {"method": method, "model.id": model, "prompt": prompt}
+    job = build_job(str(config) if config else None, flags, overrides or [], strict=True)
+    typer.echo(to_yaml(job, sources=sources), nl=False)
 
 
 @app.command()
@@ -265,9 +346,9 @@ def refine(
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Frames per refinement chunk (default 24)."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Frames shared by consecutive chunks (default 8)."),
     upscale: Optional[int] = typer.Option(None, "--upscale", help="Integer factor frames are resized by first (default 1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the full schedule (default 25)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the full schedule [default: streaming's 50 (DDIM, eta 1), or the model's own: the toy's 20]."),
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, euler, euler-a, ddpm, unipc, pndm or model."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm or model."),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .mp4 path or folder (default: <stem>-refined.mp4 beside the input)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
@@ -311,9 +392,19 @@ def _click_exception_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+def _plain_argument_placeholders(command) -> None:
+    """Arguments read PROMPT, not `PROMPT <str>`: typer appends the Python type to each argument's name."""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_argument_placeholders(sub)
+    for param in getattr(command, "params", []):
+        if getattr(param, "param_type_name", "") == "argument":
+            param.display_type_rich = lambda ctx: None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
     command = typer.main.get_command(app)
+    _plain_argument_placeholders(command)
     usage_errors = _click_exception_types()
     try:
         code = command.main(args=argv, prog_name="vgen", standalone_mode=False)

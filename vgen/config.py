@@ -1,8 +1,11 @@
 """Job configuration: dataclass schemas merged and validated with OmegaConf.
 
-The resolution order of one job is: schema defaults < ``--config`` file < CLI flags < ``key=value``
-overrides. Every mistake (unknown key, wrong type, bad choice) becomes one ConfigError line that names
-the key and the valid choices. This module must stay importable without torch.
+The resolution order of one job is: schema defaults < the method's defaults < the model's settings for
+that method (its folder's vgen.yaml) < ``--config`` file < CLI flags < ``key=value`` overrides. The model
+is known only once model.id is resolved from all layers, so it is resolved first and its layer inserted
+after. Where every value came from is kept (``config_sources``). Every mistake (unknown key, wrong type,
+bad choice) becomes one ConfigError line that names the key and the valid choices. This module must stay
+importable without torch.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from vgen.errors import ConfigError
@@ -54,7 +57,8 @@ class VideoConfig:
 @dataclass
 class OutputConfig:
     dir: str = "outputs"
-    name: Optional[str] = None  # file stem; default "<prompt-slug>-<seed>"
+    name: Optional[str] = None  # file stem; default "<prompt-slug>-<method>-<seed>"
+    overwrite: bool = False  # replace an existing output (otherwise an existing file is an error)
     gif: bool = False
     save_frames: bool = False  # PNG per frame in "<stem>_frames/"
 
@@ -336,35 +340,189 @@ def flags_to_config(flags: dict[str, Any]) -> DictConfig:
     return out
 
 
-def resolve(
-    layers: Iterable[tuple[Any, str]] = (),
-) -> JobConfig:
-    """Merge (update, source-name) layers onto the schema, then validate."""
+# Where a value came from, in `config_sources` and `vgen config show`.
+DEFAULT, METHOD, FLAG, OVERRIDE = "default", "method", "flag", "override"
+
+
+@dataclass
+class Layer:
+    """One partial config in the merge order: what it sets, where errors point, what provenance it records."""
+
+    update: Any
+    source: str  # named in error messages, e.g. "overrides" or a file path
+    label: str  # recorded per key: default | method | model:<id> | <config path> | flag | override
+
+
+def _as_layer(item: Any) -> Layer:
+    if isinstance(item, Layer):
+        return item
+    update, source, *label = item  # (update, source) or (update, source, label)
+    return Layer(update, source, label[0] if label else source)
+
+
+def leaf_keys(update: Any, prefix: str = "") -> list[str]:
+    """The dotted keys a partial config sets (a list is one value)."""
+    node = OmegaConf.to_container(update) if isinstance(update, (DictConfig, ListConfig)) else update
+    if not isinstance(node, dict):
+        return []
+    keys: list[str] = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            keys += leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _coerce_lists(update: Any, base: DictConfig) -> Any:
+    """A string for a list-valued key ("cat,dog", as the configs document) becomes the list [cat, dog]."""
+    if not isinstance(update, (DictConfig, dict)):
+        return update
+    node = OmegaConf.to_container(update) if isinstance(update, DictConfig) else dict(update)
+
+    def walk(part: dict, schema_node: Any) -> None:
+        for key, value in part.items():
+            sub = schema_node._get_node(key) if isinstance(schema_node, DictConfig) and key in schema_node else None
+            if isinstance(value, dict) and isinstance(sub, DictConfig):
+                walk(value, sub)
+            elif isinstance(value, str) and isinstance(sub, ListConfig):
+                part[key] = [item.strip() for item in value.split(",") if item.strip()]
+
+    walk(node, base)
+    return node
+
+
+def _merge_layers(layers: Iterable[Layer]) -> DictConfig:
     cfg = schema()
-    for update, source in layers:
-        if update is None:
-            continue
-        cfg = merge(cfg, update, source)
+    for layer in layers:
+        cfg = merge(cfg, _coerce_lists(layer.update, cfg), layer.source)
+    return cfg
+
+
+def method_layer(method: str) -> Optional[Layer]:
+    """The method's own defaults (the paper's setting where it differs from the schema's)."""
+    from vgen.methods import get_method
+
+    defaults = get_method(method).defaults
+    if not defaults:
+        return None
+    return Layer(flags_to_config(dict(defaults)), f"method '{method}' defaults", METHOD)
+
+
+def model_layers(method: str, before: list[Layer], after: list[Layer]) -> list[Layer]:
+    """The settings the resolved model carries for `method`; a model may send the job to a sibling
+    (the toy's zs2 section names toy-t2i), whose settings then apply too (at most a few hops)."""
+    from vgen.model_settings import model_settings
+
+    found: list[Layer] = []
+    seen: list[str] = []
+    model_id = _merge_layers(before + after).model.id
+    while model_id not in seen and len(seen) < 4:
+        seen.append(model_id)
+        section, path = model_settings(model_id, method)
+        if section is None:
+            break
+        found.append(Layer(section, f"{path} [{method}]", f"model:{model_id}"))
+        model_id = _merge_layers(before + found + after).model.id
+    return found
+
+
+def resolve(
+    layers: Iterable[Any] = (),
+    presets: bool = True,
+) -> JobConfig:
+    """Merge layers ((update, source[, label]) or Layer) onto the schema, then validate.
+
+    With `presets`, the method's defaults and the model's settings go under the given layers (a test
+    that wants the bare schema passes presets=False).
+    """
+    given = [layer for layer in map(_as_layer, layers) if layer.update is not None]
+    below: list[Layer] = []
+    if presets:
+        from vgen.methods import get_method
+
+        method = _merge_layers(given).method
+        get_method(method)
+        below = [layer for layer in [method_layer(method)] if layer is not None]
+        below += model_layers(method, below, given)
+    cfg = _merge_layers(below + given)
     try:
         job = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise _explain(err, cfg, "") from None
     validate(job)
+    sources = {key: DEFAULT for key in dataclass_keys(JobConfig)}
+    for layer in below + given:
+        for key in leaf_keys(layer.update):
+            if key in sources:
+                sources[key] = layer.label
+    job.__dict__["_sources"] = sources  # not a schema field: merges and to_dict never see it
     return job
+
+
+def config_sources(job: JobConfig, only_method: bool = True) -> dict[str, str]:
+    """Dotted key -> where its value came from (default, method, model:<id>, a config file, flag, override)."""
+    sources = job.__dict__.get("_sources") or {key: DEFAULT for key in dataclass_keys(JobConfig)}
+    if not only_method:
+        return dict(sources)
+    return {k: v for k, v in sources.items() if k.split(".", 1)[0] not in _other_sections(job.method)}
+
+
+def _other_sections(method: str) -> list[str]:
+    return [section for section in METHOD_SECTIONS if section != method]
+
+
+def is_sidecar(loaded: DictConfig) -> bool:
+    return isinstance(loaded.get("config"), DictConfig) and "versions" in loaded and "output" in loaded
+
+
+def load_config_file(path: str | Path) -> DictConfig:
+    """A YAML job config, or a sidecar JSON written beside an output: its resolved config, so the run
+    repeats exactly (the destination is not part of it: the new run names its own file)."""
+    loaded = load_yaml(path)
+    if not is_sidecar(loaded):
+        return loaded
+    cfg = loaded.config
+    if "output" in cfg:
+        for key in ("dir", "name", "overwrite"):
+            cfg.output.pop(key, None)
+    return cfg
+
+
+def check_method_sections(overrides: DictConfig, method: str) -> None:
+    """A key=value for another method's section would be silently ignored: refuse it."""
+    for section in overrides.keys():
+        if section in METHOD_SECTIONS and section != method:
+            key = leaf_keys(overrides[section], f"{section}.")
+            shown = key[0] if key else section
+            raise ConfigError(
+                f"override '{shown}' is for method {section}, but this run uses method {method} "
+                f"(add --method {section}, or drop the override)"
+            )
 
 
 def build_job(
     config_file: Optional[str] = None,
     flags: Optional[dict[str, Any]] = None,
     overrides: Iterable[str] = (),
+    presets: bool = True,
+    strict: bool = False,
 ) -> JobConfig:
-    layers: list[tuple[Any, str]] = []
+    """One job from a config file (or sidecar), flags and key=value overrides (see the module docstring).
+
+    `strict` (the CLI): a key=value for a method section this run does not use is an error, not ignored.
+    """
+    layers: list[Layer] = []
     if config_file:
-        layers.append((load_yaml(config_file), str(config_file)))
+        layers.append(Layer(load_config_file(config_file), str(config_file), str(config_file)))
     if flags:
-        layers.append((flags_to_config(flags), "command-line flags"))
-    layers.append((parse_overrides(overrides), "overrides"))
-    return resolve(layers)
+        layers.append(Layer(flags_to_config(flags), "command-line flags", FLAG))
+    parsed = parse_overrides(overrides)
+    layers.append(Layer(parsed, "overrides", OVERRIDE))
+    job = resolve(layers, presets=presets)
+    if strict:
+        check_method_sections(parsed, job.method)
+    return job
 
 
 def _choice(key: str, value: str, choices: Iterable[str]) -> None:
@@ -411,18 +569,44 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"config key 'seed' must be in [0, 2^63), got {job.seed}")
 
 
-def to_yaml(job: JobConfig, only_method: bool = True) -> str:
-    """The resolved config as YAML; sections of methods not in use are left out."""
-    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(job)))  # plain: structured nodes refuse deletion
+def to_dict(job: JobConfig, only_method: bool = False) -> dict:
+    """The resolved config as plain data; with `only_method`, other methods' sections are left out."""
+    data = OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
     if only_method:
-        for section in METHOD_SECTIONS:
-            if section != job.method and section in cfg:
-                del cfg[section]
-    return OmegaConf.to_yaml(cfg)
+        for section in _other_sections(job.method):
+            data.pop(section, None)
+    return data
 
 
-def to_dict(job: JobConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+def to_yaml(job: JobConfig, only_method: bool = True, sources: bool = False) -> str:
+    """The resolved config as YAML; sections of methods not in use are left out. With `sources`, each
+    value that is not the schema's default says where it came from in a trailing comment."""
+    data = to_dict(job, only_method=only_method)
+    if not sources:
+        return OmegaConf.to_yaml(OmegaConf.create(data))
+    origin = config_sources(job, only_method=False)
+    lines: list[str] = []
+
+    def emit(node: dict, prefix: str, indent: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                lines.append(f"{indent}{key}:")
+                emit(value, dotted + ".", indent + "  ")
+                continue
+            line = f"{indent}{key}: {_yaml_value(value)}"
+            label = origin.get(dotted, DEFAULT)
+            lines.append(f"{line:<40} # {label}" if label != DEFAULT else line)
+
+    emit(data, "", "")
+    return "\n".join(lines) + "\n"
 
 
 def slugify(text: str, max_len: int = 60) -> str:
@@ -431,7 +615,7 @@ def slugify(text: str, max_len: int = 60) -> str:
 
 
 def output_stem(job: JobConfig) -> str:
-    return job.output.name or f"{slugify(job.prompt)}-{job.seed}"
+    return job.output.name or f"{slugify(job.prompt)}-{job.method}-{job.seed}"
 
 
 def output_path(job: JobConfig) -> Path:

@@ -6,7 +6,9 @@ batch and reused by every job that asks for the same one.
 
 from __future__ import annotations
 
+import json
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from vgen.config import JobConfig, ModelConfig, output_path, to_dict
+from vgen.config import METHOD_SECTIONS, JobConfig, ModelConfig, config_sources, output_path, to_dict
 from vgen.errors import ConfigError, VgenError
 from vgen.video import Video, WrittenVideo, check_writable, read_video, write_gif, write_json, write_mp4, write_pngs
 
@@ -50,6 +52,7 @@ class JobResult:
     seconds: float = 0.0
     error: str = ""
     files: list[Path] = field(default_factory=list)
+    note: str = ""  # why a job re-ran over an existing output, or why it was skipped
 
 
 def sidecar_path(mp4: Path) -> Path:
@@ -60,6 +63,74 @@ def is_complete(job: JobConfig) -> bool:
     """Both the mp4 and its sidecar exist (the sidecar is written last)."""
     mp4 = output_path(job)
     return mp4.is_file() and sidecar_path(mp4).is_file()
+
+
+# Keys that say where a file goes or whether it may be replaced, not how its frames are made.
+_NOT_COMPARED = ("output.dir", "output.name", "output.overwrite")
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_diff(previous: dict, job: JobConfig) -> list[str]:
+    """'key old -> new' for each resolved value that differs from a sidecar's config (this method's keys)."""
+    others = [s for s in METHOD_SECTIONS if s != job.method]
+    keep = lambda key: key not in _NOT_COMPARED and key.split(".", 1)[0] not in others  # noqa: E731
+    old = {k: v for k, v in _flat(previous).items() if keep(k)}
+    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k)}
+    missing = object()
+    return [
+        f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def previous_output(job: JobConfig) -> tuple[bool, str]:
+    """(True, "") when the job's mp4 and sidecar exist and the sidecar's resolved config is this job's;
+    else (False, why not), the why empty when there is no output yet."""
+    mp4 = output_path(job)
+    side = sidecar_path(mp4)
+    if not mp4.is_file():
+        return False, ""
+    if not side.is_file():
+        return False, f"{mp4.name} has no sidecar {side.name}"
+    try:
+        previous = json.loads(side.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, f"sidecar {side.name} has no readable config"
+    diff = settings_diff(previous, job)
+    if diff:
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        return False, f"settings differ from {side.name}: {'; '.join(diff[:3])}{more}"
+    return True, ""
+
+
+CLOSED_VOCABULARY = 10_000  # tokens; fewer: a closed vocabulary (the toy's) that knows exactly its words
+
+
+def unknown_words(tokenizer: Any, prompt: str) -> list[str]:
+    """Prompt words the model's tokenizer does not know. A closed vocabulary (the toy's few hundred
+    tokens: each word of its world is one token) knows exactly the words it has a whole-word token for;
+    an open one (CLIP's 49k BPE) spells rare words in pieces that still carry meaning, so there only a
+    word spelled letter by letter counts as unknown."""
+    vocab = tokenizer.get_vocab()
+    closed = len(vocab) < CLOSED_VOCABULARY
+    out = []
+    for word in dict.fromkeys(re.findall(r"[a-z]+", prompt.lower())):
+        if f"{word}</w>" in vocab:
+            continue
+        pieces = [p.replace("</w>", "") for p in tokenizer.tokenize(word)]
+        if closed or (len(word) > 1 and all(len(piece) <= 1 for piece in pieces)):
+            out.append(word)
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -107,20 +178,48 @@ def configure_kernels(job: JobConfig) -> str:
     return configure(job.runtime.kernels, resolve_device(job.runtime.device))
 
 
+def _kind_hint(job: JobConfig) -> str:
+    """The model the job's model recommends for this method, if it names one (the toy: toy-t2i for zs2)."""
+    from vgen.model_settings import model_settings
+
+    try:
+        section, _ = model_settings(job.model.id, job.method)
+    except VgenError:
+        return ""
+    suggested = section.get("model", {}).get("id") if section is not None else None
+    return f"; '{job.model.id}' suggests --model {suggested} for {job.method}" if suggested else ""
+
+
 def run_job(
     job: JobConfig,
     models: Optional[ModelCache] = None,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = lambda message: None,
+    skip_existing: bool = False,
 ) -> JobResult:
-    """Generate one video and its files; raises VgenError for anything the user can fix."""
+    """Generate one video and its files; raises VgenError for anything the user can fix.
+
+    An existing output is never replaced silently: with `skip_existing` a job whose sidecar holds the same
+    resolved config is skipped and any other re-runs (saying why); otherwise output.overwrite must be set.
+    """
+    started = time.perf_counter()
+    mp4 = output_path(job)
+    same, why = previous_output(job)
+    if skip_existing and same:
+        return JobResult(job, "skipped", mp4, note="same settings as its sidecar")
+    if mp4.is_file() and not (job.output.overwrite or skip_existing):
+        raise ConfigError(
+            f"'{mp4}' already exists; pass --overwrite to replace it, --skip-existing to keep it, "
+            "or --out / --seed for another file"
+        )
+    if why:
+        log(f"re-running {mp4.name}: {why}")
+
     import torch
 
     from vgen.core.sampler import resolve_size
     from vgen.methods import get_method, load_runner
 
-    started = time.perf_counter()
-    mp4 = output_path(job)
     check_writable(mp4.parent)
     method = get_method(job.method)
 
@@ -131,10 +230,20 @@ def run_job(
     if components.kind not in method.kinds:
         raise ConfigError(
             f"method '{job.method}' runs on {'/'.join(method.kinds)} models, "
-            f"but '{job.model.id}' is a {components.kind} model"
+            f"but '{job.model.id}' is a {components.kind} model{_kind_hint(job)}"
         )
+    unknown = unknown_words(components.tokenizer, job.prompt)
+    if unknown:
+        log(f"warning: '{job.model.id}' does not know the word(s) {', '.join(unknown)}; "
+            "they reach the model as letters, not as a concept")
     height, width = resolve_size(components, job.video.height, job.video.width)
     load_s = time.perf_counter() - t0
+    loaded: list[tuple[Any, ModelConfig]] = [(components, job.model)]
+
+    def load_model(cfg: ModelConfig):
+        extra = models.get(job, cfg)
+        loaded.append((extra, cfg))
+        return extra
 
     t0 = time.perf_counter()
     ctx = RunContext(
@@ -144,7 +253,7 @@ def run_job(
         output_stem=mp4.with_suffix(""),
         progress=progress,
         log=log,
-        load_model=lambda cfg: models.get(job, cfg),
+        load_model=load_model,
     )
     video: Video | WrittenVideo = load_runner(job.method)(job, components, ctx)
     generate_s = time.perf_counter() - t0
@@ -164,14 +273,26 @@ def run_job(
     write_s = time.perf_counter() - t0
 
     timings = {"load_s": load_s, "generate_s": generate_s, "write_s": write_s, "total_s": time.perf_counter() - started}
-    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata)
+    from vgen.fingerprint import model_weight_hashes
+
+    weights: dict[str, str] = {}
+    for part, cfg in loaded:
+        weights.update(model_weight_hashes(part, cfg))
+    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata, weights=weights)
+    if unknown:
+        sidecar["unknown_words"] = unknown
     write_json(sidecar, sidecar_path(mp4))
-    return JobResult(job, "done", mp4, time.perf_counter() - started, files=files)
+    return JobResult(job, "done", mp4, time.perf_counter() - started, files=files, note=why)
 
 
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
-                  method_info: dict, method: Optional[str] = None) -> dict:
-    """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions."""
+                  method_info: dict, method: Optional[str] = None, weights: Optional[dict] = None) -> dict:
+    """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
+
+    `config` is the resolved config with only the method's own section: `vgen generate --config` on this
+    file repeats the run; `config_sources` says where each value came from; `weights` fingerprints the
+    weight files loaded (short sha256).
+    """
     return {
         "output": str(mp4),
         "files": [str(f) for f in files],
@@ -187,7 +308,9 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
-        "config": to_dict(job),
+        "config": to_dict(job, only_method=True),
+        "config_sources": config_sources(job),
+        "weights": weights or {},
     }
 
 
@@ -215,12 +338,12 @@ def run_batch(
     models = ModelCache()
     results = []
     for i, job in enumerate(jobs, 1):
-        if skip_existing and is_complete(job):
-            result = JobResult(job, "skipped", output_path(job))
+        if skip_existing and previous_output(job)[0]:
+            result = JobResult(job, "skipped", output_path(job), note="same settings as its sidecar")
         else:
             started = time.perf_counter()
             try:
-                result = run_job(job, models, progress)
+                result = run_job(job, models, progress, skip_existing=skip_existing)
             except VgenError as err:
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=str(err))
             except Exception as err:  # an internal error in one job must not stop the batch

@@ -1,0 +1,100 @@
+"""Settings a model carries for each method: `vgen.yaml` beside its model_index.json.
+
+Methods stay model-agnostic; what suits one model (the toy's Vico learning rate, its image sibling for
+ZS2, its chunk count for StreamingT2V) lives in the model's folder and is merged between the methods'
+defaults and `--config`. The file maps a method name to a partial job config:
+
+```yaml
+vanilla: {sampler: {steps: 20, guidance: 5.0}, video: {frames: 8}}
+zs2: {model: {id: toy-t2i}}      # a method may send the job to a sibling model
+```
+Hub ids carry none (nothing is fetched to resolve a config). Torch-free: `vgen --help` and
+`vgen config show` read it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+SETTINGS_FILE = "vgen.yaml"
+ASSETS = Path(__file__).parent / "assets"
+
+# Built-in models: folders shipped in vgen/assets, and random models vgen.tiny builds in memory
+# (kind and native size written here so listing them needs no torch; tests check them against the models).
+BUILTIN_FOLDERS = {"toy": ASSETS / "toy", "toy-t2i": ASSETS / "toy-t2i"}
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    kind: str
+    size: tuple[int, int]  # native (height, width) in pixels
+    summary: str
+
+
+IN_MEMORY_MODELS = (
+    BuiltinModel("tiny-random-unet3d", "unet3d", (32, 32), "random ModelScope-shaped model, for tests"),
+    BuiltinModel("tiny-random-motion", "motion", (32, 32), "random AnimateDiff-shaped model, for tests"),
+    BuiltinModel("tiny-random-unet2d", "unet2d", (32, 32), "random Stable-Diffusion-shaped model, for tests"),
+    BuiltinModel("zeroscope-quarter", "unet3d", (320, 512), "random ZeroScope-shaped model at 1/4 width, for benchmarks"),
+)
+FOLDER_SUMMARIES = {
+    "toy": "text-to-video model of the toy world (ships with vgen; the default)",
+    "toy-t2i": "text-to-image model of the toy world, same latent space (ZS2, I4VGen anchors)",
+}
+_FOLDER_KINDS = {"TextToVideoSDPipeline": "unet3d", "AnimateDiffPipeline": "motion", "StableDiffusionPipeline": "unet2d"}
+
+
+def local_folder(model_id: str) -> Optional[Path]:
+    """The folder a model id names (a built-in folder or a local directory), else None (hub id / in memory)."""
+    if model_id in BUILTIN_FOLDERS:
+        return BUILTIN_FOLDERS[model_id]
+    path = Path(model_id).expanduser()
+    return path if path.is_dir() else None
+
+
+def settings_path(model_id: str) -> Optional[Path]:
+    folder = local_folder(model_id)
+    if folder is None or not (folder / SETTINGS_FILE).is_file():
+        return None
+    return folder / SETTINGS_FILE
+
+
+def model_settings(model_id: str, method: str):
+    """(partial config for `method`, the file it came from), or (None, None) when the model carries none."""
+    from vgen.config import load_yaml
+    from vgen.errors import ConfigError
+
+    path = settings_path(model_id)
+    if path is None:
+        return None, None
+    loaded = load_yaml(path)
+    section = loaded.get(method)
+    if section is None:
+        return None, path
+    from omegaconf import DictConfig
+
+    if not isinstance(section, DictConfig):
+        raise ConfigError(f"section '{method}' of '{path}' must be a mapping of config keys")
+    for key in ("method", "prompt"):
+        if key in section:
+            raise ConfigError(f"'{path}' sets '{method}.{key}'; a model's settings cannot choose the {key}")
+    return section, path
+
+
+def folder_info(folder: Path) -> tuple[str, Optional[tuple[int, int]]]:
+    """(kind, native (height, width)) of a diffusers folder from its JSON files (no torch)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    kind = _FOLDER_KINDS.get(index.get("_class_name", ""), "?")
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return kind, None
+    size = unet["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return kind, (h * factor, w * factor)
