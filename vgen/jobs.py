@@ -75,16 +75,21 @@ def versions() -> dict[str, str]:
 
 
 class ModelCache:
-    """Components by (model, device, dtype, offload), so a batch loads each model once."""
+    """Components by (model, device, dtype, offload), so a batch loads each model once.
 
-    def __init__(self) -> None:
+    `device` (a distributed rank's own GPU, e.g. "cuda:1") replaces the jobs' "auto" and "cuda".
+    """
+
+    def __init__(self, device: Optional[str] = None) -> None:
         self._cache: dict[tuple, Any] = {}
+        self.device = device
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
         """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
         from vgen.models import load_components, resolve_device, resolve_dtype
 
-        device = resolve_device(job.runtime.device)
+        asked = job.runtime.device
+        device = resolve_device(self.device if self.device and asked in ("auto", "cuda") else asked)
         dtype = resolve_dtype(job.runtime.dtype, device)
         m = model or job.model
         key = (m.id, m.kind, m.motion_adapter, m.revision, m.variant, str(device), str(dtype), job.memory.cpu_offload)
@@ -103,8 +108,12 @@ def run_job(
     models: Optional[ModelCache] = None,
     progress: Optional[bool] = None,
     log: Callable[[str], None] = lambda message: None,
+    distributed: Optional[dict] = None,
 ) -> JobResult:
-    """Generate one video and its files; raises VgenError for anything the user can fix."""
+    """Generate one video and its files; raises VgenError for anything the user can fix.
+
+    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch.
+    """
     import torch
 
     from vgen.core.sampler import resolve_size
@@ -154,14 +163,17 @@ def run_job(
     write_s = time.perf_counter() - t0
 
     timings = {"load_s": load_s, "generate_s": generate_s, "write_s": write_s, "total_s": time.perf_counter() - started}
-    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata)
+    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata, distributed=distributed)
     write_json(sidecar, sidecar_path(mp4))
     return JobResult(job, "done", mp4, time.perf_counter() - started, files=files)
 
 
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
-                  method_info: dict, method: Optional[str] = None) -> dict:
-    """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions."""
+                  method_info: dict, method: Optional[str] = None, distributed: Optional[dict] = None) -> dict:
+    """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
+
+    `distributed` ({rank, world_size}) is recorded only for a video made by a launched (torchrun) batch.
+    """
     return {
         "output": str(mp4),
         "files": [str(f) for f in files],
@@ -171,6 +183,7 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "model": {"id": job.model.id, "kind": components.kind},
         "device": str(components.device),
         "dtype": str(components.dtype).removeprefix("torch."),
+        **({"distributed": dict(distributed)} if distributed is not None else {}),
         "video": {"frames": video.num_frames, "height": video.size[0], "width": video.size[1], "fps": video.fps},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "method_info": method_info,
@@ -199,23 +212,35 @@ def run_batch(
     skip_existing: bool = False,
     progress: Optional[bool] = None,
     on_result: Callable[[int, JobResult], None] = lambda i, r: None,
+    world: Any = None,
 ) -> list[JobResult]:
-    """Run every job; a failure is recorded and the next job runs (Ctrl-C stops the batch)."""
+    """Run every job (or, in a launched run, this rank's share: `world` a vgen.distributed.World); a failure is
+    recorded and the next job runs (Ctrl-C stops the batch). `on_result` gets each job's 1-based batch index."""
+    from vgen.batch import assign
+
     check_distinct_outputs(jobs)
-    models = ModelCache()
+    world_size, rank = (world.world_size, world.rank) if world is not None else (1, 0)
+    mine = [i for i, r in enumerate(assign(len(jobs), world_size)) if r == rank]
+    if world is not None:
+        from vgen.distributed import rank_device
+
+        models, distributed = ModelCache(rank_device(world)), world.sidecar()
+    else:
+        models, distributed = ModelCache(), None
     results = []
-    for i, job in enumerate(jobs, 1):
+    for i in mine:
+        job = jobs[i]
         if skip_existing and is_complete(job):
             result = JobResult(job, "skipped", output_path(job))
         else:
             started = time.perf_counter()
             try:
-                result = run_job(job, models, progress)
+                result = run_job(job, models, progress, distributed=distributed)
             except VgenError as err:
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=str(err))
             except Exception as err:  # an internal error in one job must not stop the batch
                 message = f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=message)
         results.append(result)
-        on_result(i, result)
+        on_result(i + 1, result)
     return results
