@@ -17,6 +17,7 @@ Started by torchrun, each process runs its share of the jobs (`assign`) and rank
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +131,15 @@ def outcomes_on_disk(jobs: list[JobConfig], world_size: int, since: float, skip_
     for i, (job, rank) in enumerate(zip(jobs, assign(len(jobs), world_size)), 1):
         mp4 = output_path(job)
         if is_complete(job) and sidecar_path(mp4).stat().st_mtime >= since:
-            outcomes.append(Outcome(i, "done", str(mp4), rank=rank))
+            try:
+                seconds = float(json.loads(sidecar_path(mp4).read_text())["timings"]["total_s"])
+            except (OSError, ValueError, KeyError, TypeError):
+                seconds = 0.0
+            outcomes.append(Outcome(i, "done", str(mp4), seconds, rank=rank))
         elif is_complete(job) and skip_existing:
             outcomes.append(Outcome(i, "skipped", str(mp4), rank=rank))
         else:
-            outcomes.append(Outcome(i, "failed", error=f"not finished: {reason} (rank {rank} ran it)", rank=rank))
+            outcomes.append(Outcome(i, "failed", error=f"not finished on rank {rank}: {reason}", rank=rank))
     return outcomes
 
 
@@ -173,26 +178,34 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
     from vgen import distributed
 
     started = time.time()
+    mine: list[Outcome] = []
+
+    def record_rank(i: int, result: Any) -> None:
+        mine.append(Outcome.of(i, result, world.rank))
+        on_result(mine[-1])
+
+    def from_disk(reason: str) -> Report:
+        own = {o.index: o for o in mine}
+        disk = outcomes_on_disk(jobs, world.world_size, started, skip_existing, reason)
+        return Report([own.get(o.index, o) for o in disk], lost=reason)
+
     distributed.init(world)
     try:
-        mine: list[Outcome] = []
-
-        def record_rank(i: int, result: Any) -> None:
-            mine.append(Outcome.of(i, result, world.rank))
-            on_result(mine[-1])
-
-        # only rank 0 draws progress bars; every rank prints one line per finished job
-        run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
-                  on_result=record_rank, world=world)
-        try:
-            gathered = distributed.gather(mine, world)
-        except distributed.RankLost as err:
-            if not world.is_main:
-                raise distributed.RankLost(f"rank {world.rank} lost contact with rank 0 ({err}); its finished outputs are kept") from None
-            reason = f"a rank stopped before reporting ({err})"
-            own = {o.index: o for o in mine}
-            disk = outcomes_on_disk(jobs, world.world_size, started, skip_existing, reason)
-            return Report([own.get(o.index, o) for o in disk], lost=reason)
+        with distributed.stop_on_sigterm():
+            try:
+                # only rank 0 draws progress bars; every rank prints one line per finished job
+                run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
+                          on_result=record_rank, world=world)
+                gathered = distributed.gather(mine, world)
+            except distributed.Stopped as err:
+                if not world.is_main:
+                    raise distributed.RankLost(f"rank {world.rank} {err}; its finished outputs are kept") from None
+                return from_disk(f"rank 0 was {err}")
+            except distributed.RankLost as err:
+                if not world.is_main:
+                    raise distributed.RankLost(f"rank {world.rank} lost contact with rank 0 ({err}); "
+                                               "its finished outputs are kept") from None
+                return from_disk(f"a rank stopped before reporting ({err})")
         if not world.is_main:
             return None
         return Report(sorted((o for part in gathered for o in part), key=lambda o: o.index))

@@ -183,7 +183,8 @@ def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_exi
     check_distinct_outputs(jobs)  # a user error: one line here, not one per worker
     started = time.time()
     os.environ[SUPERVISED_ENV] = "1"
-    failures = launch_local(nproc, argv)
+    launch = launch_local(nproc, argv)
+    failures = launch.failures
     if not failures:
         return
     if failures == {0: EXIT_FAILED_JOBS}:  # rank 0 printed the summary: some jobs failed
@@ -199,14 +200,17 @@ def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_exi
                 return f"killed by signal {-code}"
         return f"exit code {code}"
 
-    stopped = ", ".join(f"rank {rank} ({how(code)})" for rank, code in sorted(failures.items()))
-    reason = f"{stopped} stopped before the batch finished"
+    first = launch.first if launch.first in failures else min(failures)
+    reason = f"rank {first} stopped ({how(failures[first])})"
+    if nproc > 1:
+        reason += " and the launcher stopped the other ranks"
     _finish_batch(items, outcomes_on_disk(jobs, nproc, started, skip_existing, reason), reason)
     raise typer.Exit(EXIT_FAILED_JOBS)
 
 
 def _print_summary(rows: list[tuple]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="vgen batch")
@@ -214,7 +218,7 @@ def _print_summary(rows: list[tuple]) -> None:
         table.add_column(name, overflow="fold")
     style = {"done": "green", "skipped": "yellow", "failed": "red"}
     for label, method, seed, status, seconds, detail in rows:
-        table.add_row(label, method, seed, f"[{style[status]}]{status}[/]", f"{seconds:.1f}", detail)
+        table.add_row(label, method, seed, f"[{style[status]}]{status}[/]", f"{seconds:.1f}", escape(detail))
     Console(width=max(100, min(200, os.get_terminal_size(0).columns if sys.stdout.isatty() else 160))).print(table)
 
 

@@ -9,9 +9,12 @@ across machines alike. Runners never see this module; vgen.batch and vgen.jobs c
 from __future__ import annotations
 
 import os
+import re
+import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from vgen.errors import ConfigError
 
@@ -25,6 +28,28 @@ DEFAULT_TIMEOUT_S = 24 * 3600
 
 class RankLost(RuntimeError):
     """A collective failed: some rank died, hung past the timeout, or could not be reached."""
+
+
+class Stopped(BaseException):
+    """SIGTERM, which torchrun sends every rank when another one fails: unwinds the batch like Ctrl-C (a
+    BaseException, so no job's error handling swallows it), deleting the job's partial files on the way."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises Stopped inside the block; after it the process only reports and exits, so a late SIGTERM
+    (the launcher reacting to a dead rank that this rank already noticed) is ignored rather than cutting the
+    summary short."""
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stopped("stopped by the launcher (SIGTERM), most likely because another rank failed")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -108,7 +133,9 @@ def gather(obj: Any, world: World) -> Optional[list[Any]]:
         dist.gather_object(obj, out, dst=0)
     except Exception as err:  # gloo raises RuntimeError / DistBackendError on a closed socket or a timeout
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RankLost(first) from err
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " source location
+        first = first.split(". ")[0]  # "Connection closed by peer [host]:port", without gloo's advice
+        raise RankLost(first[:200]) from err
     return out
 
 
@@ -119,9 +146,17 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def launch_local(nproc: int, argv: list[str]) -> dict[int, int]:
+@dataclass
+class Launch:
+    """How the workers of a local launch ended: exit code of every rank that failed, and the first to fail."""
+
+    failures: dict[int, int]
+    first: Optional[int] = None  # the root cause; the launcher stops the other ranks after it (SIGTERM)
+
+
+def launch_local(nproc: int, argv: list[str]) -> Launch:
     """Run `python -m vgen.cli ARGV` on `nproc` local workers through torch's own launcher (`torchrun
-    --standalone --nproc-per-node N`, no restarts). Returns the exit code of every rank that failed ({} if none).
+    --standalone --nproc-per-node N`, no restarts).
 
     As torchrun, it sets OMP_NUM_THREADS=1 for the workers unless it is already set.
     """
@@ -140,5 +175,6 @@ def launch_local(nproc: int, argv: list[str]) -> dict[int, int]:
     try:
         run(args)
     except ChildFailedError as err:
-        return {int(rank): failure.exitcode for rank, failure in err.failures.items()}
-    return {}
+        first, _ = err.get_first_failure()
+        return Launch({int(rank): failure.exitcode for rank, failure in err.failures.items()}, int(first))
+    return Launch({})
