@@ -227,3 +227,42 @@ def test_a_dead_rank_is_reported_and_the_others_outputs_kept(tmp_path):
     assert not [p for p in out.iterdir() if "partial" in p.name]
     assert "rank 1 stopped (killed by SIGKILL)" in stderr and "error: 2 of 4 jobs failed" in stderr
     assert stdout.count("vgen batch") == 1 and stdout.count("not finished on rank 1") == 2
+
+
+SLOW_RANK0_BATCH = """
+defaults:
+  model: {id: tiny-random-unet3d}
+  sampler: {steps: 2}
+  video: {frames: 3}
+  output: {dir: OUT}
+jobs:
+  - {prompt: a red circle moving left, sampler: {steps: 900}, video: {frames: 8}}
+  - a blue square moving up
+  - a dog
+  - a cat
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_under_torchrun_rank0_stopped_mid_job_still_reports(tmp_path):
+    """Rank 1 finishes its jobs and is killed; torchrun then sends rank 0 SIGTERM in the middle of its long job:
+    rank 0 unwinds (no partial file) and prints the summary from the output folder."""
+    out = tmp_path / "out"
+    batch = write_batch(tmp_path, out, SLOW_RANK0_BATCH)
+    proc = subprocess.Popen([*TORCHRUN, "batch", str(batch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env1())
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(out.glob("*.json"))) < 2:  # rank 1's jobs 2 and 4 are written
+        time.sleep(0.5)
+    pid = _pid_of_rank(1, str(batch))
+    assert pid is not None and proc.poll() is None, "rank 0 should still be in its 900-step job"
+    os.kill(pid, 9)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr[-3000:]
+    written = sidecars(out)
+    assert sorted(written) == [("a blue square moving up", 0), ("a cat", 0)]
+    assert all(side["distributed"]["rank"] == 1 for side in written.values())
+    assert not [p for p in out.iterdir() if "partial" in p.name]
+    assert "rank 0 was stopped by the launcher (SIGTERM)" in stderr and "error: 2 of 4 jobs failed" in stderr
+    assert stdout.count("vgen batch") == 1 and stdout.count("not finished on rank 0") == 2
