@@ -81,7 +81,8 @@ def world_from_env(env: Optional[Mapping[str, str]] = None) -> Optional[World]:
         raise ConfigError(f"RANK={rank} does not fit WORLD_SIZE={world_size} (need 0 <= RANK < WORLD_SIZE)")
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
     if missing:
-        raise ConfigError(f"RANK/WORLD_SIZE are set but {' and '.join(missing)} is not: start the batch with torchrun")
+        raise ConfigError(f"RANK/WORLD_SIZE are set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+                          "start the batch with torchrun")
     return World(rank, world_size, local_rank)
 
 
