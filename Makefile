@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-vico-zeroscope clean help eval-i4vgen eval-streaming eval-vico device-check device-wheels
+.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-streaming eval-vico device-check device-wheels
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
 	@echo "make demo    - create/refresh .venv and generate outputs/demo.mp4 with the default model"
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
+	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
 	@echo "make setup   - only create/refresh .venv"
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
@@ -45,6 +46,10 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_i4vgen.py
 	$(BIN)/python scripts/bench_streaming.py --quick
 	$(BIN)/python scripts/bench_kernels.py --quick --repeats 3
+
+# jobs per minute of one batch split over processes (torch.distributed, gloo) against one process with the threads
+bench-batch: $(STAMP)
+	$(BIN)/python scripts/bench_batch.py --jobs 8
 
 # one update's cost per checkpoint policy, then end to end (50 steps, 16 frames, 320x512)
 bench-vico-zeroscope: $(STAMP)

@@ -170,43 +170,110 @@ def batch(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP + " (applied to every job)", show_default=False),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip jobs whose mp4 and sidecar exist with the same settings (resume); re-run changed ones, saying why."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder for every job."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, show_default=False,
+        help="Split the jobs over N local worker processes (as `torchrun --standalone --nproc-per-node N`); "
+             "leave it out when torchrun started vgen."),
 ) -> None:
-    """Run many jobs from a YAML file; failed jobs never stop the others."""
-    from vgen.batch import load_batch
+    """Run many jobs from a YAML file; failed jobs never stop the others. Under torchrun, the jobs are split over the ranks."""
+    from vgen.batch import SUPERVISED_ENV, load_batch, run_jobs
+    from vgen.distributed import world_from_env
 
     extra = [f"output.dir={out}"] if out is not None else []
     items = load_batch(file, list(overrides or []) + extra)
-    from rich.console import Console
-
-    from vgen.jobs import JobResult, run_batch
-
-    console = Console(stderr=True)
     runnable = [item for item in items if item.job is not None]
-    labels = {id(item.job): item.label for item in runnable}
+    jobs = [item.job for item in runnable]
+    world = world_from_env()
+    if nproc is not None:
+        if world is not None:
+            raise VgenError("--nproc starts its own workers: leave it out when vgen runs under torchrun")
+        argv = ["batch", str(file), *(overrides or []), *(["--skip-existing"] if skip_existing else []),
+                *(["--out", str(out)] if out is not None else [])]
+        _launch_batch(nproc, argv, items, jobs, skip_existing)
+        return
 
-    def report(i: int, result: JobResult) -> None:
-        detail = str(result.path) if result.status != "failed" else result.error
-        detail += f" ({result.note})" if result.note and result.status != "failed" else ""
-        console.print(f"[{i}/{len(runnable)}] {result.status}: {labels[id(result.job)]} -> {detail}", highlight=False)
+    prefix = f"rank {world.rank}: " if world is not None else ""
 
-    results = run_batch([item.job for item in runnable], skip_existing=skip_existing, on_result=report)
-    by_job = {id(r.job): r for r in results}
+    def report(outcome) -> None:  # one whole line per job (one write), so ranks sharing a terminal do not garble
+        detail = outcome.path if outcome.status != "failed" else outcome.error
+        detail += f" ({outcome.note})" if outcome.note and outcome.status != "failed" else ""
+        typer.echo(f"{prefix}[{outcome.index}/{len(jobs)}] {outcome.status}: {runnable[outcome.index - 1].label} -> {detail}", err=True)
+
+    from vgen.distributed import RankLost
+
+    try:
+        result = run_jobs(jobs, skip_existing, report, world)
+    except RankLost as err:  # this rank's outputs are on disk; rank 0 (or the launcher) reports the batch
+        _echo_err(f"error: {err}")
+        raise typer.Exit(EXIT_FAILED_JOBS)
+    if result is None:  # not rank 0: rank 0 prints the summary for the whole batch
+        return
+    if result.lost and os.environ.get(SUPERVISED_ENV):
+        raise typer.Exit(EXIT_FAILED_JOBS)  # `vgen batch --nproc` reports a lost rank itself, once
+    _finish_batch(items, result.outcomes, result.lost)
+
+
+def _finish_batch(items: list, outcomes: list, lost: str = "") -> None:
+    """The summary table of the whole batch, then exit 1 when any job failed."""
+    by_index = {o.index: o for o in outcomes}
     rows = []
+    index = 0
     for item in items:
         if item.job is None:
             rows.append((item.label, "-", "-", "failed", 0.0, item.error))
         else:
-            r = by_job[id(item.job)]
-            rows.append((item.label, item.job.method, str(item.job.seed), r.status, r.seconds, str(r.path) if r.path else r.error))
+            index += 1
+            o = by_index[index]
+            rows.append((item.label, item.job.method, str(item.job.seed), o.status, o.seconds, o.path or o.error))
     _print_summary(rows)
+    if lost:
+        _echo_err(f"error: {lost}; finished outputs are kept; re-run with --skip-existing to finish the rest")
     failed = sum(1 for row in rows if row[3] == "failed")
     if failed:
         _echo_err(f"error: {failed} of {len(rows)} jobs failed")
         raise typer.Exit(EXIT_FAILED_JOBS)
 
 
+def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_existing: bool) -> None:
+    """`vgen batch --nproc N`: check what all workers would check, once, start them, and report a lost rank."""
+    import signal
+    import time
+
+    from vgen.batch import SUPERVISED_ENV, outcomes_on_disk
+    from vgen.distributed import launch_local
+    from vgen.jobs import check_distinct_outputs
+
+    check_distinct_outputs(jobs)  # a user error: one line here, not one per worker
+    started = time.time()
+    os.environ[SUPERVISED_ENV] = "1"
+    launch = launch_local(nproc, argv)
+    failures = launch.failures
+    if not failures:
+        return
+    if failures == {0: EXIT_FAILED_JOBS}:  # rank 0 printed the summary: some jobs failed
+        raise typer.Exit(EXIT_FAILED_JOBS)
+    if set(failures.values()) == {EXIT_USER_ERROR}:  # every worker printed the same one-line error
+        raise typer.Exit(EXIT_USER_ERROR)
+
+    def how(code: int) -> str:
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    first = launch.first if launch.first in failures else min(failures)
+    reason = f"rank {first} stopped ({how(failures[first])})"
+    if nproc > 1:
+        reason += " and the launcher stopped the other ranks"
+    _finish_batch(items, outcomes_on_disk(jobs, nproc, started, skip_existing, reason), reason)
+    raise typer.Exit(EXIT_FAILED_JOBS)
+
+
 def _print_summary(rows: list[tuple]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="vgen batch")
@@ -214,7 +281,7 @@ def _print_summary(rows: list[tuple]) -> None:
         table.add_column(name, overflow="fold")
     style = {"done": "green", "skipped": "yellow", "failed": "red"}
     for label, method, seed, status, seconds, detail in rows:
-        table.add_row(label, method, seed, f"[{style[status]}]{status}[/]", f"{seconds:.1f}", detail)
+        table.add_row(label, method, seed, f"[{style[status]}]{status}[/]", f"{seconds:.1f}", escape(detail))
     Console(width=max(100, min(200, os.get_terminal_size(0).columns if sys.stdout.isatty() else 160))).print(table)
 
 

@@ -146,16 +146,21 @@ def versions() -> dict[str, str]:
 
 
 class ModelCache:
-    """Components by (model, device, dtype, offload), so a batch loads each model once."""
+    """Components by (model, device, dtype, offload), so a batch loads each model once.
 
-    def __init__(self) -> None:
+    `device` (a distributed rank's own GPU, e.g. "cuda:1") replaces the jobs' "auto" and "cuda".
+    """
+
+    def __init__(self, device: Optional[str] = None) -> None:
         self._cache: dict[tuple, Any] = {}
+        self.device = device
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
         """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
         from vgen.models import load_components, resolve_device, resolve_dtype
 
-        device = resolve_device(job.runtime.device)
+        asked = job.runtime.device
+        device = resolve_device(self.device if self.device and asked in ("auto", "cuda") else asked)
         dtype = resolve_dtype(job.runtime.dtype, device)
         m = model or job.model
         key = (m.id, m.kind, m.motion_adapter, m.revision, m.variant, str(device), str(dtype), job.memory.cpu_offload)
@@ -196,11 +201,13 @@ def run_job(
     progress: Optional[bool] = None,
     log: Callable[[str], None] = lambda message: None,
     skip_existing: bool = False,
+    distributed: Optional[dict] = None,
 ) -> JobResult:
     """Generate one video and its files; raises VgenError for anything the user can fix.
 
     An existing output is never replaced silently: with `skip_existing` a job whose sidecar holds the same
     resolved config is skipped and any other re-runs (saying why); otherwise output.overwrite must be set.
+    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch.
     """
     started = time.perf_counter()
     mp4 = output_path(job)
@@ -278,7 +285,8 @@ def run_job(
     weights: dict[str, str] = {}
     for part, cfg in loaded:
         weights.update(model_weight_hashes(part, cfg))
-    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata, weights=weights)
+    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata, weights=weights,
+                           distributed=distributed)
     if unknown:
         sidecar["unknown_words"] = unknown
     write_json(sidecar, sidecar_path(mp4))
@@ -286,12 +294,14 @@ def run_job(
 
 
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
-                  method_info: dict, method: Optional[str] = None, weights: Optional[dict] = None) -> dict:
+                  method_info: dict, method: Optional[str] = None, weights: Optional[dict] = None,
+                  distributed: Optional[dict] = None) -> dict:
     """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
 
     `config` is the resolved config with only the method's own section: `vgen generate --config` on this
     file repeats the run; `config_sources` says where each value came from; `weights` fingerprints the
-    weight files loaded (short sha256).
+    weight files loaded (short sha256); `distributed` ({rank, world_size}) is recorded only for a video made
+    by a launched (torchrun) batch.
     """
     return {
         "output": str(mp4),
@@ -302,6 +312,7 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "model": {"id": job.model.id, "kind": components.kind},
         "device": str(components.device),
         "dtype": str(components.dtype).removeprefix("torch."),
+        **({"distributed": dict(distributed)} if distributed is not None else {}),
         "video": {"frames": video.num_frames, "height": video.size[0], "width": video.size[1], "fps": video.fps},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "method_info": method_info,
@@ -332,23 +343,35 @@ def run_batch(
     skip_existing: bool = False,
     progress: Optional[bool] = None,
     on_result: Callable[[int, JobResult], None] = lambda i, r: None,
+    world: Any = None,
 ) -> list[JobResult]:
-    """Run every job; a failure is recorded and the next job runs (Ctrl-C stops the batch)."""
+    """Run every job (or, in a launched run, this rank's share: `world` a vgen.distributed.World); a failure is
+    recorded and the next job runs (Ctrl-C stops the batch). `on_result` gets each job's 1-based batch index."""
+    from vgen.batch import assign
+
     check_distinct_outputs(jobs)
-    models = ModelCache()
+    world_size, rank = (world.world_size, world.rank) if world is not None else (1, 0)
+    mine = [i for i, r in enumerate(assign(len(jobs), world_size)) if r == rank]
+    if world is not None:
+        from vgen.distributed import rank_device
+
+        models, distributed = ModelCache(rank_device(world)), world.sidecar()
+    else:
+        models, distributed = ModelCache(), None
     results = []
-    for i, job in enumerate(jobs, 1):
+    for i in mine:
+        job = jobs[i]
         if skip_existing and previous_output(job)[0]:
             result = JobResult(job, "skipped", output_path(job), note="same settings as its sidecar")
         else:
             started = time.perf_counter()
             try:
-                result = run_job(job, models, progress, skip_existing=skip_existing)
+                result = run_job(job, models, progress, skip_existing=skip_existing, distributed=distributed)
             except VgenError as err:
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=str(err))
             except Exception as err:  # an internal error in one job must not stop the batch
                 message = f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=message)
         results.append(result)
-        on_result(i, result)
+        on_result(i + 1, result)
     return results
