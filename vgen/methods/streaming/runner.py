@@ -121,9 +121,13 @@ def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, 
     return guide
 
 
-def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int):
+def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int, dc_lock: bool = False):
     """post_step hook of the training-free mode: after step i the first `cond` frames become the previous
-    chunk's clean latents noised to the next timestep (its own noise), and exactly them after the last."""
+    chunk's clean latents noised to the next timestep (its own noise), and exactly them after the last.
+
+    dc_lock (anchor-aware re-noising): the new frames' per-channel spatial mean (the latent's DC, which carries
+    the background level and global colour) is then set to that of the last re-noised known frame, so the
+    background cannot drift away from the overlap (the flicker at chunk boundaries); the rest is untouched."""
 
     def post_step(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         known = memory.latents.to(latents.dtype)
@@ -131,6 +135,10 @@ def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int):
             known = scheduler.add_noise(known, memory.noise.to(latents.dtype), timesteps[i + 1].reshape(1))
         latents = latents.clone()
         latents[:, :, :cond] = known
+        if dc_lock:
+            target = known[:, :, -1:].mean(dim=(-2, -1), keepdim=True)
+            new = latents[:, :, cond:]
+            latents[:, :, cond:] = new - new.mean(dim=(-2, -1), keepdim=True) + target
         return latents
 
     return post_step
@@ -183,7 +191,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
                 kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
             elif k > 0 and mode == "training-free":
                 noise[:, :, :Fc] = memory.noise  # shared noise: the re-covered frames start where they started
-                kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc)
+                kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc, cfg.dc_lock)
             latents = denoise(components, scheduler, noise * scheduler.init_noise_sigma, prompt, w_text,
                               generator=ctx.generator, eta=s.eta, progress=ctx.progress,
                               description=f"chunk {k + 1}/{n}", **kwargs)
