@@ -231,10 +231,13 @@ def eval_(
     else:
         from rich.console import Console
 
+        from vgen.eval.files import legend
+
         console = Console(width=160)
-        console.print(results_table(results, clip_note))
+        console.print(results_table(results))
         if (table := seams_table(results)) is not None:
             console.print(table)
+        typer.echo(legend(results, clip_note))
     if any(r.error for r in results):
         raise typer.Exit(EXIT_USER_ERROR)
 

@@ -199,13 +199,12 @@ def legend(results: list[FileScore], clip_note: str = "") -> str:
     return "\n".join(lines)
 
 
-def results_table(results: list[FileScore], clip_note: str = ""):
+def results_table(results: list[FileScore]):
     """A rich Table: video metrics for every file, detector columns where the prompt is a toy-world prompt."""
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="video metrics and toy-world detector", caption=escape(legend(results, clip_note)) or None,
-                  caption_justify="left")
+    table = Table(title="video metrics and toy-world detector (legend below)")
     for name in ("file", "prompt", "cuts", "MAWE", "warp err", "seams", "all present", "all correct",
                  "objects (colour/shape/motion)", "drift", "clip"):
         table.add_column(name, overflow="fold")
@@ -231,9 +230,9 @@ def seams_table(results: list[FileScore]):
     rows = [r for r in results if r.seams]
     if not rows:
         return None
-    table = Table(title="seams: across chunk boundaries vs inside chunks (ratio about 1 is seamless)",
-                  caption="jump = mean change at boundary pairs, step = mean inside chunks; motion: object px/frame "
-                          "inside the first chunk -> later chunks (kept %: later/first, higher is better)")
+    table = Table(title="seams: jump/step = mean change at boundary pairs / inside chunks (ratio; about 1 is seamless, "
+                        "higher is worse); motion: object px/frame in the first chunk -> later chunks (kept: higher is "
+                        "better)")
     for name in ("file", "layout", "pixels jump/step", "warp jump/step", "object jump/step px", "bg jump/step",
                  "motion first -> later"):
         table.add_column(name, overflow="fold")

@@ -250,10 +250,19 @@ FORMAT = 1
 
 
 class Streaming(NamedTuple):
-    """The trained memories that ship with a model (APM is None after CAM-only training)."""
+    """The trained memories that ship with a model (APM is None after CAM-only training).
+
+    seam_check: what the weights' config.json records of their seam test (scripts/compare_streaming.py
+    --record): {"passed": bool, "object_ratio", "background_ratio", "floor", "measured"}; None when never
+    measured. mode=auto uses the memories only when it passed."""
 
     cam: CAM
     apm: Optional[Any]  # apm.APM
+    seam_check: Optional[dict] = None
+
+    @property
+    def passes_seam_floor(self) -> bool:
+        return bool(self.seam_check and self.seam_check.get("passed"))
 
 
 def unet_signature(unet: nn.Module) -> dict:
@@ -264,15 +273,18 @@ def unet_signature(unet: nn.Module) -> dict:
                 down_block_types=list(cfg.down_block_types))
 
 
-def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None, dtype: Optional[torch.dtype] = None) -> Path:
+def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None, dtype: Optional[torch.dtype] = None,
+                   seam_check: Optional[dict] = None) -> Path:
     """Write CAM (and APM) into ``folder/streaming/``; `folder` is usually a diffusers model folder.
-    `dtype` casts floating tensors on the way out (float16 for a shipped model)."""
+    `dtype` casts floating tensors on the way out (float16 for a shipped model); `seam_check` is recorded."""
     from safetensors.torch import save_file
 
     out = Path(folder) / FOLDER
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "cam": cam.config, "apm": apm.config if apm is not None else None,
               "unet": cam.unet_signature}
+    if seam_check is not None:
+        config["seam_check"] = seam_check
     tensors = {"cam": cam, "apm": apm}
     for name, module in tensors.items():
         path = out / f"{name}.safetensors"
@@ -311,4 +323,4 @@ def load_streaming(folder: str | Path, unet: nn.Module, vae: Optional[nn.Module]
     for module in (cam, apm):
         if module is not None and (device is not None or dtype is not None):
             module.to(device=device, dtype=dtype)
-    return Streaming(cam, apm)
+    return Streaming(cam, apm, config.get("seam_check"))

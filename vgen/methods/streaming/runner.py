@@ -35,6 +35,7 @@ from vgen.models import Components
 from vgen.video import Mp4Writer, WrittenVideo
 
 MODES = ("trained", "training-free", "independent")
+SEAM_FLOOR = 2.0  # mode=auto trusts trained memories whose object and background seam ratios are both at most this
 
 
 def chunk_count(frames: int, chunk: int, cond: int) -> int:
@@ -60,9 +61,11 @@ def streaming_weights(components: Components):
 
 
 def resolve_mode(asked: str, components: Components) -> str:
-    has_weights = streaming_weights(components) is not None
+    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR), else training-free."""
+    weights = streaming_weights(components)
+    has_weights = weights is not None
     if asked == "auto":
-        return "trained" if has_weights else "training-free"
+        return "trained" if has_weights and weights.passes_seam_floor else "training-free"
     if asked == "trained" and not has_weights:
         raise ConfigError(
             f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
@@ -149,6 +152,25 @@ def to_model_pixels(frames: torch.Tensor) -> torch.Tensor:
     return (frames * 2 - 1).permute(0, 3, 1, 2).unsqueeze(0)
 
 
+def anchor_encoder_info(weights: Any) -> Optional[dict]:
+    """What APM embeds the anchor with: the toy's 'vae' encoder is a stand-in for the paper's CLIP vision."""
+    if weights is None or weights.apm is None:
+        return None
+    spec = dict(weights.apm.config["encoder"])
+    if spec.get("kind") == "vae":
+        spec["note"] = "the model's own VAE latent, pooled (a stand-in for the paper's OpenCLIP ViT-H/14 vision)"
+    return spec
+
+
+def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, weights: Any) -> dict:
+    """UNet evaluations per denoising step (entries of the CFG batch), first chunk and later chunks."""
+    first = 2 if guided else 1
+    later = first
+    if mode == "trained" and guided and weights is not None and weights.apm is not None and w_text != w_anchor:
+        later = 3
+    return {"first_chunk": first, "later_chunks": later, "cam_encoder": mode == "trained"}
+
+
 # ----------------------------------------------------------------------------------------------
 # runner
 
@@ -161,6 +183,9 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     n = chunk_count(job.video.frames, F, Fc)
     w_text = s.guidance
     w_anchor = s.guidance if cfg.anchor_guidance is None else cfg.anchor_guidance
+    if cfg.mode == "auto" and mode != "trained" and streaming_weights(components) is not None:
+        ctx.log("streaming: the model's trained memories have not passed the seam check; auto uses training-free "
+                "(streaming.mode=trained forces them)")
     ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
     prompt = encode_prompt(components, job.prompt, job.negative, max(w_text, w_anchor))
 
@@ -216,6 +241,12 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
         "cond_frames": Fc,
         "frames_generated": frames_made(n, F, Fc),
         "guidance": {"text": w_text, "anchor": w_anchor if mode == "trained" else None},
+        "mode_asked": cfg.mode,
+        "eta": s.eta,
+        "anchor_encoder": anchor_encoder_info(weights) if mode == "trained" else None,
+        "unet_passes_per_step": passes_per_step(mode, prompt.guided, w_text, w_anchor, weights),
+        "dc_lock": cfg.dc_lock if mode == "training-free" else None,
+        "seam_check": streaming_weights(components).seam_check if streaming_weights(components) is not None else None,
     }
     if cfg.refine:
         metadata["refine"] = refine_and_write(job, components, ctx, torch.cat(kept, dim=2).to(components.device))
