@@ -1,22 +1,30 @@
-"""Long videos on the toy world: does StreamingT2V keep its objects, without cuts? Three modes side by side.
+"""Long videos on the toy world: seams, motion and identity of StreamingT2V's modes side by side.
 
     .venv/bin/python scripts/compare_streaming.py [--model toy] [--prompts 24] [--frames 240] [--steps 20]
-        [--guidance 5] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
-        [--modes trained training-free independent] [--out DIR [--resume]] [--json records.json]
+        [--guidance 5] [--eta 1] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
+        [--modes trained training-free [training-free-dc] independent] [--dc-lock] [--record]
+        [--out DIR [--resume]] [--json records.json]
 
 Prompts: half single-object, half two-object held-out captions with their motions (vgen.toyworld.eval_prompts,
-seeded by --seed, so the same flags give the same rows). Row i uses seed --seed + i in every mode:
-    trained        CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
-    training-free  temporal inpainting of the overlap with shared noise
-    independent    chunks with no conditioning (the baseline)
+seeded by --seed, so the same flags give the same rows; a smaller --prompts is a prefix of a larger one's rows).
+Row i uses seed --seed + i in every mode:
+    trained           CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
+    training-free     temporal inpainting of the overlap with shared noise, plain (streaming.dc_lock=false;
+                      true with --dc-lock)
+    training-free-dc  the same with streaming.dc_lock=true (anchor-aware re-noising; what `vgen generate` does)
+    independent       chunks with no conditioning (the baseline)
 Each video is made by run_job (the same path as `vgen generate`, sidecar included) and read back from its mp4.
-Metrics per video: scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_len, printed),
-MAWE and warp error (OpenCV optical flow, named in the output), and the toy detector: identity drift, all
-prompted objects present, all present with their colour and shape (whole video), and the fraction of
---window-frame windows in which every prompted object is present with its colour and shape
-(vgen.eval.longvideo), with whether the last window still has them.
+Metrics per video (vgen.eval): seams (vgen.eval.seams, chunk layout from the sidecar): the detected object's
+jump across chunk boundaries against its per-frame step inside chunks, the same for the background grey level,
+in-chunk motion of the later chunks and its share of the first chunk's; identity drift over the objects found,
+the background's change from frame 0 to the last, colour+shape kept (whole video, and the last --window
+frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_len, printed) and MAWE
+(OpenCV flow at native size: not comparable with the paper's 720x720 RAFT numbers).
 
-Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over 240 frames a
+--record writes the trained mode's seam check into the model folder's streaming/config.json (passed when
+both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR); `streaming.mode=auto` trusts the memories only then.
+
+Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over long videos a
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
 --out keeps the mp4s and sidecars (otherwise a temporary folder is used); with --resume, videos already
 there with the same settings (the sidecar's resolved config) are scored again but not regenerated, so an

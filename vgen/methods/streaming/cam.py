@@ -250,19 +250,21 @@ FORMAT = 1
 
 
 class Streaming(NamedTuple):
-    """The trained memories that ship with a model (APM is None after CAM-only training).
-
-    seam_check: what the weights' config.json records of their seam test (scripts/compare_streaming.py
-    --record): {"passed": bool, "object_ratio", "background_ratio", "floor", "measured"}; None when never
-    measured. mode=auto uses the memories only when it passed."""
+    """The trained memories that ship with a model (APM is None after CAM-only training)."""
 
     cam: CAM
     apm: Optional[Any]  # apm.APM
-    seam_check: Optional[dict] = None
 
-    @property
-    def passes_seam_floor(self) -> bool:
-        return bool(self.seam_check and self.seam_check.get("passed"))
+
+def load_seam_check(folder: str | Path) -> Optional[dict]:
+    """What ``folder/streaming/config.json`` records of the memories' seam test (scripts/compare_streaming.py
+    --record): {"passed": bool, "object_ratio", "background_ratio", "floor", "measured"}; None when never
+    measured (or no weights). mode=auto uses the memories only when it passed."""
+    path = Path(folder) / FOLDER / "config.json"
+    if not path.is_file():
+        return None
+    check = json.loads(path.read_text()).get("seam_check")
+    return check if isinstance(check, dict) else None
 
 
 def unet_signature(unet: nn.Module) -> dict:
@@ -323,4 +325,4 @@ def load_streaming(folder: str | Path, unet: nn.Module, vae: Optional[nn.Module]
     for module in (cam, apm):
         if module is not None and (device is not None or dtype is not None):
             module.to(device=device, dtype=dtype)
-    return Streaming(cam, apm, config.get("seam_check"))
+    return Streaming(cam, apm)

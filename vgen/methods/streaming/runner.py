@@ -60,12 +60,21 @@ def streaming_weights(components: Components):
     return components.extras["streaming"]
 
 
+def seam_check(components: Components) -> Optional[dict]:
+    """The seam check recorded beside the model's streaming weights, or None."""
+    if components.folder is None or streaming_weights(components) is None:
+        return None
+    from vgen.methods.streaming.cam import load_seam_check
+
+    return load_seam_check(components.folder)
+
+
 def resolve_mode(asked: str, components: Components) -> str:
     """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR), else training-free."""
-    weights = streaming_weights(components)
-    has_weights = weights is not None
+    has_weights = streaming_weights(components) is not None
     if asked == "auto":
-        return "trained" if has_weights and weights.passes_seam_floor else "training-free"
+        check = seam_check(components)
+        return "trained" if has_weights and check is not None and check.get("passed") is True else "training-free"
     if asked == "trained" and not has_weights:
         raise ConfigError(
             f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
@@ -246,7 +255,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
         "anchor_encoder": anchor_encoder_info(weights) if mode == "trained" else None,
         "unet_passes_per_step": passes_per_step(mode, prompt.guided, w_text, w_anchor, weights),
         "dc_lock": cfg.dc_lock if mode == "training-free" else None,
-        "seam_check": streaming_weights(components).seam_check if streaming_weights(components) is not None else None,
+        "seam_check": seam_check(components),
     }
     if cfg.refine:
         metadata["refine"] = refine_and_write(job, components, ctx, torch.cat(kept, dim=2).to(components.device))
