@@ -1,22 +1,30 @@
-"""Long videos on the toy world: does StreamingT2V keep its objects, without cuts? Three modes side by side.
+"""Long videos on the toy world: seams, motion and identity of StreamingT2V's modes side by side.
 
     .venv/bin/python scripts/compare_streaming.py [--model toy] [--prompts 24] [--frames 240] [--steps 20]
-        [--guidance 5] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
-        [--modes trained training-free independent] [--out DIR [--resume]] [--json records.json]
+        [--guidance 5] [--eta 1] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
+        [--modes trained training-free [training-free-dc] independent] [--dc-lock] [--record]
+        [--out DIR [--resume]] [--json records.json]
 
 Prompts: half single-object, half two-object held-out captions with their motions (vgen.toyworld.eval_prompts,
-seeded by --seed, so the same flags give the same rows). Row i uses seed --seed + i in every mode:
-    trained        CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
-    training-free  temporal inpainting of the overlap with shared noise
-    independent    chunks with no conditioning (the baseline)
+seeded by --seed, so the same flags give the same rows; a smaller --prompts is a prefix of a larger one's rows).
+Row i uses seed --seed + i in every mode:
+    trained           CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
+    training-free     temporal inpainting of the overlap with shared noise, plain (streaming.dc_lock=false;
+                      true with --dc-lock)
+    training-free-dc  the same with streaming.dc_lock=true (anchor-aware re-noising; what `vgen generate` does)
+    independent       chunks with no conditioning (the baseline)
 Each video is made by run_job (the same path as `vgen generate`, sidecar included) and read back from its mp4.
-Metrics per video: scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_len, printed),
-MAWE and warp error (OpenCV optical flow, named in the output), and the toy detector: identity drift, all
-prompted objects present, all present with their colour and shape (whole video), and the fraction of
---window-frame windows in which every prompted object is present with its colour and shape
-(vgen.eval.longvideo), with whether the last window still has them.
+Metrics per video (vgen.eval): seams (vgen.eval.seams, chunk layout from the sidecar): the detected object's
+jump across chunk boundaries against its per-frame step inside chunks, the same for the background grey level,
+in-chunk motion of the later chunks and its share of the first chunk's; identity drift over the objects found,
+the background's change from frame 0 to the last, colour+shape kept (whole video, and the last --window
+frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_len, printed) and MAWE
+(OpenCV flow at native size: not comparable with the paper's 720x720 RAFT numbers).
 
-Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over 240 frames a
+--record writes the trained mode's seam check into the model folder's streaming/config.json (passed when
+both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR); `streaming.mode=auto` trusts the memories only then.
+
+Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over long videos a
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
 --out keeps the mp4s and sidecars (otherwise a temporary folder is used); with --resume, videos already
 there with the same settings (the sidecar's resolved config) are scored again but not regenerated, so an
@@ -35,7 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODES = ("trained", "training-free", "independent")
+MODES = ("trained", "training-free", "training-free-dc", "independent")
+DEFAULT_MODES = ("trained", "training-free", "independent")
 
 
 def pick_prompts(n: int, seed: int) -> list[str]:
@@ -55,8 +64,9 @@ def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
     return build_job(flags={
         "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
         "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
-        "streaming.mode": mode, "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
-        "sampler.eta": 0.0,  # the protocol of the README's table (the method's default is now the paper's eta 1)
+        "sampler.eta": args.eta, "streaming.mode": "training-free" if mode == "training-free-dc" else mode,
+        "streaming.dc_lock": mode == "training-free-dc" or (mode == "training-free" and args.dc_lock),
+        "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
         "output.overwrite": True,  # this script owns its folder: a changed job replaces its old video
     })
 
@@ -82,21 +92,35 @@ def generate(job, cache, resume: bool) -> tuple[dict, bool]:
     return json.loads(sidecar_path(output_path(job)).read_text()), False
 
 
-def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flow: str) -> dict:
+def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flow: str, sidecar: dict) -> dict:
     """Every metric of one video file, as a flat record."""
     from vgen.eval.longvideo import colour_shape_kept, window_scores
     from vgen.eval.scenecuts import scene_cuts
-    from vgen.eval.warp import warp_metrics
+    from vgen.eval.seams import background_levels, layout_from_sidecar, seams
+    from vgen.eval.warp import warp_pairs
     from vgen.toyworld import detect_video, score_video
     from vgen.video import read_video
 
     video = read_video(path)
     cuts = scene_cuts(video.frames, video.fps, min_scene_len)
-    warp = warp_metrics(video.frames, flow)
+    warp, pair_w, _ = warp_pairs(video.frames, flow)
     det = detect_video(video.frames)
     score = score_video(det, prompt)
     windows = window_scores(det, prompt, window)
+    layout = layout_from_sidecar(sidecar)
+    sm = seams(video.frames, layout, pair_w, {c: t.centroids() for c, t in det.tracks.items()}) if layout else None
+    bg = background_levels(video.frames)
+    first_obj = [o for o in score.objects if o.present]
+    seam_rec = {} if sm is None else {
+        "obj_jump": sm.object.boundary if sm.object else None, "obj_step": sm.object.inside if sm.object else None,
+        "bg_jump": sm.background.boundary if sm.background else None,
+        "bg_step": sm.background.inside if sm.background else None,
+        "px_jump": sm.pixels.boundary, "px_step": sm.pixels.inside,
+        "motion_first": sm.motion_first, "motion_later": sm.motion_later,
+    }
     return {
+        **seam_rec, "bg_start_end": abs(float(bg[-1] - bg[0])) if len(bg) else None,
+        "drift_found": (sum(o.drift for o in first_obj) / len(first_obj)) if first_obj else None,
         "frames_read": len(video.frames), "scene_cuts": cuts.cuts, "cut_frames": list(cuts.cut_frames),
         "scene_params": cuts.params, "mawe": warp.mawe, "warp_error": warp.warp_error, "flow_std": warp.flow_std,
         "flow": warp.flow, "identity_drift": score.identity_drift, "all_present": score.all_present,
@@ -116,24 +140,44 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-SUMMARY_HEADER = (f"{'mode':<20} {'n':>3} {'cuts':>5} {'cut%':>5} {'MAWE':>7} {'MAWE md':>7} {'warp':>7} {'warp md':>7} "
-                  f"{'drift':>6} {'present':>7} {'col+shp':>7} {'windows':>7} {'last ok':>7}")
+SUMMARY_HEADER = (f"{'mode':<20} {'n':>3} {'obj jump':>8} {'step':>5} {'ratio':>5} {'bg jump':>7} {'step':>5} "
+                  f"{'ratio':>5} {'motion':>6} {'kept':>5} {'drift':>6} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
+                  f"{'cuts':>5} {'MAWE':>6} {'MAWE md':>7}")
+
+
+def _vals(recs: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in recs if r.get(key) is not None]
+
+
+def ratio(jump: float, step: float, floor: float) -> float:
+    return jump / max(step, floor) if jump == jump and step == step else float("nan")
 
 
 def summary_row(label: str, recs: list[dict]) -> str:
-    """Means per mode (medians of the heavy-tailed warp numbers); rates in %."""
-    return (f"{label:<20} {len(recs):>3} {mean(r['scene_cuts'] for r in recs):>5.2f} "
-            f"{mean(r['scene_cuts'] > 0 for r in recs):>5.0%} {mean(r['mawe'] for r in recs):>7.2f} "
-            f"{median(r['mawe'] for r in recs):>7.2f} {mean(r['warp_error'] for r in recs):>7.1f} "
-            f"{median(r['warp_error'] for r in recs):>7.1f} {mean(r['identity_drift'] for r in recs):>6.3f} "
-            f"{mean(r['all_present'] for r in recs):>7.0%} {mean(r['colour_shape'] for r in recs):>7.0%} "
-            f"{mean(r['window_rate'] for r in recs):>7.0%} {mean(r['last_window_kept'] for r in recs):>7.0%}")
+    """Means per mode (median MAWE too); ratios of the means (jump at boundaries / step inside chunks, with the
+    seam measure's floors); kept = later chunks' in-chunk motion / the first chunk's; rates in %."""
+    from vgen.eval.seams import FLOORS
+
+    oj, os_ = mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step"))
+    bj, bs = mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step"))
+    first, later = mean(_vals(recs, "motion_first")), mean(_vals(recs, "motion_later"))
+    kept = later / first if first == first and first > 0 else float("nan")
+    return (f"{label:<20} {len(recs):>3} {oj:>8.2f} {os_:>5.2f} {ratio(oj, os_, FLOORS['object']):>5.1f} {bj:>7.2f} "
+            f"{bs:>5.2f} {ratio(bj, bs, FLOORS['background']):>5.1f} {later:>6.2f} {kept:>5.0%} "
+            f"{mean(_vals(recs, 'drift_found')):>6.3f} {mean(_vals(recs, 'bg_start_end')):>8.1f} "
+            f"{mean(r['colour_shape'] for r in recs):>7.0%} {mean(r['last_window_kept'] for r in recs):>7.0%} "
+            f"{mean(r['scene_cuts'] for r in recs):>5.2f} {mean(r['mawe'] for r in recs):>6.2f} "
+            f"{median(r['mawe'] for r in recs):>7.2f}")
 
 
-LEGEND = ("cuts: mean scene cuts per video; cut%: videos with any cut; MAWE / warp: mean and median (md); drift: "
-          "identity drift (fraction of frames an object is missing or not its majority shape);\n"
-          "present: all prompted objects present (whole video); col+shp: ... with their colour and shape; windows: mean "
-          "fraction of windows with every object present in colour and shape; last ok: the last window has them")
+LEGEND = ("obj jump / step: detected object's move (px) across chunk boundaries / per frame inside chunks, ratio "
+          "(lower is better, about 1 is seamless; floor 0.25 px); bg jump / step: the same for the background grey "
+          "(0-255, floor 0.5);\nmotion: object px/frame inside the later chunks, kept: that over the first chunk's "
+          "(higher is better); drift: fraction of frames a found object is missing or not its majority shape (lower "
+          "is better);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
+          "object present with its colour and shape over the whole video; last ok: ... in the last window (higher is "
+          "better);\ncuts: scene cuts per video (lower is better); MAWE mean / median (lower is better; native size, "
+          "OpenCV flow: not comparable with the paper's 720x720 RAFT numbers)")
 
 
 def print_tables(records: list[dict], modes: list[str], args) -> None:
@@ -144,7 +188,7 @@ def print_tables(records: list[dict], modes: list[str], args) -> None:
     p = ok[0]["scene_params"]
     lens = sorted({r["scene_params"]["min_scene_len"] for r in ok})
     print(f"\nmodel={args.model} prompts={args.prompts} frames={args.frames} steps={args.steps} guidance={args.guidance} "
-          f"seed={args.seed} window={args.window}")
+          f"eta={args.eta} seed={args.seed} window={args.window} dc_lock(training-free)={args.dc_lock}")
     print(f"scene cuts: PySceneDetect {p['scenedetect']} {p['detector']}, defaults (adaptive_threshold "
           f"{p['adaptive_threshold']}, window_width {p['window_width']}, min_content_val {p['min_content_val']}) "
           f"except min_scene_len {', '.join(map(str, lens))}; warp: {ok[0]['flow']} flow, MAWE c=9.5")
@@ -207,7 +251,7 @@ def run_row(args, cache, folder: Path, row: int, prompt: str, modes: list[str], 
             kept = sidecar["output"] if args.out else None  # a temporary folder is gone after the run
             rec = {**base, "path": kept, "generate_s": sidecar["timings"]["generate_s"],
                    "resumed": resumed, "mode_run": sidecar["method_info"].get("mode"),
-                   **measure(Path(sidecar["output"]), prompt, args.window, args.min_scene_len, args.flow)}
+                   **measure(Path(sidecar["output"]), prompt, args.window, args.min_scene_len, args.flow, sidecar)}
             metric_s[mode] = metric_s.get(mode, 0.0) + time.perf_counter() - t0
         except (VgenError, ValueError) as err:
             rec = {**base, "error": str(err).splitlines()[0]}
@@ -220,9 +264,36 @@ def progress_line(r: dict, first: bool) -> str:
     head = f"[{r['row'] + 1:>3} {r['mode']:<13}]"
     if "error" in r:
         return f"{head} FAILED: {r['error']}"
-    return (f"{head} {r['generate_s']:6.1f} s{'*' if r['resumed'] else ' '} cuts {r['scene_cuts']} MAWE {r['mawe']:6.2f} "
+    def f(key: str) -> str:
+        return "-" if r.get(key) is None else f"{r[key]:.1f}"
+
+    return (f"{head} {r['generate_s']:6.1f} s{'*' if r['resumed'] else ' '} obj {f('obj_jump')}/{f('obj_step')} bg "
+            f"{f('bg_jump')}/{f('bg_step')} cuts {r['scene_cuts']} MAWE {r['mawe']:6.2f} "
             f"drift {r['identity_drift']:.2f} present {'y' if r['all_present'] else 'n'} col+shp "
             f"{'y' if r['colour_shape'] else 'n'} windows {r['window_rate']:4.0%}" + (f"  {r['prompt']}" if first else ""))
+
+
+def record_seam_check(records: list[dict], args) -> None:
+    """The trained mode's object and background seam ratios (ratio of the means) into streaming/config.json."""
+    from vgen.eval.seams import FLOORS
+    from vgen.methods.streaming.runner import SEAM_FLOOR
+
+    recs = [r for r in records if r["mode"] == "trained" and "error" not in r]
+    if not recs:
+        print("--record: no trained-mode video was scored; nothing recorded")
+        return
+    folder = ROOT / "vgen" / "assets" / "toy" if args.model == "toy" else Path(args.model)
+    path = folder / "streaming" / "config.json"
+    obj = ratio(mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step")), FLOORS["object"])
+    bg = ratio(mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step")), FLOORS["background"])
+    check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR), "object_ratio": round(obj, 3),
+             "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
+             "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "
+                         f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} videos)"}
+    config = json.loads(path.read_text())
+    config["seam_check"] = check
+    path.write_text(json.dumps(config, indent=2))
+    print(f"recorded in {path}: {check}")
 
 
 def main() -> None:
@@ -233,7 +304,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0, help="prompt draw and row i's seed (seed + i)")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
+                    help="training-free-dc: training-free with streaming.dc_lock (anchor-aware re-noising)")
+    ap.add_argument("--eta", type=float, default=1.0, help="DDIM eta (StreamingT2V's: 1)")
+    ap.add_argument("--dc-lock", action="store_true", help="the training-free mode with streaming.dc_lock=true")
+    ap.add_argument("--record", action="store_true",
+                    help="write the trained mode's seam check (pass: object and background ratios <= the floor) into "
+                         "the model folder's streaming/config.json, which mode=auto reads")
     ap.add_argument("--window", type=int, default=16, help="frames per window of the per-window object score")
     ap.add_argument("--min-scene-len", type=int, default=None,
                     help="PySceneDetect min_scene_len (default: auto, 15 = PySceneDetect's default from 60 frames on)")
@@ -268,6 +345,8 @@ def main() -> None:
                 print(f"  (about {per_row * (len(prompts) - 1) / 60:.0f} more minutes at this pace)", flush=True)
         print_tables(records, modes, args)
         print_times(records, modes, metric_s)
+    if args.record:
+        record_seam_check(records, args)
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "modes": modes, "records": records}, indent=1))
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import VGEN
 from vgen.toyworld import parse_prompt, render_video, sample_scene
@@ -54,11 +55,56 @@ def test_eval_measures_any_prompt_and_counts_a_cut(tmp_path):
     r = subprocess.run([VGEN, "eval", "cut.mp4"], capture_output=True, text=True, cwd=tmp_path)  # short names: no folding
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if "cut.mp4" in line)
-    assert row.split("│")[3].strip() == "1" and row.split("│")[6].strip() == "-"  # cuts; all present
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[3] == "1 @ 16" and cells[6] == "-" and cells[7] == "-"  # cuts with positions; no seams; all present
     assert "min_scene_len 8 frames" in r.stdout and "opencv-dis-medium" in r.stdout
+    for measure in ("cuts (lower is better)", "MAWE (lower is better)", "warp err (lower is better)"):
+        assert measure in r.stdout
+    assert "at 64x64 (native)" in r.stdout and "not comparable with the paper's" in r.stdout
+    assert "clip: not computed, no local CLIP weights" in r.stdout  # the test machine has none
 
     r = subprocess.run([VGEN, "eval", tmp_path / "cut.mp4", "--flow", "raft"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: unknown flow method 'raft'")
+
+
+def test_eval_seams_from_flags_and_sidecar_and_dash_for_a_missing_object(tmp_path):
+    """A 3-px jump every 8th frame after 16 shows in the seam columns; a missing object's drift is '-', not 1.00."""
+    prompt = "a red circle moving right"
+    scene = sample_scene(np.random.default_rng(3), parse_prompt(prompt), 40)
+    frames = render_video(scene, 40)
+    shifts = np.array([0] * 16 + [3] * 8 + [6] * 8 + [9] * 8)  # each boundary shifts the picture 3 px further right
+    jumped = np.stack([np.roll(f, s, axis=1) for f, s in zip(frames, shifts)])
+    write_mp4(Video(jumped), tmp_path / "seamed.mp4")
+    write_json({"prompt": prompt, "method_info": {"mode": "trained", "chunks": 4, "chunk": 16, "cond_frames": 8}},
+               tmp_path / "seamed.json")
+    write_mp4(Video(frames), tmp_path / "clean.mp4")
+    write_json({"prompt": prompt}, tmp_path / "clean.json")
+    grey = np.full((20, 64, 64, 3), 128, np.uint8)
+    write_mp4(Video(grey), tmp_path / "grey.mp4")
+
+    r = subprocess.run([VGEN, "eval", "seamed.mp4", "clean.mp4", "--json"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    seamed, clean = json.loads(r.stdout)
+    s = seamed["seams"]
+    assert s["layout"]["source"] == "sidecar" and s["boundaries"] == [16, 24, 32]
+    step = float(np.hypot(*scene.objects[0].velocity()))
+    assert s["object"]["inside"] == pytest.approx(step, abs=0.3)
+    assert s["object"]["boundary"] == pytest.approx(step + 3, abs=0.6) and s["object"]["ratio"] > 2
+    assert clean["seams"] is None and "no chunk layout" in clean["seam_note"]
+
+    r = subprocess.run([VGEN, "eval", "clean.mp4", "--chunk", "16", "--stride", "8", "--json"], capture_output=True,
+                       text=True, cwd=tmp_path)
+    (flagged,) = json.loads(r.stdout)
+    assert flagged["seams"]["layout"]["source"] == "given" and 0.7 < flagged["seams"]["object"]["ratio"] < 1.4
+
+    r = subprocess.run([VGEN, "eval", "grey.mp4", "--prompt", prompt], capture_output=True, text=True, cwd=tmp_path)
+    row = next(line for line in r.stdout.splitlines() if "grey.mp4" in line)
+    cells = [c.strip() for c in row.split("│")]
+    assert cells[9].startswith("red circle: missing") and cells[10] == "-"  # drift of a missing object
+    assert "drift (lower is better)" in r.stdout
+
+    r = subprocess.run([VGEN, "eval", "clean.mp4", "--stride", "8"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --stride needs --chunk (the first boundary)"
 
 
 def test_explain_command_writes_a_grid_and_rejects_bad_steps(tmp_path):

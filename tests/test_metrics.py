@@ -135,3 +135,12 @@ def test_bad_inputs_and_missing_packages_are_one_line_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(VgenError, match=r"^optical flow needs OpenCV"):
         warp_metrics(np.zeros((2, 16, 16, 3), np.uint8))
+
+
+def test_mawe_size_resizes_first_so_the_flow_scales_with_it():
+    """--mawe-size (the paper's 720x720 protocol): a 2 px/frame pan at 64 px is a 4 px/frame pan at 128 px."""
+    clip = panned_clip((2, 0), frames=4)
+    native, big = warp_metrics(clip), warp_metrics(clip, size=128)
+    assert native.size is None and native.frame_size == (64, 64)
+    assert big.size == 128 and big.frame_size == (128, 128)
+    assert native.flow_mean == pytest.approx(2.0, abs=0.3) and big.flow_mean == pytest.approx(4.0, abs=0.6)

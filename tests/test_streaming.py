@@ -130,9 +130,11 @@ def test_zero_initialised_memories_start_as_the_base_model(zero_streaming_model,
     from vgen.core.schedulers import prepare_scheduler
 
     c = _load(zero_streaming_model)
-    job = make_job(PROMPT, **SMALL, **{"video.frames": 6})
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.mode": "trained"})
     video, two = run_streaming(c, job, tmp_path, monkeypatch)
     assert video.metadata["mode"] == "trained" and video.metadata["guidance"]["anchor"] == 7.5
+    assert video.metadata["unet_passes_per_step"] == {"first_chunk": 2, "later_chunks": 2, "cam_encoder": True}
+    assert video.metadata["anchor_encoder"]["kind"] == "vae" and "stand-in" in video.metadata["anchor_encoder"]["note"]
     # chunk 1 = vanilla sampling of `chunk` frames from the same seed
     g = torch.Generator().manual_seed(0)
     sched = prepare_scheduler("ddim", c.scheduler, 2, c.device)
@@ -140,9 +142,10 @@ def test_zero_initialised_memories_start_as_the_base_model(zero_streaming_model,
     ref = denoise(c, sched, x, encode_prompt(c, PROMPT, "", 7.5), 7.5, progress=False)
     torch.testing.assert_close(two[0][1], ref)
     monkeypatch.undo()
-    job3 = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.anchor_guidance": 3.0})
+    job3 = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.anchor_guidance": 3.0, "streaming.mode": "trained"})
     (tmp_path / "b").mkdir()
-    _, three = run_streaming(c, job3, tmp_path / "b", monkeypatch)
+    v3, three = run_streaming(c, job3, tmp_path / "b", monkeypatch)
+    assert v3.metadata["unet_passes_per_step"]["later_chunks"] == 3
     for (_, a), (_, b) in zip(two, three):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -154,14 +157,53 @@ def test_a_trained_anchor_weight_changes_the_three_pass_result(zero_streaming_mo
         for mixer in weights.apm.mixers.values():  # α off zero and strong anchor columns: the anchor reaches the UNet
             mixer.alpha.fill_(3.0)
             mixer.mix.weight[:, mixer.text_len :] = 1.0
-    job = make_job(PROMPT, **SMALL, **{"video.frames": 6})
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.mode": "trained"})
     _, two = run_streaming(c, job, tmp_path, monkeypatch)
     monkeypatch.undo()
     (tmp_path / "b").mkdir()
-    job3 = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.anchor_guidance": 3.0})
+    job3 = make_job(PROMPT, **SMALL, **{"video.frames": 6, "streaming.anchor_guidance": 3.0, "streaming.mode": "trained"})
     _, three = run_streaming(c, job3, tmp_path / "b", monkeypatch)
     torch.testing.assert_close(two[0][1], three[0][1])  # chunk 1 has no memories
     assert (two[1][1] - three[1][1]).abs().max() > 1e-3
+
+
+def test_auto_uses_memories_only_when_their_seam_check_passed(zero_streaming_model, tmp_path):
+    import json as _json
+    import shutil
+
+    from vgen.methods.streaming.cam import load_seam_check
+
+    c = _load(zero_streaming_model)
+    assert load_seam_check(zero_streaming_model) is None  # never measured
+    assert R.resolve_mode("auto", c) == "training-free" and R.resolve_mode("trained", c) == "trained"
+    for passed, mode in ((False, "training-free"), (True, "trained")):
+        folder = tmp_path / f"m{passed}"
+        shutil.copytree(zero_streaming_model, folder)
+        cfg = folder / "streaming" / "config.json"
+        data = _json.loads(cfg.read_text())
+        data["seam_check"] = {"passed": passed, "object_ratio": 1.5 if passed else 4.0, "background_ratio": 1.2}
+        cfg.write_text(_json.dumps(data))
+        assert R.resolve_mode("auto", _load(folder)) == mode
+
+
+def test_dc_lock_gives_new_frames_the_last_known_frames_mean(tiny):
+    """The anchor-aware re-noising hook: overlap exact, new frames shifted to the known frame's spatial mean only."""
+    from vgen.core.schedulers import prepare_scheduler
+
+    c = tiny("tiny-random-unet3d")
+    sched = prepare_scheduler("ddim", c.scheduler, 4, c.device)
+    g = torch.Generator().manual_seed(0)
+    known, noise = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 4, 2, 4, 4, generator=g)
+    mem = R.Memory(anchor=torch.zeros(1, 3, 32, 32), pixels=None, latents=known, noise=noise)
+    x = torch.randn(1, 4, 5, 4, 4, generator=g) + 3.0
+    ts = list(sched.timesteps)
+    plain = R.inpaint_overlap(sched, ts, mem, 2)(0, ts[0], x)
+    locked = R.inpaint_overlap(sched, ts, mem, 2, dc_lock=True)(0, ts[0], x)
+    torch.testing.assert_close(locked[:, :, :2], plain[:, :, :2])  # the overlap as before
+    target = plain[:, :, 1:2].mean(dim=(-2, -1), keepdim=True)  # last known frame, re-noised
+    torch.testing.assert_close(locked[:, :, 2:].mean(dim=(-2, -1), keepdim=True), target.expand(1, 4, 3, 1, 1))
+    resid = lambda y: y - y.mean(dim=(-2, -1), keepdim=True)  # noqa: E731
+    torch.testing.assert_close(resid(locked[:, :, 2:]), resid(x[:, :, 2:]))  # only the mean moved
 
 
 def test_trained_mode_without_weights_is_a_one_line_error(tmp_path):
@@ -228,3 +270,67 @@ def test_streaming_training_resumes_bit_identically(tmp_path):
     for name, module in straight.modules.items():
         for (k, a), b in zip(module.state_dict().items(), resumed.modules[name].state_dict().values()):
             assert torch.equal(a, b), k
+
+
+def recover_errors(components, prompt: str, seed: int, steps: int = 8):
+    """Mean squared pixel error (0-1 scale) of a chunk's first F_cond frames against F_cond rendered conditioning
+    frames, with the shipped memories (trained) and without them (an independent chunk), same noise."""
+    from vgen.core.prompts import encode_prompt
+    from vgen.core.sampler import decode_latents, denoise, latent_shape
+    from vgen.core.schedulers import prepare_scheduler
+    from vgen.toyworld import parse_prompt, render_video, sample_scene
+
+    weights = R.streaming_weights(components)
+    clip = render_video(sample_scene(np.random.default_rng(seed), parse_prompt(prompt), 16), 16)
+    cond = torch.from_numpy(clip[8:16]).float() / 255
+    memory = R.Memory(anchor=R.to_model_pixels(torch.from_numpy(clip[:1]).float() / 255)[0],
+                      pixels=R.to_model_pixels(cond), latents=None, noise=None)
+    enc = encode_prompt(components, prompt, "", 5.0)
+    errors = {}
+    for mode in ("trained", "independent"):
+        sched = prepare_scheduler("ddim", components.scheduler, steps, components.device)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(latent_shape(components, 16, 64, 64), generator=g) * sched.init_noise_sigma
+        guide = R.cam_apm_guide(components, sched, enc, 5.0, 5.0, weights, memory) if mode == "trained" else None
+        lat = denoise(components, sched, x, enc, 5.0, generator=g, eta=0.0, progress=False,
+                      **({"guide": guide} if guide else {}))
+        frames = decode_latents(components, lat[:, :, :8])[0]
+        errors[mode] = float(((frames - cond) ** 2).mean())
+    return errors
+
+
+@pytest.mark.slow
+def test_shipped_memories_re_cover_the_conditioning_frames_better_than_independent_chunks():
+    """The floor the shipped CAM must clear: its chunk's first 8 frames are closer to the conditioning frames
+    (rendered ground truth) than an independent chunk's, over three prompts. Measured for the shipped weights:
+    0.0418 vs 0.0440 (ratio 0.95), so they clear "not worse" (RECOVER_FLOOR) but not the 0.8 that working
+    memories should (RECOVER_TARGET, the strict xfail below)."""
+    trained, independent = _recover_means()
+    assert trained < RECOVER_FLOOR * independent, (trained, independent)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the shipped toy memories re-cover only 5% better than independent chunks")
+def test_working_memories_remove_a_fifth_of_the_re_cover_error():
+    trained, independent = _recover_means()
+    assert trained < RECOVER_TARGET * independent, (trained, independent)
+
+
+RECOVER_FLOOR = 1.0  # the shipped CAM must not re-cover worse than an independent chunk
+RECOVER_TARGET = 0.8  # what memories that work should reach
+
+
+_RECOVER: dict = {}
+
+
+def _recover_means() -> tuple[float, float]:
+    if not _RECOVER:
+        from vgen.config import ModelConfig
+        from vgen.models import load_components
+
+        c = load_components(ModelConfig(id="toy"), "cpu", "float32")
+        assert R.streaming_weights(c) is not None
+        errs = [recover_errors(c, p, seed=i) for i, p in
+                enumerate(["a blue circle moving right", "a red square moving up", "a green triangle"])]
+        _RECOVER["means"] = (float(np.mean([e["trained"] for e in errs])), float(np.mean([e["independent"] for e in errs])))
+    return _RECOVER["means"]

@@ -321,8 +321,20 @@ def eval_(
         None, "--min-scene-len", min=0, show_default=False,
         help="Scene-cut detector's minimum scene length in frames (default: a quarter of the clip, at most 15)."),
     flow: str = typer.Option("dis", "--flow", help="OpenCV optical flow for the warp error: dis or farneback."),
+    mawe_size: Optional[int] = typer.Option(
+        None, "--mawe-size", min=16, show_default=False,
+        help="Resize frames to SIZE x SIZE before the flow (720: StreamingT2V's MAWE protocol). Default: native size."),
+    chunk: Optional[int] = typer.Option(
+        None, "--chunk", min=1, show_default=False,
+        help="Seams: frames before the first chunk boundary (default: from the sidecar of a chunked video)."),
+    stride: Optional[int] = typer.Option(
+        None, "--stride", min=1, show_default=False,
+        help="Seams: frames between later boundaries (default --chunk; StreamingT2V: chunk - cond_frames)."),
+    clip: Optional[str] = typer.Option(
+        None, "--clip", show_default=False,
+        help="CLIPModel folder (or cached hub id) for the CLIP score; default: openai/clip-vit-large-patch14 if cached."),
 ) -> None:
-    """Scene cuts, warp error (MAWE) and, for toy-world prompts, detector scores of videos.
+    """Scene cuts, warp error (MAWE), seams at chunk boundaries, CLIP score and toy-world detector scores of videos.
 
     `vgen eval toy` runs the held-out toy benchmark instead.
     """
@@ -335,15 +347,27 @@ def eval_(
         typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else table.render())
         return
 
-    from vgen.eval.files import results_table, score_file
+    from vgen.eval.clipscore import load_clip_scorer
+    from vgen.eval.files import results_table, score_file, seams_table
+    from vgen.eval.seams import Layout
 
-    results = [score_file(f, prompt, min_scene_len, flow) for f in files]
+    if stride is not None and chunk is None:
+        raise VgenError("--stride needs --chunk (the first boundary)")
+    layout = Layout(chunk, stride or chunk) if chunk is not None else None
+    scorer, clip_note = load_clip_scorer(clip)
+    results = [score_file(f, prompt, min_scene_len, flow, mawe_size, layout, scorer) for f in files]
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         from rich.console import Console
 
-        Console(width=160).print(results_table(results))
+        from vgen.eval.files import legend
+
+        console = Console(width=160)
+        console.print(results_table(results))
+        if (table := seams_table(results)) is not None:
+            console.print(table)
+        typer.echo(legend(results, clip_note))
     if any(r.error for r in results):
         raise typer.Exit(EXIT_USER_ERROR)
 

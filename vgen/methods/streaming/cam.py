@@ -256,6 +256,17 @@ class Streaming(NamedTuple):
     apm: Optional[Any]  # apm.APM
 
 
+def load_seam_check(folder: str | Path) -> Optional[dict]:
+    """What ``folder/streaming/config.json`` records of the memories' seam test (scripts/compare_streaming.py
+    --record): {"passed": bool, "object_ratio", "background_ratio", "floor", "measured"}; None when never
+    measured (or no weights). mode=auto uses the memories only when it passed."""
+    path = Path(folder) / FOLDER / "config.json"
+    if not path.is_file():
+        return None
+    check = json.loads(path.read_text()).get("seam_check")
+    return check if isinstance(check, dict) else None
+
+
 def unet_signature(unet: nn.Module) -> dict:
     """The UNet shape the weights were trained for (checked on load)."""
     cfg = unet.config
@@ -264,15 +275,18 @@ def unet_signature(unet: nn.Module) -> dict:
                 down_block_types=list(cfg.down_block_types))
 
 
-def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None, dtype: Optional[torch.dtype] = None) -> Path:
+def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None, dtype: Optional[torch.dtype] = None,
+                   seam_check: Optional[dict] = None) -> Path:
     """Write CAM (and APM) into ``folder/streaming/``; `folder` is usually a diffusers model folder.
-    `dtype` casts floating tensors on the way out (float16 for a shipped model)."""
+    `dtype` casts floating tensors on the way out (float16 for a shipped model); `seam_check` is recorded."""
     from safetensors.torch import save_file
 
     out = Path(folder) / FOLDER
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "cam": cam.config, "apm": apm.config if apm is not None else None,
               "unet": cam.unet_signature}
+    if seam_check is not None:
+        config["seam_check"] = seam_check
     tensors = {"cam": cam, "apm": apm}
     for name, module in tensors.items():
         path = out / f"{name}.safetensors"

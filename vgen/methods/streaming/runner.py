@@ -35,6 +35,7 @@ from vgen.models import Components
 from vgen.video import Mp4Writer, WrittenVideo
 
 MODES = ("trained", "training-free", "independent")
+SEAM_FLOOR = 2.0  # mode=auto trusts trained memories whose object and background seam ratios are both at most this
 
 
 def chunk_count(frames: int, chunk: int, cond: int) -> int:
@@ -59,10 +60,21 @@ def streaming_weights(components: Components):
     return components.extras["streaming"]
 
 
+def seam_check(components: Components) -> Optional[dict]:
+    """The seam check recorded beside the model's streaming weights, or None."""
+    if components.folder is None or streaming_weights(components) is None:
+        return None
+    from vgen.methods.streaming.cam import load_seam_check
+
+    return load_seam_check(components.folder)
+
+
 def resolve_mode(asked: str, components: Components) -> str:
+    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR), else training-free."""
     has_weights = streaming_weights(components) is not None
     if asked == "auto":
-        return "trained" if has_weights else "training-free"
+        check = seam_check(components)
+        return "trained" if has_weights and check is not None and check.get("passed") is True else "training-free"
     if asked == "trained" and not has_weights:
         raise ConfigError(
             f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
@@ -121,9 +133,13 @@ def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, 
     return guide
 
 
-def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int):
+def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int, dc_lock: bool = False):
     """post_step hook of the training-free mode: after step i the first `cond` frames become the previous
-    chunk's clean latents noised to the next timestep (its own noise), and exactly them after the last."""
+    chunk's clean latents noised to the next timestep (its own noise), and exactly them after the last.
+
+    dc_lock (anchor-aware re-noising): the new frames' per-channel spatial mean (the latent's DC, which carries
+    the background level and global colour) is then set to that of the last re-noised known frame, so the
+    background cannot drift away from the overlap (the flicker at chunk boundaries); the rest is untouched."""
 
     def post_step(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         known = memory.latents.to(latents.dtype)
@@ -131,6 +147,10 @@ def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int):
             known = scheduler.add_noise(known, memory.noise.to(latents.dtype), timesteps[i + 1].reshape(1))
         latents = latents.clone()
         latents[:, :, :cond] = known
+        if dc_lock:
+            target = known[:, :, -1:].mean(dim=(-2, -1), keepdim=True)
+            new = latents[:, :, cond:]
+            latents[:, :, cond:] = new - new.mean(dim=(-2, -1), keepdim=True) + target
         return latents
 
     return post_step
@@ -139,6 +159,25 @@ def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int):
 def to_model_pixels(frames: torch.Tensor) -> torch.Tensor:
     """Decoded frames [F, H, W, 3] in [0, 1] -> [1, F, 3, H, W] in [-1, 1] (what E_cond and APM read)."""
     return (frames * 2 - 1).permute(0, 3, 1, 2).unsqueeze(0)
+
+
+def anchor_encoder_info(weights: Any) -> Optional[dict]:
+    """What APM embeds the anchor with: the toy's 'vae' encoder is a stand-in for the paper's CLIP vision."""
+    if weights is None or weights.apm is None:
+        return None
+    spec = dict(weights.apm.config["encoder"])
+    if spec.get("kind") == "vae":
+        spec["note"] = "the model's own VAE latent, pooled (a stand-in for the paper's OpenCLIP ViT-H/14 vision)"
+    return spec
+
+
+def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, weights: Any) -> dict:
+    """UNet evaluations per denoising step (entries of the CFG batch), first chunk and later chunks."""
+    first = 2 if guided else 1
+    later = first
+    if mode == "trained" and guided and weights is not None and weights.apm is not None and w_text != w_anchor:
+        later = 3
+    return {"first_chunk": first, "later_chunks": later, "cam_encoder": mode == "trained"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +192,9 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     n = chunk_count(job.video.frames, F, Fc)
     w_text = s.guidance
     w_anchor = s.guidance if cfg.anchor_guidance is None else cfg.anchor_guidance
+    if cfg.mode == "auto" and mode != "trained" and streaming_weights(components) is not None:
+        ctx.log("streaming: the model's trained memories have not passed the seam check; auto uses training-free "
+                "(streaming.mode=trained forces them)")
     ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
     prompt = encode_prompt(components, job.prompt, job.negative, max(w_text, w_anchor))
 
@@ -183,7 +225,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
                 kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
             elif k > 0 and mode == "training-free":
                 noise[:, :, :Fc] = memory.noise  # shared noise: the re-covered frames start where they started
-                kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc)
+                kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc, cfg.dc_lock)
             latents = denoise(components, scheduler, noise * scheduler.init_noise_sigma, prompt, w_text,
                               generator=ctx.generator, eta=s.eta, progress=ctx.progress,
                               description=f"chunk {k + 1}/{n}", **kwargs)
@@ -208,6 +250,12 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
         "cond_frames": Fc,
         "frames_generated": frames_made(n, F, Fc),
         "guidance": {"text": w_text, "anchor": w_anchor if mode == "trained" else None},
+        "mode_asked": cfg.mode,
+        "eta": s.eta,
+        "anchor_encoder": anchor_encoder_info(weights) if mode == "trained" else None,
+        "unet_passes_per_step": passes_per_step(mode, prompt.guided, w_text, w_anchor, weights),
+        "dc_lock": cfg.dc_lock if mode == "training-free" else None,
+        "seam_check": seam_check(components),
     }
     if cfg.refine:
         metadata["refine"] = refine_and_write(job, components, ctx, torch.cat(kept, dim=2).to(components.device))

@@ -5,6 +5,13 @@ conditioning frames are F..F+F_cond-1, and the chunk to denoise is F..2F-1, whos
 re-cover the conditioning frames (as at inference). Text, anchor, or both are dropped with 5% each so the
 multi-conditional guidance has its unconditional terms. Checkpoints are resumable; `export` writes the
 weights into the model folder's `streaming/` where the runner finds them.
+
+Why the first toy weights stayed inert, and the levers against it (all options, paper values reachable):
+- Every output starts at zero (P_out, E_cond's last conv, α_l) and Adam moves a parameter by about lr per
+  step: 300 steps at 3e-4 left SiLU(α) <= 0.03. The new parts (`lr_new`) and α (`lr_alpha`) get their own
+  learning rates; the encoder copy, initialised from the UNet, keeps `lr`.
+- At inference the conditioning frames are the model's own decodes, not clean renders: `cond_roundtrip`
+  feeds E_cond VAE-decoded latents, and `cond_noise` adds Gaussian pixel noise (std drawn in [0, cond_noise]).
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ class StreamingTrainConfig:
     batch: int = 4
     chunk: int = 16  # F
     cond_frames: int = 8  # F_cond
-    lr: float = 5e-5  # the paper's; short CPU runs want more
+    lr: float = 5e-5  # the paper's, for the encoder copy (initialised from the UNet); short CPU runs want more
+    lr_new: Optional[float] = None  # mergers, E_cond, APM's MLP and mixers (zero-initialised outputs); None = lr
+    lr_alpha: Optional[float] = None  # APM's α_l (SiLU(0) = 0: they must travel far); None = lr_new
+    cond_roundtrip: bool = False  # E_cond reads decode(encode(frames)), as at inference, not clean renders
+    cond_noise: float = 0.0  # pixel noise on the conditioning frames, std ~ U(0, cond_noise) per clip
     p_drop: float = 0.05  # drop text / anchor / both, each with this probability
     anchor_tokens: int = 16
     head_dim: int = 16
@@ -69,14 +80,42 @@ class StreamingTrainer:
             encoder = anchor_encoder("vae", vae=self.base.vae)
             self.apm = APM.from_unet(unet, self.base.tokenizer.model_max_length, encoder, tokens=cfg.anchor_tokens)
         if cfg.init:
-            state = torch.load(cfg.init, map_location="cpu", weights_only=False)
-            self.cam.load_state_dict(state["cam"])
+            self.init_from(Path(cfg.init))
         self.modules = {"cam": self.cam} | ({"apm": self.apm} if self.apm is not None else {})
-        params = [p for m in self.modules.values() for p in m.parameters()]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.param_groups(), weight_decay=0.0)
         from vgen.core.schedulers import make_scheduler
 
         self.noise_sched = make_scheduler("ddpm", self.base.scheduler)
+
+    def init_from(self, src: Path) -> None:
+        """Start from a checkpoint (its CAM, and its APM when both have one) or a model folder's shipped
+        streaming/ weights."""
+        if src.is_dir():
+            from vgen.methods.streaming.cam import load_streaming
+
+            shipped = load_streaming(src, self.base.unet, vae=self.base.vae, dtype=torch.float32)
+            if shipped is None:
+                raise ValueError(f"{src} has no streaming/ weights to start from")
+            state = {"cam": shipped.cam.state_dict(), "apm": shipped.apm.state_dict() if shipped.apm else None}
+        else:
+            state = torch.load(src, map_location="cpu", weights_only=False)
+        self.cam.load_state_dict(state["cam"])
+        if self.apm is not None and state.get("apm") is not None:
+            self.apm.load_state_dict(state["apm"])
+
+    def lrs(self) -> dict[str, float]:
+        lr_new = self.cfg.lr if self.cfg.lr_new is None else self.cfg.lr_new
+        return {"copy": self.cfg.lr, "new": lr_new, "alpha": lr_new if self.cfg.lr_alpha is None else self.cfg.lr_alpha}
+
+    def param_groups(self) -> list[dict]:
+        """Three groups: CAM's encoder copy (lr), the zero-initialised new parts (lr_new), APM's α (lr_alpha)."""
+        groups: dict[str, list] = {"copy": [], "new": [], "alpha": []}
+        for name, module in self.modules.items():
+            for key, p in module.named_parameters():
+                part = "copy" if key.startswith("encoder.") else "alpha" if key.endswith(".alpha") else "new"
+                groups[part].append(p)
+        lrs = self.lrs()
+        return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
     # -- data -------------------------------------------------------------------------------------
     def batch(self) -> dict:
@@ -115,11 +154,25 @@ class StreamingTrainer:
 
         return encode_text(self.base, captions)
 
+    @torch.no_grad()
+    def condition_frames(self, pixels: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """What E_cond reads: the clean frames, or (cond_roundtrip) their latents decoded as at inference,
+        plus pixel noise of a per-clip std in [0, cond_noise]; [B, F_cond, 3, H, W] in [-1, 1]."""
+        if self.cfg.cond_roundtrip:
+            from vgen.core.sampler import decode_latents
+
+            pixels = to_model_pixels_batch(decode_latents(self.base, latents))
+        if self.cfg.cond_noise > 0:
+            std = torch.from_numpy(self.rng.uniform(0, self.cfg.cond_noise, pixels.shape[0])).float()
+            pixels = pixels + std[:, None, None, None, None] * torch.randn_like(pixels)
+        return pixels
+
     # -- one step ---------------------------------------------------------------------------------
     def loss(self, batch: dict) -> torch.Tensor:
         from vgen.methods.streaming.unet_forward import streaming_unet_forward
 
         latents = self.encode(batch["chunk"])
+        cond = self.condition_frames(batch["cond"], latents[:, :, : batch["cond"].shape[1]])
         noise = torch.randn_like(latents)
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (latents.shape[0],))
         noisy = self.noise_sched.add_noise(latents, noise, t)
@@ -130,7 +183,7 @@ class StreamingTrainer:
             real = self.apm.anchor_tokens(batch["anchor"])
             null = self.apm.null_tokens(real.shape[0], h, w)
             tokens = torch.where(batch["drop_anchor"][:, None, None], null, real)
-        pred = streaming_unet_forward(self.base.unet, noisy, t, text, cam=self.cam, cond_pixels=batch["cond"],
+        pred = streaming_unet_forward(self.base.unet, noisy, t, text, cam=self.cam, cond_pixels=cond,
                                       apm=self.apm, anchor_tokens=tokens)
         return torch.nn.functional.mse_loss(pred, noise)
 
@@ -168,6 +221,9 @@ class StreamingTrainer:
         for k, m in self.modules.items():
             m.load_state_dict(state[k])
         self.step_count = resume_training(state, self.opt, self.rng, self.cfg.lr)
+        lrs = self.lrs()  # the lrs given now win, per group
+        for group in self.opt.param_groups:
+            group["lr"] = lrs[group.get("name", "copy")]
 
     def export(self, folder: str | Path) -> Path:
         """Write the weights (float16 when the model folder is float16) into <folder>/streaming/."""
@@ -175,6 +231,11 @@ class StreamingTrainer:
 
         dtype = torch.float16 if _folder_is_half(Path(folder)) else None
         return save_streaming(folder, self.cam, self.apm, dtype=dtype)
+
+
+def to_model_pixels_batch(frames: torch.Tensor) -> torch.Tensor:
+    """decode_latents' [B, F, H, W, 3] in [0, 1] -> [B, F, 3, H, W] in [-1, 1]."""
+    return (frames * 2 - 1).permute(0, 1, 4, 2, 3)
 
 
 def _folder_is_half(folder: Path) -> bool:

@@ -1,0 +1,107 @@
+"""The seam measure (vgen.eval.seams) on hand-made clips whose every move is known."""
+
+import numpy as np
+import pytest
+
+from vgen.eval.seams import FLOORS, Layout, layout_from_sidecar, seam_measure, seams
+from vgen.toyworld import detect_video
+
+
+def test_seam_measure_hand_computed():
+    # pairs 0..5; boundaries at frames 3 and 6 -> pairs 2 and 5
+    m = seam_measure(np.array([1.0, 1.0, 5.0, 1.0, 1.0, 7.0]), [3, 6], floor=0.5)
+    assert (m.boundary, m.inside, m.ratio) == (6.0, 1.0, 6.0)
+    still = seam_measure(np.array([0.0, 0.0, 0.2, 0.0]), [3], floor=0.5)  # no change inside: the floor divides
+    assert still.ratio == pytest.approx(0.4)
+    none = seam_measure(np.array([1.0, np.nan, 2.0]), [2], floor=0.5)  # the boundary pair undefined
+    assert none.boundary is None and none.ratio is None and none.inside == 1.5
+
+
+def test_layout_boundaries_and_sidecar():
+    assert Layout(16, 8).boundaries(40) == [16, 24, 32]
+    assert Layout(16, 8).boundaries(16) == []
+    lay = layout_from_sidecar({"method_info": {"mode": "trained", "chunks": 4, "chunk": 16, "cond_frames": 8}})
+    assert (lay.chunk, lay.stride, lay.source) == (16, 8, "sidecar")
+    assert layout_from_sidecar({"method_info": {"chunks": 1, "chunk": 16, "cond_frames": 8}}) is None
+    assert layout_from_sidecar({"method_info": {"steps": 3}}) is None
+    with pytest.raises(ValueError):
+        Layout(0, 8)
+
+
+def _texture(size: int, seed: int) -> np.ndarray:
+    """A smooth grey texture wider than the frame (values 60..196), so a crop can pan across it."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(60, 196, (size // 8 + 2, 4 * size // 8 + 2))
+    fine = np.kron(coarse, np.ones((8, 8)))
+    k = np.ones(5) / 5
+    fine = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 1, fine)
+    fine = np.apply_along_axis(lambda c: np.convolve(c, k, "same"), 0, fine)
+    return fine[:size]
+
+
+def _clip(offsets: list[float], square_x: list[float], grey_shift: list[float], size: int = 64) -> np.ndarray:
+    """Frame t: the texture panned by offsets[t] px, plus grey_shift[t], with a red square centred at square_x[t]."""
+    tex = _texture(size, 0)
+    frames = []
+    for off, sx, g in zip(offsets, square_x, grey_shift):
+        f = np.repeat(np.clip(tex[:, int(off) : int(off) + size] + g, 0, 255)[..., None], 3, axis=2)
+        x0 = int(round(sx)) - 5
+        f[27:37, x0 : x0 + 10] = (230, 20, 20)
+        frames.append(f)
+    return np.stack(frames).astype(np.uint8)
+
+
+def test_a_clean_pan_scores_about_one():
+    n = 40
+    frames = _clip([t for t in range(n)], [10 + t for t in range(n)], [0.0] * n)
+    det = detect_video(frames)
+    s = seams(frames, Layout(16, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    assert s.boundaries == (16, 24, 32)
+    assert 0.8 < s.pixels.ratio < 1.25
+    assert s.object.inside == pytest.approx(1.0, abs=0.05) and 0.8 < s.object.ratio < 1.25
+    assert s.background.ratio < 1.5  # the texture pans, its low-chroma mean hardly moves
+    assert s.motion_first == pytest.approx(1.0, abs=0.05) and s.motion_kept == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_jump_every_eight_frames_scores_high():
+    n = 36
+    bounds = [16, 24, 32]
+    pan, x, grey = [], [], []
+    shift = jump = g = 0.0
+    for t in range(n):
+        if t in bounds:  # the pan skips 10 px, the square 5 px, the background flips by 20 grey levels
+            shift, jump, g = shift + 10, jump + 5, g + (20 if len(grey) and grey[-1] == 0 else -20)
+        pan.append(t + shift)
+        x.append(6 + t + jump)
+        grey.append(g)
+    frames = _clip(pan, x, grey)
+    det = detect_video(frames)
+    s = seams(frames, Layout(16, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    assert s.pixels.ratio > 3
+    assert s.object.boundary == pytest.approx(6.0, abs=0.1) and s.object.inside == pytest.approx(1.0, abs=0.05)
+    assert s.object.ratio > 5
+    assert s.background.boundary == pytest.approx(20, abs=2) and s.background.ratio > 20
+    # the same clip read with a layout that misses its seams sees the jumps inside chunks instead
+    off = seams(frames, Layout(12, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    assert off.object.ratio < 1 and off.pixels.ratio < 1
+
+
+def test_a_video_that_stops_after_the_first_chunk_keeps_no_motion():
+    n = 40
+    x = [10 + 2 * min(t, 15) for t in range(n)]  # 2 px/frame in chunk 1, then still
+    frames = _clip([0] * n, x, [0.0] * n)
+    det = detect_video(frames)
+    s = seams(frames, Layout(16, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    assert s.motion_first == pytest.approx(2.0, abs=0.1) and s.motion_later == pytest.approx(0.0, abs=0.05)
+    assert s.motion_kept < 0.05
+    assert s.object.ratio == pytest.approx(0.0, abs=0.2)  # nothing jumps either: ratio alone is not the story
+
+
+def test_no_detector_means_no_object_measure_and_warp_series_split():
+    frames = np.zeros((20, 32, 32, 3), np.uint8)
+    w = np.ones(19)
+    w[15] = 9.0  # pair (15, 16)
+    s = seams(frames, Layout(16, 8), warp_errors=w)
+    assert s.object is None and s.background is None and s.motion_kept is None
+    assert s.warp.boundary == 9.0 and s.warp.inside == 1.0 and s.warp.ratio == 9.0 / max(1.0, FLOORS["warp"])
+    assert s.pixels.ratio == 0.0

@@ -1,0 +1,175 @@
+"""Seams: is the change across chunk boundaries like the change inside chunks? For any long video.
+
+A video made in chunks (StreamingT2V, or any sliding-window sampler) has boundaries: the frames where a
+new chunk's output begins. For a per-pair change d_i (between frames i and i+1) the boundary pairs are
+(b - 1, b) for every boundary b, every other pair is inside a chunk. Per measure:
+
+    boundary = mean d_i over boundary pairs       inside = mean d_i over the other pairs
+    ratio    = boundary / max(inside, floor)      (about 1 for a seamless video, higher when it jumps)
+
+The floor is the measure's noise level (a video that does not change inside chunks and does not jump
+either scores boundary/floor, near 0-1, not 0/0). Measures:
+    pixels      mean |frame_{i+1} - frame_i| (0-255), floor 0.5
+    warp        W_i, MSE of frame i+1 vs frame i warped by optical flow (vgen.eval.warp), floor 1.0
+  toy-world videos (the detector's reading; undefined where it finds nothing):
+    object      distance the detected object's centroid moves (px, mean over the colours seen in both
+                frames), floor 0.25 px: "object jump" at boundaries vs "in-chunk step" (the motion)
+    background  change of the background level: mean grey of the low-chroma pixels (0-255), floor 0.5
+Also the in-chunk motion of the first chunk and of the later ones (px/frame): a memory that keeps objects
+in place by stopping them shows as a later/first ratio well below 1.
+
+The layout: first boundary `chunk` frames in, then one every `stride` frames (StreamingT2V: chunk F,
+stride F - F_cond), read from a vgen sidecar's method_info or given.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+FLOORS = {"pixels": 0.5, "warp": 1.0, "object": 0.25, "background": 0.5}
+BACKGROUND_CHROMA = 24  # max - min of RGB at or below this is background grey (the detector's CHROMA_FLOOR)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunk layout of a video: first boundary after `chunk` frames, then every `stride` frames."""
+
+    chunk: int
+    stride: int
+    source: str = "given"  # "sidecar" | "given"
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1 or self.stride < 1:
+            raise ValueError(f"chunk layout needs chunk >= 1 and stride >= 1, got chunk {self.chunk}, stride {self.stride}")
+
+    def boundaries(self, n_frames: int) -> list[int]:
+        """First frame of every chunk after the first, below n_frames."""
+        return list(range(self.chunk, n_frames, self.stride))
+
+
+def layout_from_sidecar(sidecar: dict) -> Optional[Layout]:
+    """The chunk layout a StreamingT2V sidecar records (method_info chunk/cond_frames/chunks), or None."""
+    info = sidecar.get("method_info") or {}
+    if not isinstance(info, dict) or "chunk" not in info or "cond_frames" not in info:
+        return None
+    if int(info.get("chunks", 2)) < 2:
+        return None
+    chunk, cond = int(info["chunk"]), int(info["cond_frames"])
+    return Layout(chunk, chunk - cond, "sidecar")
+
+
+@dataclass(frozen=True)
+class SeamMeasure:
+    """One measure across boundaries vs inside chunks; None where undefined (no pair of that kind)."""
+
+    boundary: Optional[float]
+    inside: Optional[float]
+    ratio: Optional[float]
+    floor: float
+
+
+@dataclass(frozen=True)
+class Seams:
+    layout: Layout
+    boundaries: tuple[int, ...]
+    pixels: SeamMeasure
+    warp: Optional[SeamMeasure]  # None when warp errors were not given
+    object: Optional[SeamMeasure]  # None for a video the detector finds nothing in
+    background: Optional[SeamMeasure]
+    motion_first: Optional[float]  # object px/frame inside the first chunk
+    motion_later: Optional[float]  # ... inside the later chunks
+
+    @property
+    def motion_kept(self) -> Optional[float]:
+        """Later chunks' motion over the first chunk's (None when either is undefined or the first is still)."""
+        if self.motion_first is None or self.motion_later is None or self.motion_first < FLOORS["object"]:
+            return None
+        return self.motion_later / self.motion_first
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["boundaries"] = list(self.boundaries)
+        d["motion_kept"] = self.motion_kept
+        return d
+
+
+def _mean(values: np.ndarray) -> Optional[float]:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def seam_measure(changes: np.ndarray, boundaries: list[int], floor: float) -> SeamMeasure:
+    """changes [F-1] (pair i = frames i, i+1; NaN = undefined) split at the boundary pairs (b-1, b)."""
+    changes = np.asarray(changes, dtype=np.float64)
+    at = np.zeros(changes.shape[0], dtype=bool)
+    idx = [b - 1 for b in boundaries if 1 <= b <= changes.shape[0]]
+    at[idx] = True
+    boundary, inside = _mean(changes[at]), _mean(changes[~at])
+    ratio = None if boundary is None or inside is None else boundary / max(inside, floor)
+    return SeamMeasure(boundary, inside, ratio, floor)
+
+
+def pixel_changes(frames: np.ndarray) -> np.ndarray:
+    """Mean |frame_{i+1} - frame_i| per pair, 0-255."""
+    f = frames.astype(np.int16)
+    return np.abs(f[1:] - f[:-1]).reshape(len(f) - 1, -1).mean(axis=1)
+
+
+def background_levels(frames: np.ndarray) -> np.ndarray:
+    """Per frame: mean grey of the pixels whose chroma (max - min of RGB) is at most BACKGROUND_CHROMA; NaN if none."""
+    f = frames.astype(np.int16)
+    chroma = f.max(axis=-1) - f.min(axis=-1)
+    mask = chroma <= BACKGROUND_CHROMA
+    grey = f.mean(axis=-1)
+    counts = mask.reshape(len(f), -1).sum(axis=1)
+    sums = np.where(mask, grey, 0).reshape(len(f), -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def object_steps(centroids: dict[str, np.ndarray]) -> Optional[np.ndarray]:
+    """Per pair: mean over colours of the centroid's move (px) where the colour is seen in both frames; None if no colour."""
+    if not centroids:
+        return None
+    steps = np.stack([np.hypot(*np.diff(c, axis=0).T) for c in centroids.values()])  # [colours, F-1], NaN if missing
+    with warnings.catch_warnings():  # a pair where no colour is seen twice stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(steps, axis=0)
+
+
+def _inside_chunk(steps: np.ndarray, start: int, stop: int, boundaries: list[int]) -> Optional[float]:
+    """Mean of per-pair values of pairs (i, i+1) with start <= i, i+1 < stop, none a boundary pair."""
+    idx = [i for i in range(start, min(stop, steps.shape[0] + 1) - 1) if (i + 1) not in boundaries]
+    return _mean(steps[idx]) if idx else None
+
+
+def seams(frames: np.ndarray, layout: Layout, warp_errors: Optional[np.ndarray] = None,
+          centroids: Optional[dict[str, np.ndarray]] = None) -> Seams:
+    """Seam measures of uint8 frames [F, H, W, 3] under a chunk layout.
+
+    warp_errors [F-1]: per-pair W_i (vgen.eval.warp.warp_pairs), optional; centroids: colour -> [F, 2]
+    (NaN where missing) from the toy detector (Track.centroids()), optional: with them, the object and
+    background measures and the in-chunk motion.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.dtype != np.uint8 or len(frames) < 2:
+        raise ValueError(f"seams need uint8 frames [F >= 2, H, W, 3], got {frames.dtype} {frames.shape}")
+    bounds = layout.boundaries(len(frames))
+    pixels = seam_measure(pixel_changes(frames), bounds, FLOORS["pixels"])
+    warp = None if warp_errors is None else seam_measure(np.asarray(warp_errors), bounds, FLOORS["warp"])
+    obj = background = None
+    first = later = None
+    if centroids is not None:
+        bg = background_levels(frames)
+        background = seam_measure(np.abs(np.diff(bg)), bounds, FLOORS["background"])
+        steps = object_steps(centroids)
+        if steps is not None:
+            obj = seam_measure(steps, bounds, FLOORS["object"])
+            first = _inside_chunk(steps, 0, layout.chunk, bounds)
+            later_vals = [i for i in range(layout.chunk, len(frames) - 1) if (i + 1) not in bounds]
+            later = _mean(steps[later_vals]) if later_vals else None
+    return Seams(layout, tuple(bounds), pixels, warp, obj, background, first, later)
