@@ -88,3 +88,20 @@ def test_outputs_get_the_umask_mode_not_private(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(mp4.stat().st_mode) == 0o644
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
+def test_json_is_strict_non_finite_numbers_become_null(tmp_path):
+    """Python's json writes NaN/Infinity, which RFC 8259 parsers reject; sidecars carry null there."""
+    import json
+
+    from vgen.video import write_json
+
+    data = {"a": float("nan"), "b": [1.5, float("inf"), np.float32("-inf")], "c": {"d": np.array([0.25, np.nan])},
+            "e": np.float64(2.0), "f": "NaN"}
+    path = write_json(data, tmp_path / "s.json")
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    loaded = json.loads(path.read_text(), parse_constant=refuse)
+    assert loaded == {"a": None, "b": [1.5, None, None], "c": {"d": [0.25, None]}, "e": 2.0, "f": "NaN"}

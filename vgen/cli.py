@@ -338,13 +338,13 @@ def eval_(
 
     `vgen eval toy` runs the held-out toy benchmark instead.
     """
-    import json
+    from vgen.video import dumps_json
 
     if [str(f) for f in files] == ["toy"]:
         from vgen.toyworld.evaluate import evaluate
 
         table = evaluate(progress=True)  # vanilla sampling on toy / toy-t2i, held-out prompts, seed 0
-        typer.echo(json.dumps(table.as_dict(), indent=2) if as_json else table.render())
+        typer.echo(dumps_json(table.as_dict()) if as_json else table.render())
         return
 
     from vgen.eval.clipscore import load_clip_scorer
@@ -357,7 +357,7 @@ def eval_(
     scorer, clip_note = load_clip_scorer(clip)
     results = [score_file(f, prompt, min_scene_len, flow, mawe_size, layout, scorer) for f in files]
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        typer.echo(dumps_json([r.to_dict() for r in results]))
     else:
         from rich.console import Console
 

@@ -195,10 +195,15 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def dumps_json(data: Any, indent: int = 2) -> str:
+    """Strict JSON text (RFC 8259: no NaN or Infinity, which strict parsers reject): non-finite numbers
+    become null. Every JSON vgen prints or writes goes through here."""
+    return json.dumps(strict_json(data), indent=indent, default=_jsonable, allow_nan=False)
+
+
 def write_json(data: dict, path: str | Path) -> Path:
-    """Strict JSON (RFC 8259: no NaN or Infinity, which strict parsers reject): non-finite numbers become
-    null. Written atomically."""
-    text = json.dumps(strict_json(data), indent=2, default=_jsonable, allow_nan=False)
+    """`dumps_json` of `data`, written atomically."""
+    text = dumps_json(data)
     with atomic_path(path) as tmp:
         tmp.write_text(text + "\n")
     return Path(path)
