@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/compare_i4vgen.py [--model toy] [--prompts 102] [--objects 1 2 3] [--steps 20]
         [--frames 8] [--guidance 5] [--variant "i4vgen.vsds_guidance=1" --variant "i4vgen.t_regen=0.78 ..."]
-        [--out runs/compare_i4vgen] [--threads 1] [--json out.json] [key=value ...]
+        [--out runs/compare_i4vgen] [--threads 1] [--report] [--json out.json] [key=value ...]
 
 Resumable: every finished (prompt, method) is appended to <out>/records.jsonl; a re-run with the same settings
 skips those and only runs the rest (other settings: a clear error, pick another --out). Prompts run interleaved
@@ -283,6 +283,7 @@ def parse_args():
                     help="one more I4VGen method with these overrides (quoted, space-separated); repeat for more")
     ap.add_argument("--out", default=str(ROOT / "runs" / "compare_i4vgen"),
                     help="folder for settings.json and records.jsonl (resumed when it holds the same settings)")
+    ap.add_argument("--report", action="store_true", help="only print the tables from what <out> holds; run nothing")
     ap.add_argument("--json", default=None, help="also write settings, the summary and per-video records here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every job, e.g. i4vgen.warm_step_size=1")
     args = ap.parse_args()
@@ -341,6 +342,9 @@ def main() -> None:
     records = [r for r in records if (r["method"], r["index"]) in done]
     print_legend(args)
     print(f"{len(done)} of {len(prompts) * len(labels)} videos already in {out}", flush=True)
+    if args.report:
+        report(args, records, labels)
+        return
     cache = ModelCache()
     try:
         preload(jobs, cache)
