@@ -1,13 +1,17 @@
 """Does I4VGen make prompts come true, and what motion does it cost? Vanilla vs I4VGen on the toy world.
 
     .venv/bin/python scripts/compare_i4vgen.py [--model toy] [--prompts 102] [--objects 1 2 3] [--steps 20]
-        [--frames 8] [--guidance 5] [--variant "i4vgen.warm_step_size=1" --variant "i4vgen.t_regen=0.78 ..."]
-        [--json out.json] [key=value ...]
+        [--frames 8] [--guidance 5] [--variant "i4vgen.vsds_guidance=1" --variant "i4vgen.t_regen=0.78 ..."]
+        [--out runs/compare_i4vgen] [--threads 1] [--report] [--json out.json] [key=value ...]
+
+Resumable: every finished (prompt, method) is appended to <out>/records.jsonl; a re-run with the same settings
+skips those and only runs the rest (other settings: a clear error, pick another --out). Prompts run interleaved
+over the object counts, so a partial run is still balanced; the table is printed from whatever is done.
 
 --prompts prompts in all, split evenly over --objects: held-out compositions and single objects from
 vgen.toyworld.eval_prompts (deterministic for --seed); prompt i gets seed --seed + i under every method. Each
-prompt is sampled by the vanilla runner and the i4vgen runner (anchor candidates from the model's image
-companion, toy-t2i for toy, picked by the reward; NI-VSDS; regeneration), in turn, in this process, models
+prompt is sampled by the vanilla runner and the i4vgen runner (anchor candidates drawn by the video model on single
+frames by default, picked by the reward; NI-VSDS; regeneration), in turn, in this process, models
 loaded once. key=value overrides go to every job (i4vgen.* keys only matter to I4VGen, e.g.
 i4vgen.candidates=8); each --variant "k=v k=v" is one more I4VGen method (i4vgen+1, +2, ...) on top of them.
 
@@ -18,7 +22,9 @@ Columns, from the exact toy detector (score_video) per video, pooled per method 
   disp px      mean net displacement |last - first centroid| of the detected prompted objects over the clip, in
                px of the generated frame (the paper trades motion for fidelity); moving px: only objects the
                prompt says move (the toy world moves them 2-3.5 px/frame at 64 px)
-  anchor       mean reward of the chosen anchor image (toy reward: 1 = every object right, no extras)
+  anchor       mean reward of the chosen anchor image (graded toy reward: ~1 = every object right, no extras)
+  ties         mean number of other candidates tying with the chosen one (0: the reward chose)
+  vs vanilla   per method, motion ok and disp px as a ratio to vanilla's (the target: within 15%, >= 0.85)
 Times are the runners' wall time (scoring excluded), summed per method, and their ratio to vanilla.
 """
 
@@ -48,10 +54,14 @@ def split_counts(total: int, objects: list[int]) -> dict[int, int]:
 
 
 def choose_prompts(total: int, objects: list[int], seed: int) -> list[tuple[int, str]]:
-    """(object count, prompt) pairs, deterministic for the seed."""
+    """(object count, prompt) pairs, deterministic for the seed, interleaved over the object counts."""
     from vgen.toyworld import eval_prompts
 
-    return [(k, p) for k, n in split_counts(total, objects).items() if n for p in eval_prompts(k, n, seed=seed)]
+    groups = [[(k, p) for p in eval_prompts(k, n, seed=seed)] for k, n in split_counts(total, objects).items() if n]
+    out = []
+    for i in range(max(len(g) for g in groups)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
 
 
 def method_overrides(variants: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -107,11 +117,11 @@ def run_one(job, cache, stem: Path):
 
 def preload(jobs: dict[str, list], cache) -> None:
     """Load every model (the image companion too) before timing, so no method's time includes a load."""
-    from vgen.methods.i4vgen import image_model_config
+    from vgen.methods.i4vgen import candidate_source, image_model_config
 
     for runs in jobs.values():
         cache.get(runs[0])
-        if runs[0].method == "i4vgen":
+        if runs[0].method == "i4vgen" and candidate_source(runs[0]) == "image":
             cache.get(runs[0], image_model_config(runs[0]))
 
 
@@ -148,7 +158,8 @@ def anchor_info(video) -> dict | None:
     anchor = video.metadata.get("anchor")
     if not anchor:
         return None
-    return {"chosen": anchor["chosen"], "reward": anchor["scores"][anchor["chosen"]], "scores": anchor["scores"]}
+    return {"chosen": anchor["chosen"], "reward": anchor["scores"][anchor["chosen"]], "scores": anchor["scores"],
+            "ties": anchor.get("ties"), "spread": anchor.get("spread")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,6 +174,7 @@ def mean(values) -> float:
 def summarize(records: list[dict]) -> dict:
     objs = [o for r in records for o in r["objects"]]
     anchors = [r["anchor"]["reward"] for r in records if r.get("anchor")]
+    ties = [r["anchor"].get("ties") for r in records if r.get("anchor")]
     return {
         "videos": len(records),
         "obj_colour_shape": mean(o["colour_shape_ok"] for o in objs),
@@ -172,6 +184,7 @@ def summarize(records: list[dict]) -> dict:
         "disp_px": mean(o["displacement_px"] for o in objs),
         "disp_moving_px": mean(o["displacement_px"] for o in objs if o["prompted_moving"]),
         "anchor_reward": mean(anchors) if anchors else None,
+        "anchor_ties": mean(ties) if ties else None,
         "seconds": sum(r["seconds"] for r in records),
     }
 
@@ -198,11 +211,12 @@ def num(x, digits=1) -> str:
 def print_rates(rows: list[dict]) -> None:
     w = max(len(r["method"]) for r in rows) + 2
     print(f"{'method':<{w}}{'objs':>4}{'n':>5}{'obj c+s':>9}{'all present':>12}{'all correct':>12}"
-          f"{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'anchor':>8}")
+          f"{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'anchor':>8}{'ties':>6}")
     for r in rows:
         print(f"{r['method']:<{w}}{r['objects']!s:>4}{r['videos']:>5}{pct(r['obj_colour_shape']):>9}"
               f"{pct(r['all_present']):>12}{pct(r['all_correct']):>12}{pct(r['motion_ok']):>10}"
-              f"{num(r['disp_px']):>9}{num(r['disp_moving_px']):>10}{num(r['anchor_reward'], 3):>8}")
+              f"{num(r['disp_px']):>9}{num(r['disp_moving_px']):>10}{num(r['anchor_reward'], 3):>8}"
+              f"{num(r['anchor_ties'], 2):>6}")
 
 
 def print_times(rows: list[dict]) -> None:
@@ -213,6 +227,21 @@ def print_times(rows: list[dict]) -> None:
     for r in totals:
         print(f"{r['method']:<{w}}{r['videos']:>7}{r['seconds']:>10.1f}{r['seconds'] / r['videos']:>11.2f}"
               f"{r['seconds'] / base:>10.2f}x")
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """Motion against vanilla's, per object count: the target is within 15% (ratio >= 0.85)."""
+    base = {r["objects"]: r for r in rows if r["method"] == "vanilla"}
+    w = max(len(r["method"]) for r in rows) + 2
+    print(f"{'vs vanilla':<{w}}{'objs':>4}{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'all corr':>9}{'all pres':>9}")
+    for r in rows:
+        b = base.get(r["objects"])
+        if r["method"] == "vanilla" or b is None:
+            continue
+        ratio = lambda key: "-" if not b[key] or b[key] != b[key] or r[key] != r[key] else f"{r[key] / b[key]:.2f}"
+        diff = lambda key: f"{100 * (r[key] - b[key]):+.1f}"
+        print(f"{r['method']:<{w}}{r['objects']!s:>4}{ratio('motion_ok'):>10}{ratio('disp_px'):>9}"
+              f"{ratio('disp_moving_px'):>10}{diff('all_correct'):>9}{diff('all_present'):>9}")
 
 
 def print_legend(args) -> None:
@@ -239,7 +268,7 @@ def print_paired(records: list[dict], labels: list[str]) -> None:
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="toy", help="video model (its image companion is picked by the runner)")
+    ap.add_argument("--model", default="toy", help="video model")
     ap.add_argument("--prompts", type=int, default=102, help="prompts in all, split evenly over --objects")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     ap.add_argument("--steps", type=int, default=20)
@@ -249,9 +278,13 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0, help="prompt choice, and the first video seed")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
     ap.add_argument("--variant", "--variants", dest="variants", action="append", default=[], metavar='"K=V [K=V ...]"',
                     help="one more I4VGen method with these overrides (quoted, space-separated); repeat for more")
-    ap.add_argument("--json", default=None, help="write settings, the summary and per-video records here")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "compare_i4vgen"),
+                    help="folder for settings.json and records.jsonl (resumed when it holds the same settings)")
+    ap.add_argument("--report", action="store_true", help="only print the tables from what <out> holds; run nothing")
+    ap.add_argument("--json", default=None, help="also write settings, the summary and per-video records here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every job, e.g. i4vgen.warm_step_size=1")
     args = ap.parse_args()
     if args.prompts < 1:
@@ -259,11 +292,40 @@ def parse_args():
     return args
 
 
+SETTING_KEYS = ("model", "prompts", "objects", "steps", "frames", "guidance", "scheduler", "seed", "device", "dtype",
+                "variants", "overrides")
+
+
+def load_done(out: Path, settings: dict) -> list[dict]:
+    """Records already in <out>/records.jsonl for these settings; writes settings.json on a fresh start."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "settings.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        if old != settings:
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            sys.exit(f"compare_i4vgen: {out} holds a run with other settings ({', '.join(changed)}); use another --out")
+    else:
+        saved.write_text(json.dumps(settings, indent=1))
+    path = out / "records.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut off by a kill: that run is redone
+            pass
+    return records
+
+
 def main() -> None:
     args = parse_args()
     if args.model == "toy" and not (ROOT / "vgen" / "assets" / "toy").is_dir():
         sys.exit("compare_i4vgen: the toy model is missing (vgen/assets/toy); train it first (scripts/train_toy.py)")
+    import torch
 
+    torch.set_num_threads(args.threads)
     from vgen.errors import VgenError
     from vgen.jobs import ModelCache
 
@@ -273,34 +335,61 @@ def main() -> None:
     except VgenError as err:
         sys.exit(f"compare_i4vgen: {err}")
     labels = list(jobs)
+    out = Path(args.out)
+    settings = {k: getattr(args, k) for k in SETTING_KEYS}
+    records = load_done(out, settings)
+    done = {(r["method"], r["index"]) for r in records}
+    records = [r for r in records if (r["method"], r["index"]) in done]
     print_legend(args)
+    print(f"{len(done)} of {len(prompts) * len(labels)} videos already in {out}", flush=True)
+    if args.report:
+        report(args, records, labels)
+        return
     cache = ModelCache()
     try:
         preload(jobs, cache)
     except VgenError as err:
         sys.exit(f"compare_i4vgen: {err}")
-    records = []
-    with tempfile.TemporaryDirectory(prefix="compare_i4vgen-") as tmp:
+    frame_px = None
+    with tempfile.TemporaryDirectory(prefix="compare_i4vgen-") as tmp, open(out / "records.jsonl", "a") as sink:
         for i, (n_obj, prompt) in enumerate(prompts):
             line = []
             for label in labels:  # interleaved, so machine load hits every method alike
+                if (label, i) in done:
+                    continue
                 try:
                     video, seconds = run_one(jobs[label][i], cache, Path(tmp) / f"{i}-{len(line)}")
                 except VgenError as err:
                     sys.exit(f"compare_i4vgen: {label}: {err}")
+                frame_px = video.frames.shape[2]
                 record = {"method": label, "index": i, "prompt": prompt, "objects_n": n_obj,
                           "seed": args.seed + i, "seconds": round(seconds, 4), **measure(video.frames, prompt),
-                          "anchor": anchor_info(video)}
+                          "anchor": anchor_info(video), "frame_px": int(frame_px)}
                 records.append(record)
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
                 ok = sum(o["colour_shape_ok"] for o in record["objects"])
                 line.append(f"{label} {ok}/{n_obj}{' P'[record['all_present']]}{' C'[record['all_correct']]}")
-            print(f"[{i + 1:>3}/{len(prompts)}] " + "  ".join(line) + f"  {prompt}", flush=True)
+            if line:
+                print(f"[{i + 1:>3}/{len(prompts)}] " + "  ".join(line) + f"  {prompt}", flush=True)
+    report(args, records, labels)
 
-    frame_px = video.frames.shape[2]
+
+def report(args, records: list[dict], labels: list[str]) -> None:
+    """The tables, over the prompts every method has finished."""
+    complete = {i for i in {r["index"] for r in records} if all(any(r["index"] == i and r["method"] == m for r in records)
+                                                               for m in labels)}
+    records = [r for r in records if r["index"] in complete]
+    if not records:
+        print("no prompt finished by every method yet")
+        return
+    frame_px = records[0].get("frame_px", "?")
     rows = summary_rows(records, labels, args.objects)
     print(f"\nmodel={args.model} frames={args.frames} ({frame_px} px wide) steps={args.steps} {args.scheduler} "
-          f"guidance={args.guidance} seed={args.seed} overrides={args.overrides}")
+          f"guidance={args.guidance} seed={args.seed} overrides={args.overrides} prompts done={len(complete)}")
     print_rates(rows)
+    print()
+    print_ratios(rows)
     print()
     print_times(rows)
     print_paired(records, labels)

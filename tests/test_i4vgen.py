@@ -12,7 +12,7 @@ import torch
 
 from conftest import VGEN
 from vgen.methods import i4vgen as I
-from vgen.methods.rewards import load_reward, toy_score
+from vgen.methods.rewards import load_reward
 
 PROMPT = "a red circle moving left"
 
@@ -88,10 +88,40 @@ def test_a_biased_unet_moves_the_video_by_the_closed_form(tiny, guidance):
 
 
 def test_schedule_of_timesteps_and_step_sizes():
+    """vsds_schedule=linspace: vgen's earlier rule, kept as an option."""
     ts = I.vsds_timesteps(1000, 0.96, 0.4, 16)
     assert len(ts) == 16 and ts[0] == 960 and ts[-1] == 400 and all(a > b for a, b in zip(ts, ts[1:]))
     assert I.vsds_timesteps(1000, 1.0, 1.0, 2) == [999, 999]  # clamped to the table
     assert I.vsds_step_sizes(5, 3, 10.0, 1.0) == [10.0, 10.0, 10.0, 1.0, 1.0]
+
+
+def _ddim(steps):
+    """A DDIM schedule like AnimateDiff's and the toy's: 1000 train steps, leading spacing, steps_offset 1."""
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                      steps_offset=1, timestep_spacing="leading", clip_sample=False, set_alpha_to_one=False)
+    s.set_timesteps(steps)
+    return s
+
+
+@pytest.mark.parametrize("steps", [25, 50])
+def test_ni_vsds_and_regeneration_timesteps_follow_the_official_rule(steps):
+    """The public code: NI-VSDS on timesteps[:int(0.6*steps) + 1] of the sampler; regeneration with p_re = 1 from
+    the schedule's first timestep. Leading spacing by hand: t_i = (steps - 1 - i) * (1000 // steps) + 1."""
+    by_hand = [(steps - 1 - i) * (1000 // steps) + 1 for i in range(steps)]
+    sched = _ddim(steps)
+    vsds = I.official_vsds_timesteps(sched, 0.6)
+    assert vsds == by_hand[: int(0.6 * steps) + 1]
+    if steps == 25:
+        assert len(vsds) == 16 and vsds[0] == 961 and vsds[-1] == 361  # SPEC §3
+    else:
+        assert len(vsds) == 31 and vsds[0] == 981 and vsds[-1] == 381
+    assert [int(t) for t in I.regen_timesteps(_ddim(steps), 1.0)] == by_hand  # p_re = 1: the whole schedule
+    # t_regen is a fraction of T: 0.96 -> the first timestep <= 960
+    assert int(I.regen_timesteps(_ddim(steps), 0.96)[0]) == max(t for t in by_hand if t <= 960)
+    # the old reading (a fraction of the steps) stays reachable
+    assert len(I.regen_timesteps(_ddim(steps), 0.5, "steps")) == round(steps * 0.5)
 
 
 @pytest.mark.parametrize("kind", ["v_prediction", "sample", "epsilon"])
@@ -107,40 +137,72 @@ def test_to_epsilon_recovers_the_noise(kind):
 # ---------------------------------------------------------------------------------------------- anchor
 
 
-def test_toy_reward_picks_the_image_the_detector_rates_best():
-    from vgen.toyworld import BackgroundSpec, ObjectLayout, ObjectSpec, Scene, render_image, score_image
-
-    bg = BackgroundSpec(grey=128)
-
-    def image(*objects):
-        layouts = tuple(ObjectLayout(ObjectSpec(c, s, "still"), x, 32.0, 16.0, 0.0) for c, s, x in objects)
-        return render_image(Scene(layouts, bg, 64))
-
-    prompt = "a red circle and a blue square"
-    candidates = np.stack([
-        image(),  # nothing
-        image(("red", "circle", 20.0)),  # one of two
-        image(("red", "circle", 16.0), ("blue", "triangle", 46.0)),  # wrong shape
-        image(("red", "circle", 16.0), ("blue", "square", 46.0)),  # right
-        image(("green", "circle", 16.0), ("blue", "square", 46.0)),  # wrong colour
-    ])
-    scores = load_reward("toy")(candidates, prompt)
-    assert I.best_candidate(scores) == 3 and scores[3] == pytest.approx(1.0)
-    # independent reading: the detector's own per-object verdicts
-    correct = [all(o.correct for o in score_image(c[None], prompt).objects) for c in candidates]
-    assert correct == [False, False, False, True, False]
-    assert scores[0] < scores[1] < scores[3]
-
-
-def test_toy_reward_penalises_extra_objects():
+def _render(*objects, grey=128):
+    """A hand-rendered toy image: objects as (colour, shape, x) at y = 32, size 16."""
     from vgen.toyworld import BackgroundSpec, ObjectLayout, ObjectSpec, Scene, render_image
 
-    bg = BackgroundSpec(grey=100)
-    one = render_image(Scene((ObjectLayout(ObjectSpec("red", "circle", "still"), 20.0, 32.0, 16.0, 0.0),), bg, 64))
-    two = render_image(Scene((ObjectLayout(ObjectSpec("red", "circle", "still"), 20.0, 32.0, 16.0, 0.0),
-                              ObjectLayout(ObjectSpec("yellow", "square", "still"), 46.0, 32.0, 16.0, 0.0)), bg, 64))
-    assert toy_score(one, "a red circle") == pytest.approx(1.0)
-    assert toy_score(two, "a red circle") == pytest.approx(0.75)
+    layouts = tuple(ObjectLayout(ObjectSpec(c, sh, "still"), x, 32.0, 16.0, 0.0) for c, sh, x in objects)
+    return render_image(Scene(layouts, BackgroundSpec(grey=grey), 64))
+
+
+@pytest.mark.parametrize("colour, shape, wrong_colour, wrong_shape", [
+    ("red", "circle", "green", "square"),
+    ("blue", "triangle", "yellow", "circle"),
+    ("orange", "diamond", "purple", "triangle"),
+])
+def test_the_graded_toy_reward_orders_images_as_a_person_would(colour, shape, wrong_colour, wrong_shape):
+    """right > wrong colour > wrong shape > missing, and an extra object or a second copy lowers a right image."""
+    prompt = f"a {colour} {shape}"
+    right = _render((colour, shape, 30.0))
+    candidates = np.stack([
+        _render(),  # missing
+        _render((colour, wrong_shape, 30.0)),  # wrong shape
+        _render((wrong_colour, shape, 30.0)),  # wrong colour
+        right,
+        _render((colour, shape, 16.0), (wrong_colour, wrong_shape, 48.0)),  # right plus an unprompted object
+        _render((colour, shape, 16.0), (colour, shape, 48.0)),  # two copies
+    ])
+    scores = load_reward("toy")(candidates, prompt)
+    missing, bad_shape, bad_colour, good, extra, twice = scores
+    assert missing < bad_shape < bad_colour < good
+    assert extra < good and twice < good
+    assert good == pytest.approx(1.0, abs=0.02)  # a clean right image is (nearly) the top of the scale
+    assert I.best_candidate(scores) == 3
+    assert len(set(np.round(scores, 9))) == len(scores)  # graded: no two of these tie
+
+
+def test_the_toy_reward_breaks_ties_that_the_detector_verdicts_leave():
+    """Two images the detector calls equally right (and a plain verdict-count reward scored 1.0 both) still differ:
+    the purer colour wins."""
+    from vgen.toyworld import score_image
+
+    prompt = "a red circle"
+    sharp = _render(("red", "circle", 30.0))
+    soft = np.clip(sharp.astype(np.int16) // 2 + 64, 0, 255).astype(np.uint8)  # faded colour, same shape
+    for image in (sharp, soft):
+        assert all(o.present and o.colour_ok and o.shape_ok for o in score_image(image[None], prompt).objects)
+    scores = load_reward("toy")(np.stack([soft, sharp]), prompt)
+    assert scores[1] > scores[0]
+    assert I.reward_summary(scores, I.best_candidate(scores))["ties"] == 0
+
+
+def test_shape_fit_is_above_a_half_exactly_where_the_detector_calls_the_shape():
+    from vgen.methods.rewards import shape_fit
+    from vgen.toyworld.segment import SHAPE_PROTOTYPES, classify_shape
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        f = tuple(np.asarray(SHAPE_PROTOTYPES["circle"]) + rng.normal(0, 0.3, 3))
+        called = classify_shape(f)
+        for shape in SHAPE_PROTOTYPES:
+            assert (shape_fit(f, shape) > 0.5) == (shape == called)
+
+
+def test_reward_summary_counts_rank_spread_and_ties():
+    s = np.array([0.2, 0.9, 0.5, 0.9, 0.9])
+    assert I.reward_summary(s, 1) == {"chosen_reward": 0.9, "chosen_rank": 1, "spread": 0.7, "ties": 2}
+    assert I.reward_summary(s, 2)["chosen_rank"] == 4  # three candidates score higher
+    assert I.reward_summary(np.array([1.0]), 0) == {"chosen_reward": 1.0, "chosen_rank": 1, "spread": 0.0, "ties": 0}
 
 
 def test_toy_reward_rejects_a_prompt_outside_the_world():
@@ -212,10 +274,17 @@ def vgen(*args, timeout=300):
     return subprocess.run([VGEN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def _scheduler_of(model):
+    from vgen.config import ModelConfig
+    from vgen.models import load_components
+
+    return load_components(ModelConfig(id=model), "cpu", "float32").scheduler
+
+
 @pytest.mark.parametrize("model", ["tiny-random-unet3d", "tiny-random-motion"])
 def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", model, "--steps", "3", "--frames", "3",
-             "--out", tmp_path, "i4vgen.candidates=3", "i4vgen.iterations=2")
+             "--out", tmp_path, "i4vgen.candidates=3")
     assert r.returncode == 0, r.stderr
     mp4 = tmp_path / "a-red-circle-moving-left-i4vgen-0.mp4"
     from vgen.video import read_video
@@ -223,9 +292,18 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     assert read_video(mp4).frames.shape == (3, 32, 32, 3)
     side = json.loads(mp4.with_suffix(".json").read_text())
     info = side["method_info"]
-    assert len(info["anchor"]["scores"]) == 3 and info["anchor"]["image_model"] == "tiny-random-unet2d"
-    assert info["anchor"]["chosen"] == int(np.argmax(info["anchor"]["scores"]))
-    assert info["ni_vsds"]["step_sizes"] == [10.0, 10.0]
+    anchor_info = info["anchor"]
+    assert len(anchor_info["scores"]) == 3 and anchor_info["image_model"] == model and anchor_info["source"] == "video"
+    assert anchor_info["chosen"] == int(np.argmax(anchor_info["scores"]))
+    scores = np.array(anchor_info["scores"])
+    assert anchor_info["chosen_reward"] == pytest.approx(scores.max()) and anchor_info["chosen_rank"] == 1
+    assert anchor_info["spread"] == pytest.approx(scores.max() - scores.min(), abs=1e-5)
+    assert anchor_info["ties"] == int(np.sum(scores == scores.max())) - 1
+    # 3 DDIM steps on the tiny models' schedule: the official rule keeps int(0.6 * 3) + 1 = 2 sampler timesteps
+    sched = I.prepare_scheduler("ddim", I.make_scheduler("ddim", _scheduler_of(model)), 3, "cpu")
+    expected = [int(t) for t in sched.timesteps]
+    assert info["ni_vsds"]["timesteps"] == expected[:2] and info["ni_vsds"]["step_sizes"] == [10.0, 10.0]
+    assert info["regeneration"]["timesteps"] == expected and info["regeneration"]["from_timestep"] == expected[0]
     anchor, grid = tmp_path / "a-red-circle-moving-left-i4vgen-0_anchor.png", tmp_path / "a-red-circle-moving-left-i4vgen-0_candidates.png"
     assert sorted(side["files"]) == sorted([str(anchor), str(grid)])
     import imageio.v3 as iio
@@ -238,6 +316,8 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     (["--model", "tiny-random-unet2d"], "runs on unet3d/motion models"),
     (["--model", "tiny-random-unet3d", "i4vgen.reward=imagereward"], "image-reward"),
     (["--model", "tiny-random-unet3d", "i4vgen.t_start=0.2"], "t_end <= t_start"),
+    (["--model", "tiny-random-unet3d", "i4vgen.candidate_model=frames"], "choose one of: auto, video, image"),
+    (["--model", "tiny-random-unet3d", "i4vgen.regen_rule=x"], "choose one of: T, steps"),
 ])
 def test_i4vgen_user_errors_are_one_line(tmp_path, args, message):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--steps", "2", "--frames", "2", "--out", tmp_path, *args)
@@ -248,8 +328,62 @@ def test_i4vgen_user_errors_are_one_line(tmp_path, args, message):
 
 
 def test_a_video_model_without_a_known_image_model_says_what_to_set(tmp_path, tiny):
+    """Only when the candidates are asked of a separate image model: by default the video model draws them."""
     from vgen.models import save_components
 
     folder = save_components(tiny("tiny-random-unet3d"), tmp_path / "my-video-model")
-    r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", folder, "--steps", "2", "--frames", "2", "--out", tmp_path)
+    r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", folder, "--steps", "2", "--frames", "2", "--out", tmp_path,
+             "i4vgen.candidate_model=image")
     assert r.returncode != 0 and "set i4vgen.image_model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_candidates_from_the_image_model_stay_an_option(tmp_path):
+    r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", "tiny-random-unet3d", "--steps", "2", "--frames", "2",
+             "--out", tmp_path, "i4vgen.candidate_model=image", "i4vgen.candidates=2")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "a-red-circle-moving-left-i4vgen-0.json").read_text())["method_info"]["anchor"]
+    assert info["source"] == "image" and info["image_model"] == "tiny-random-unet2d" and len(info["scores"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- motion on the toy
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from vgen.config import ModelConfig
+    from vgen.models import load_components
+
+    return load_components(ModelConfig(id="toy"), "cpu", "float32")
+
+
+def _regenerate_static(toy, prompt, x, y, t_regen, steps=10, seed=0):
+    """A static video of one hand-rendered anchor (encoded by the toy's VAE), regenerated from t_regen·T."""
+    from vgen.core.prompts import encode_prompt
+    from vgen.core.sampler import decode_latents, encode_frames, to_uint8
+    from vgen.core.schedulers import prepare_scheduler
+    from vgen.toyworld import BackgroundSpec, ObjectLayout, ObjectSpec, Scene, render_image, score_video
+
+    colour, shape = prompt.split()[1:3]
+    image = render_image(Scene((ObjectLayout(ObjectSpec(colour, shape, "still"), x, y, 14.0, 0.0),),
+                               BackgroundSpec(grey=128), 64))
+    video = encode_frames(toy, image[None]).repeat(1, 1, 8, 1, 1)
+    sched = prepare_scheduler("ddim", toy.scheduler, steps, "cpu")
+    timesteps = I.regen_timesteps(sched, t_regen)
+    out = I.regenerate(toy, sched, timesteps, video, encode_prompt(toy, prompt, "", 5.0), 5.0,
+                       torch.Generator().manual_seed(seed), progress=False)
+    return score_video(to_uint8(decode_latents(toy, out)[0]), prompt).objects[0]
+
+
+@pytest.mark.parametrize("prompt, x, y", [("a red circle moving right", 20.0, 32.0), ("a blue square moving down", 32.0, 20.0)])
+def test_a_regeneration_from_the_top_of_the_schedule_moves_the_anchor_as_prompted(toy, prompt, x, y):
+    """The static anchor video, re-noised to the schedule's first timestep (p_re = 1), comes out moving the
+    prompted way and keeps the anchor's object; the detector reads it."""
+    o = _regenerate_static(toy, prompt, x, y, 1.0)
+    assert o.present and o.colour_ok and o.shape_ok
+    assert o.motion == prompt.split()[-1]
+
+
+def test_a_shallow_regeneration_freezes_the_anchor(toy):
+    """Why the earlier toy videos froze: re-noised only to 0.7·T, the static anchor stays static."""
+    o = _regenerate_static(toy, "a red circle moving right", 20.0, 32.0, 0.7)
+    assert o.present and o.motion == "still"

@@ -169,32 +169,47 @@ class VicoConfig:
 
 @dataclass
 class I4VGenConfig:
-    """I4VGen (method i4vgen): best-of-N anchor image -> NI-VSDS animation -> regeneration."""
+    """I4VGen (method i4vgen): best-of-N anchor image -> NI-VSDS animation -> regeneration.
 
+    Defaults follow the public code (xiefan-guo/i4vgen, AnimateDiff); our variants are named options.
+    """
+
+    candidate_model: str = "auto"  # video: the video model on 1-frame videos (official) | image: image_model | auto
     image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
-    candidates: int = 16  # N anchor images sampled
+    candidates: int = 0  # N anchor images sampled; 0 = the video length (official)
     candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
-    reward: str = "toy"  # toy (toy-world detector) | clip (CLIPModel) | imagereward
+    reward: str = "toy"  # toy (graded toy-world detector) | clip (CLIPModel) | imagereward
     reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
     image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
     image_guidance: Optional[float] = None  # anchor guidance (None = sampler.guidance)
-    t_start: float = 0.96  # NI-VSDS runs from t_start*T ...
+    vsds_schedule: str = "sampler"  # sampler: the first int(vsds_fraction*steps)+1 sampler timesteps (official) | linspace
+    vsds_fraction: float = 0.6  # p_ni_vsds of the public code (sampler schedule)
+    t_start: float = 0.96  # linspace schedule: NI-VSDS runs from t_start*T ...
     t_end: float = 0.4  # ... down to t_end*T (τ)
-    iterations: int = 16  # NI-VSDS updates, at timesteps evenly spaced from t_start*T to t_end*T
+    iterations: int = 16  # linspace schedule: NI-VSDS updates, evenly spaced from t_start*T to t_end*T
+    vsds_guidance: Optional[float] = None  # CFG scale inside NI-VSDS (None = sampler.guidance, official)
     step_size: float = 1.0  # α after the warm-up
     warm_step_size: float = 10.0  # α of the first warm_iterations updates (public AnimateDiff code)
     warm_iterations: int = 3
-    t_regen: float = 0.96  # regeneration re-noises to t_regen*T (AnimateDiff 0.96, LaVie 0.78)
+    t_regen: float = 1.0  # regeneration re-noises to t_regen*T, mapped onto the sampler's schedule (p_re = 1.0)
+    regen_rule: str = "T"  # T: sampler timesteps <= t_regen*T | steps: the last round(t_regen*steps) steps (old vgen)
     save_candidates: bool = True  # write <stem>_anchor.png and <stem>_candidates.png (scores in the grid)
 
     def check(self) -> None:
-        _at_least("i4vgen.candidates", self.candidates, 1)
+        _choice("i4vgen.candidate_model", self.candidate_model, ("auto", "video", "image"))
+        _at_least("i4vgen.candidates", self.candidates, 0)
         _at_least("i4vgen.candidate_batch", self.candidate_batch, 0)
         _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
+        _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
+        _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
         if self.image_steps is not None:
             _at_least("i4vgen.image_steps", self.image_steps, 1)
         if self.image_guidance is not None:
             _at_least("i4vgen.image_guidance", self.image_guidance, 0)
+        if self.vsds_guidance is not None:
+            _at_least("i4vgen.vsds_guidance", self.vsds_guidance, 0)
+        if not 0.0 <= self.vsds_fraction <= 1.0:
+            raise ConfigError(f"config key 'i4vgen.vsds_fraction' must be in [0, 1], got {self.vsds_fraction}")
         if not 0.0 <= self.t_end <= self.t_start <= 1.0:
             raise ConfigError(
                 f"config keys i4vgen.t_end/t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"

@@ -1,11 +1,13 @@
 """I4VGen (SPEC §3): text -> anchor image -> a video animated from it -> the video regenerated.
 
-    1. anchor      N candidate images from an image model in the video model's latent space,
-                   scored by a reward; keep the best one, a
-    2. NI-VSDS     v = a repeated over frames; draw ε once and keep it. For t from t_start·T to t_end·T:
+    1. anchor      N candidate images, drawn by the video model itself as 1-frame videos (the public code; or by
+                   an image model in its latent space), scored by a reward; keep the best one, a
+    2. NI-VSDS     v = a repeated over frames; draw ε once and keep it. For t in the sampler's first
+                   int(0.6·steps) + 1 timesteps (961 ... 361 with 25 DDIM steps):
                    v_t = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·ε
                    v  <- v - α_i·w(t)·(ε̂_CFG(v_t, c, t) - ε),   w(t) = 1 - ᾱ_t   (no backprop)
-    3. regenerate  add fresh noise to v up to t_regen·T, then denoise it with the video model
+    3. regenerate  add fresh noise to v up to the first sampler timestep <= t_regen·T (p_re = 1: the schedule's
+                   first), then denoise it with the video model
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ COMPANIONS = {
 
 # ----------------------------------------------------------------------------------------------
 # 1. anchor image
+
+
+def candidate_source(job: JobConfig) -> str:
+    """'video' (the video model draws 1-frame videos, as the public code does) or 'image' (a separate image model).
+
+    auto: the image model when i4vgen.image_model is set, else the video model.
+    """
+    cfg = job.i4vgen
+    if cfg.candidate_model == "auto":
+        return "image" if cfg.image_model else "video"
+    return cfg.candidate_model
+
+
+def candidate_count(job: JobConfig) -> int:
+    """i4vgen.candidates, or the video length when 0 (the public code draws one candidate per frame)."""
+    return job.i4vgen.candidates or job.video.frames
 
 
 def image_model_config(job: JobConfig) -> ModelConfig:
@@ -100,16 +118,40 @@ def sample_candidates(
 
 
 def best_candidate(scores: np.ndarray) -> int:
-    """The highest reward; the first of equals (so a tie keeps the lowest seed offset)."""
+    """The highest reward; the first of exact equals (a reward should break ties itself: the toy one does)."""
     return int(np.argmax(scores))
+
+
+TIE_TOLERANCE = 1e-9
+
+
+def reward_summary(scores: np.ndarray, chosen: int) -> dict:
+    """The chosen candidate's reward and rank (1 = best), the spread (max - min) and how many other candidates
+    tie with the chosen one (within TIE_TOLERANCE): 0 means the reward really chose."""
+    scores = np.asarray(scores, dtype=np.float64)
+    mine = scores[chosen]
+    return {
+        "chosen_reward": round(float(mine), 6),
+        "chosen_rank": int(np.sum(scores > mine + TIE_TOLERANCE)) + 1,
+        "spread": round(float(scores.max() - scores.min()), 6),
+        "ties": int(np.sum(np.abs(scores - mine) <= TIE_TOLERANCE)) - 1,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. NI-VSDS
 
 
+def official_vsds_timesteps(scheduler: Any, fraction: float = 0.6) -> list[int]:
+    """The public code's NI-VSDS timesteps: the sampler's first int(fraction·steps) + 1 (961 ... 361 for 25 DDIM
+    steps on a 1000-step, leading, steps_offset 1 schedule), never more than the schedule has."""
+    steps = list(scheduler.timesteps)
+    return [int(t) for t in steps[: min(int(len(steps) * fraction) + 1, len(steps))]]
+
+
 def vsds_timesteps(num_train_timesteps: int, t_start: float, t_end: float, iterations: int) -> list[int]:
-    """`iterations` timesteps evenly spaced from t_start·T down to t_end·T (inclusive)."""
+    """vgen's earlier rule (vsds_schedule=linspace): `iterations` timesteps evenly spaced from t_start·T down to
+    t_end·T (inclusive)."""
     top = num_train_timesteps - 1
     values = np.linspace(t_start * num_train_timesteps, t_end * num_train_timesteps, iterations)
     return [int(min(round(v), top)) for v in values]
@@ -162,6 +204,25 @@ def ni_vsds(
 
 # ----------------------------------------------------------------------------------------------
 # 3. regeneration
+
+
+def regen_timesteps(scheduler: Any, t_regen: float, rule: str = "T") -> list:
+    """The tail of the sampler's schedule regeneration runs.
+
+    rule T (default): from the first timestep <= t_regen·T, T = num_train_timesteps (t_regen = 1: the whole
+    schedule, 961 ... 1 for 25 DDIM steps, as the public code's p_re = 1). rule steps: the last
+    round(t_regen·steps) steps (vgen's earlier reading of t_regen as a fraction of the sampling steps).
+    """
+    if rule == "steps":
+        return strength_timesteps(scheduler, t_regen)
+    if not 0.0 < t_regen <= 1.0:
+        raise ConfigError(f"i4vgen.t_regen must be in (0, 1], got {t_regen}")
+    limit = t_regen * scheduler.config.num_train_timesteps
+    steps = list(scheduler.timesteps)
+    start = next((i for i, t in enumerate(steps) if float(t) <= limit), len(steps) - 1)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return steps[start:]
 
 
 @torch.no_grad()
@@ -217,13 +278,18 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     from vgen.methods.rewards import load_reward
 
     cfg, s = job.i4vgen, job.sampler
-    image = ctx.model(image_model_config(job))
-    check_latent_space(components, image)
+    source = candidate_source(job)
+    if source == "image":
+        image = ctx.model(image_model_config(job))
+        check_latent_space(components, image)
+    else:
+        image = components
     reward = load_reward(cfg.reward, cfg.reward_model, str(components.device))
+    n = candidate_count(job)
 
     # 1. anchor image: best of N
     latents, images = sample_candidates(
-        image, job.prompt, job.negative, cfg.candidates,
+        image, job.prompt, job.negative, n,
         steps=cfg.image_steps or s.steps,
         guidance=s.guidance if cfg.image_guidance is None else cfg.image_guidance,
         scheduler=s.scheduler, generator=ctx.generator, height=ctx.height, width=ctx.width,
@@ -231,22 +297,28 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     )
     scores = reward(images, job.prompt)
     best = best_candidate(scores)
-    ctx.log(f"anchor: candidate {best} of {cfg.candidates}, reward {scores[best]:.4g}")
+    summary = reward_summary(scores, best)
+    ctx.log(f"anchor: candidate {best} of {n}, reward {scores[best]:.4g}, spread {summary['spread']:.3g}, "
+            f"ties {summary['ties']}")
     anchor = latents[best : best + 1] / image.vae.config.scaling_factor * components.vae.config.scaling_factor
 
     # 2. NI-VSDS: animate the anchor
     prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+    if cfg.vsds_schedule == "sampler":
+        timesteps = official_vsds_timesteps(scheduler, cfg.vsds_fraction)
+    else:
+        timesteps = vsds_timesteps(components.scheduler.config.num_train_timesteps, cfg.t_start, cfg.t_end, cfg.iterations)
+    step_sizes = vsds_step_sizes(len(timesteps), cfg.warm_iterations, cfg.warm_step_size, cfg.step_size)
+    vsds_guidance = s.guidance if cfg.vsds_guidance is None else cfg.vsds_guidance
+    vsds_prompt = prompt if vsds_guidance == s.guidance else encode_prompt(components, job.prompt, job.negative, vsds_guidance)
     video = anchor.to(components.device, components.dtype).repeat(1, 1, job.video.frames, 1, 1)
     noise = iid_noise(video.shape, ctx.generator, components.device, components.dtype)
-    num_train = components.scheduler.config.num_train_timesteps
-    timesteps = vsds_timesteps(num_train, cfg.t_start, cfg.t_end, cfg.iterations)
-    step_sizes = vsds_step_sizes(cfg.iterations, cfg.warm_iterations, cfg.warm_step_size, cfg.step_size)
-    video = ni_vsds(components, video, noise, prompt, s.guidance, timesteps, step_sizes, ctx.progress)
+    video = ni_vsds(components, video, noise, vsds_prompt, vsds_guidance, timesteps, step_sizes, ctx.progress)
 
     # 3. regeneration
-    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
-    regen_timesteps = strength_timesteps(scheduler, cfg.t_regen)  # the last t_regen of the schedule
-    video = regenerate(components, scheduler, regen_timesteps, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress)
+    regen = regen_timesteps(scheduler, cfg.t_regen, cfg.regen_rule)
+    video = regenerate(components, scheduler, regen, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress)
     frames = decode_latents(components, video, job.memory.decode_chunk)[0]
 
     files = []
@@ -257,12 +329,16 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     metadata = {
         "anchor": {
             "image_model": image.name,
+            "source": source,
             "reward": cfg.reward,
             "chosen": best,
             "scores": [round(float(x), 6) for x in scores],
+            **summary,
         },
-        "ni_vsds": {"timesteps": timesteps, "step_sizes": step_sizes},
-        "regeneration": {"steps": len(regen_timesteps), "from_timestep": int(regen_timesteps[0])},
+        "ni_vsds": {"timesteps": timesteps, "step_sizes": step_sizes, "schedule": cfg.vsds_schedule,
+                    "guidance": vsds_guidance},
+        "regeneration": {"steps": len(regen), "from_timestep": int(regen[0]), "timesteps": [int(t) for t in regen],
+                         "rule": cfg.regen_rule},
         "files": files,
     }
     return Video(to_uint8(frames), fps=job.video.fps, metadata=metadata)

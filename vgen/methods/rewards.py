@@ -2,13 +2,15 @@
 
 A reward is ``score(images uint8 [N, H, W, 3], prompt) -> float64 [N]``, built once by `load_reward`
 (weights load at build time, so a missing model fails before any sampling).
-- toy: the toy-world detector's reading of the image against the prompt (exact, no weights).
+- toy: a graded reading of the image by the toy-world detector against the prompt (exact, no weights): how well
+  each prompted object's colour and shape match, minus extra objects and fragments, so candidates rank.
 - clip: cosine similarity of CLIP image and text embeddings, x100 (the usual "CLIP score").
 - imagereward: ImageReward (the I4VGen paper's choice) when its package and weights are installed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,19 +23,93 @@ Reward = Callable[[np.ndarray, str], np.ndarray]
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_IMAGEREWARD = "ImageReward-v1.0"
-EXTRA_OBJECT_PENALTY = 0.25
+EXTRA_OBJECT_PENALTY = 0.25  # per object of an unprompted colour
+FRAGMENT_PENALTY = 0.15  # per further blob of a prompted colour (a second copy, or a piece of a broken one)
+TIE_BREAK = 1e-3  # weight of the prompted colours' pixel coverage, which separates otherwise equal images
+# Per prompted object: (present + SHAPE_WEIGHT * shape + colour) / (2 + SHAPE_WEIGHT). The shape weighs twice the
+# colour so that a right shape in a wrong colour ranks above a right colour in a wrong shape.
+SHAPE_WEIGHT = 2.0
+
+
+def shape_fit(features, shape: str) -> float:
+    """How well moment features fit `shape`, in [0, 1]: d_other / (d_shape + d_other) with d the squared distance
+    to the prompted prototype and to the nearest other one; above 0.5 exactly when the detector calls it `shape`."""
+    from vgen.toyworld.segment import SHAPE_PROTOTYPES
+
+    f = np.asarray(features, dtype=np.float64)
+    dist = {k: float(np.sum((f - np.asarray(p)) ** 2)) for k, p in SHAPE_PROTOTYPES.items()}
+    own, other = dist[shape], min(d for k, d in dist.items() if k != shape)
+    return 0.5 if own + other == 0 else other / (own + other)
+
+
+def colour_pixels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index into COLOURS of each pixel's world colour or -1, chroma) as the detector classifies them."""
+    from vgen.toyworld.segment import classify_pixels
+
+    strong, _, chroma = classify_pixels(image)
+    return strong, chroma
+
+
+def colour_purity(strong: np.ndarray, chroma: np.ndarray, colour: str) -> float:
+    """Mean chroma / 255 of the pixels the detector gives to `colour`: 1 for a clean flat colour, lower when faded."""
+    from vgen.toyworld import COLOURS
+
+    mask = strong == list(COLOURS).index(colour)
+    return float(chroma[mask].mean() / 255.0) if mask.any() else 0.0
+
+
+@dataclass(frozen=True)
+class ToyReading:
+    """The parts of the graded toy reward for one image (see toy_score)."""
+
+    objects: tuple[float, ...]  # per prompted object, in [0, 1]
+    extra_objects: int
+    fragments: int
+    coverage: float  # fraction of pixels in a prompted colour (tie-break)
+
+    @property
+    def score(self) -> float:
+        base = float(np.mean(self.objects)) if self.objects else 0.0
+        return (base - EXTRA_OBJECT_PENALTY * self.extra_objects - FRAGMENT_PENALTY * self.fragments
+                + TIE_BREAK * self.coverage)
+
+
+def toy_reading(image: np.ndarray, prompt: str) -> ToyReading:
+    """Graded reading of one image against a toy prompt, from the exact detector.
+
+    Per prompted object (matched as the detector matches it): present (1/0), shape = half for the detector's
+    verdict plus half its fit (shape_fit), colour = half for the right colour plus half its purity. Then a penalty
+    per object of an unprompted colour (not one standing in for a prompted object) and per extra blob of a prompted colour, and a tie-break by coverage.
+    """
+    from vgen.toyworld import detect_video, score_video
+
+    from vgen.toyworld import COLOURS
+
+    det = detect_video(image[None])
+    strong, chroma = colour_pixels(image)
+    score = score_video(det, prompt, judge_motion=False)
+    parts = []
+    for o in score.objects:
+        if not o.present:
+            parts.append(0.0)
+            continue
+        seen = det.tracks[o.detected_colour].observations[0]
+        fit = shape_fit(seen.features, o.spec.shape)
+        shape = 0.5 * (seen.shape == o.spec.shape) + 0.5 * fit
+        colour = 0.5 + 0.5 * colour_purity(strong, chroma, o.spec.colour) if o.colour_ok else 0.0
+        parts.append((1.0 + SHAPE_WEIGHT * shape + colour) / (2.0 + SHAPE_WEIGHT))
+    prompted = {o.spec.colour for o in score.objects}
+    stand_ins = {o.detected_colour for o in score.objects if o.present and not o.colour_ok}  # scored above already
+    extra = [c for c in score.extra_objects if c not in stand_ins]
+    fragments = sum(max(len([b for b in det.frames[0] if b.colour == c]) - 1, 0) for c in prompted)
+    coverage = float(np.isin(strong, [list(COLOURS).index(c) for c in prompted]).mean())
+    return ToyReading(tuple(parts), len(extra), fragments, coverage)
 
 
 def toy_score(image: np.ndarray, prompt: str) -> float:
-    """Mean over prompted objects of (present, colour right, shape right) / 3, minus 0.25 per unprompted object.
-
-    A perfect image scores 1; the penalty prefers the clean image among equally correct ones.
-    """
-    from vgen.toyworld import score_image
-
-    score = score_image(image[None], prompt)
-    parts = [(o.present + o.colour_ok + o.shape_ok) / 3 for o in score.objects]
-    return float(np.mean(parts)) - EXTRA_OBJECT_PENALTY * len(score.extra_objects)
+    """The graded toy reward of one image (toy_reading(...).score): about 1 for a clean, fully right image,
+    ordered right > wrong colour > wrong shape > missing per object, lowered by extra objects and fragments."""
+    return toy_reading(image, prompt).score
 
 
 def toy_reward() -> Reward:
