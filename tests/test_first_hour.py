@@ -139,6 +139,13 @@ def test_4_a_sidecar_reruns_exactly_and_fingerprints_its_weights(tmp_path):
     assert np.array_equal(frames(first), frames(again))
     assert sidecar(again)["config"] == {**side["config"], "output": {**side["config"]["output"], "dir": str(tmp_path / "b")}}
 
+    # a batch job pointing at the sidecar re-runs it too (the job's own keys go over it)
+    (tmp_path / "batch.yaml").write_text(yaml.safe_dump({"jobs": [{"config": str(first.with_suffix(".json")),
+                                                                     "output": {"dir": str(tmp_path / "c")}}]}))
+    r = vgen("batch", tmp_path / "batch.yaml", env=env)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(frames(first), frames(tmp_path / "c" / first.name))
+
 
 def test_4_weight_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     from vgen import fingerprint

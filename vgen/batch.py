@@ -7,6 +7,7 @@ defaults:            # keys of any job, applied to every job
 jobs:                # explicit jobs (each a partial job config)
   - prompt: a red circle moving left
   - {prompt: a blue square moving up, method: vico, seed: 3}
+  - {config: ../outputs/a-red-circle-moving-left-vanilla-0.json}   # re-run an output from its sidecar
 prompts: prompts.txt # one prompt per line ('#' starts a comment); relative to this file
 seeds: [0, 1]        # seeds for the prompts file (default [0])
 ```
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vgen.config import JobConfig, load_yaml, parse_overrides, resolve
+from vgen.config import JobConfig, load_config_file, load_yaml, parse_overrides, resolve
 from vgen.errors import ConfigError, VgenError
 
 BATCH_KEYS = ("defaults", "jobs", "prompts", "seeds")
@@ -80,7 +81,12 @@ def load_batch(path: str | Path, overrides: Iterable[str] = ()) -> list[BatchIte
             items.append(BatchItem(label, error=f"{label} must be a mapping of job keys or a prompt string"))
             continue
         try:
-            job = resolve([(defaults, f"{path} defaults"), (entry, f"{path} {label}"), (cli, "overrides")])
+            layers = [(defaults, f"{path} defaults")]
+            if "config" in entry:  # a job config file or an output's sidecar: that run, then the entry's own keys
+                source = path.parent / str(entry.config)
+                layers.append((load_config_file(source), str(source)))
+                entry = OmegaConf.masked_copy(entry, [k for k in entry.keys() if k != "config"])
+            job = resolve(layers + [(entry, f"{path} {label}"), (cli, "overrides")])
             items.append(BatchItem(label, job=job))
         except VgenError as err:
             items.append(BatchItem(label, error=str(err)))
