@@ -130,10 +130,10 @@ class Outcome:
 
 def outcomes_on_disk(jobs: list[JobConfig], world_size: int, since: float, skip_existing: bool, reason: str) -> list[Outcome]:
     """What a batch left on disk, for when a rank stopped before reporting: a job whose mp4 and sidecar were
-    written since `since` (epoch seconds) is done; one complete from before is skipped under --skip-existing;
-    any other is failed with `reason`."""
+    written since `since` (epoch seconds) is done; one from before is skipped under --skip-existing only when
+    its sidecar holds this job's settings (as run_batch decides); any other is failed with `reason`."""
     from vgen.config import output_path
-    from vgen.jobs import is_complete, sidecar_path
+    from vgen.jobs import is_complete, previous_output, sidecar_path
 
     outcomes = []
     for i, (job, rank) in enumerate(zip(jobs, assign(len(jobs), world_size)), 1):
@@ -144,7 +144,7 @@ def outcomes_on_disk(jobs: list[JobConfig], world_size: int, since: float, skip_
             except (OSError, ValueError, KeyError, TypeError):
                 seconds = 0.0
             outcomes.append(Outcome(i, "done", str(mp4), seconds, rank=rank))
-        elif is_complete(job) and skip_existing:
+        elif skip_existing and previous_output(job)[0]:
             outcomes.append(Outcome(i, "skipped", str(mp4), rank=rank))
         else:
             outcomes.append(Outcome(i, "failed", error=f"not finished on rank {rank}: {reason}", rank=rank))
