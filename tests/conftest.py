@@ -47,3 +47,34 @@ def run_vanilla(components, job):
     h, w = resolve_size(components, job.video.height, job.video.width)
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=Path("unused"), progress=False)
     return run(job, components, ctx).frames
+
+
+def vgen_in_process(*args, cwd=None, env=None, timeout=None):
+    """`vgen ARGS...` through the console script's own main() in this process: the same exit code, stdout and
+    stderr as the installed script, without a fresh interpreter that spends ~10 s importing torch and
+    diffusers per call. Tests that are about the process itself (signals, torchrun, what --help imports)
+    keep a real subprocess. `timeout` is accepted for drop-in use and ignored."""
+    import contextlib
+    import io
+    import subprocess
+
+    from vgen.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["vgen", *argv], code, out.getvalue(), err.getvalue())

@@ -6,14 +6,13 @@ References are built from core pieces (guided_noise, scheduler.step, denoise), n
 import copy
 import dataclasses
 import json
-import subprocess
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VGEN
+from conftest import vgen_in_process
 
 MODEL = "tiny-random-unet3d"
 LATENT = (1, 4, 0, 8, 8)  # frames filled in per test; 8x8 latents = 16x16 pixels on the tiny VAE
@@ -258,8 +257,7 @@ def test_refine_end_to_end_writes_mp4_and_sidecar(tmp_path):
     from vgen.video import read_video
 
     clip = write_clip(tmp_path)
-    r = subprocess.run([VGEN, "refine", str(clip), *TINY_REFINE, "--upscale", "2", "--seed", "5"],
-                       capture_output=True, text=True, timeout=300)
+    r = vgen_in_process("refine", clip, *TINY_REFINE, "--upscale", "2", "--seed", "5")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "clip-refined.mp4"
     assert r.stdout.strip() == str(out)

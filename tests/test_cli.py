@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import VGEN
+from conftest import VGEN, vgen_in_process
 
 FAST = ["--model", "tiny-random-unet3d", "--steps", "2", "--frames", "4"]
 
 
 def vgen(*args, cwd=None, timeout=300):
-    return subprocess.run([VGEN, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return vgen_in_process(*args, cwd=cwd)
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -1,12 +1,11 @@
 """`vgen eval FILES`: video metrics and detector scores of existing videos, prompts from sidecars."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import VGEN
+from conftest import vgen_in_process as vgen
 from vgen.toyworld import parse_prompt, render_video, sample_scene
 from vgen.video import Video, write_json, write_mp4
 
@@ -19,19 +18,19 @@ def test_eval_scores_rendered_ground_truth_and_reports_bad_files(tmp_path):
     grey = np.full((12, 64, 64, 3), 128, np.uint8)
     write_mp4(Video(grey), tmp_path / "grey.mp4")
 
-    r = subprocess.run([VGEN, "eval", tmp_path / "gt.mp4", "--json"], capture_output=True, text=True)
+    r = vgen("eval", tmp_path / "gt.mp4", "--json")
     assert r.returncode == 0, r.stderr
     (gt,) = json.loads(r.stdout)
     assert gt["score"]["all_correct"] and [o["motion"] for o in gt["score"]["objects"]] == ["left", "up"]
     assert gt["scene_cuts"]["cuts"] == 0 and gt["scene_cuts"]["params"]["min_scene_len"] == 3
     assert gt["warp"]["flow"] == "opencv-dis-medium" and gt["warp"]["pairs"] == 11 and gt["warp"]["mawe"] > 0
 
-    r = subprocess.run([VGEN, "eval", tmp_path / "grey.mp4", "--prompt", prompt, "--json"], capture_output=True, text=True)
+    r = vgen("eval", tmp_path / "grey.mp4", "--prompt", prompt, "--json")
     (grey_score,) = json.loads(r.stdout)
     assert grey_score["score"]["fraction_present"] == 0.0
     assert grey_score["warp"]["mawe"] == grey_score["warp"]["flow_mean"] == 0.0  # a static clip
 
-    r = subprocess.run([VGEN, "eval", "grey.mp4", "missing.mp4"], capture_output=True, text=True, cwd=tmp_path)
+    r = vgen("eval", "grey.mp4", "missing.mp4", cwd=tmp_path)
     assert r.returncode == 2  # missing.mp4 does not exist; grey.mp4 has no sidecar, which only skips the detector
     assert "no sidecar" in r.stdout and "not found" in r.stdout and "MAWE" in r.stdout
 
@@ -44,15 +43,14 @@ def test_eval_measures_any_prompt_and_counts_a_cut(tmp_path):
     write_mp4(Video(np.concatenate([a, b])), tmp_path / "cut.mp4")
     write_json({"prompt": "a cat playing the piano"}, tmp_path / "cut.json")
 
-    r = subprocess.run([VGEN, "eval", tmp_path / "cut.mp4", "--json", "--flow", "farneback", "--min-scene-len", "5"],
-                       capture_output=True, text=True)
+    r = vgen("eval", tmp_path / "cut.mp4", "--json", "--flow", "farneback", "--min-scene-len", "5")
     assert r.returncode == 0, r.stderr
     (cut,) = json.loads(r.stdout)
     assert cut["score"] is None and "not a toy-world prompt" in cut["note"] and cut["error"] is None
     assert cut["scene_cuts"]["cut_frames"] == [16] and cut["scene_cuts"]["params"]["min_scene_len"] == 5
     assert cut["warp"]["flow"] == "opencv-farneback"
 
-    r = subprocess.run([VGEN, "eval", "cut.mp4"], capture_output=True, text=True, cwd=tmp_path)  # short names: no folding
+    r = vgen("eval", "cut.mp4", cwd=tmp_path)  # short names: no folding
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if "cut.mp4" in line)
     cells = [c.strip() for c in row.split("│")]
@@ -63,7 +61,7 @@ def test_eval_measures_any_prompt_and_counts_a_cut(tmp_path):
     assert "at 64x64 (native)" in r.stdout and "not comparable with the paper's" in r.stdout
     assert "clip: not computed, no local CLIP weights" in r.stdout  # the test machine has none
 
-    r = subprocess.run([VGEN, "eval", tmp_path / "cut.mp4", "--flow", "raft"], capture_output=True, text=True)
+    r = vgen("eval", tmp_path / "cut.mp4", "--flow", "raft")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown flow method 'raft'")
 
 
@@ -82,7 +80,7 @@ def test_eval_seams_from_flags_and_sidecar_and_dash_for_a_missing_object(tmp_pat
     grey = np.full((20, 64, 64, 3), 128, np.uint8)
     write_mp4(Video(grey), tmp_path / "grey.mp4")
 
-    r = subprocess.run([VGEN, "eval", "seamed.mp4", "clean.mp4", "--json"], capture_output=True, text=True, cwd=tmp_path)
+    r = vgen("eval", "seamed.mp4", "clean.mp4", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     seamed, clean = json.loads(r.stdout)
     s = seamed["seams"]
@@ -92,29 +90,28 @@ def test_eval_seams_from_flags_and_sidecar_and_dash_for_a_missing_object(tmp_pat
     assert s["object"]["boundary"] == pytest.approx(step + 3, abs=0.6) and s["object"]["ratio"] > 2
     assert clean["seams"] is None and "no chunk layout" in clean["seam_note"]
 
-    r = subprocess.run([VGEN, "eval", "clean.mp4", "--chunk", "16", "--stride", "8", "--json"], capture_output=True,
-                       text=True, cwd=tmp_path)
+    r = vgen("eval", "clean.mp4", "--chunk", "16", "--stride", "8", "--json", cwd=tmp_path)
     (flagged,) = json.loads(r.stdout)
     assert flagged["seams"]["layout"]["source"] == "given" and 0.7 < flagged["seams"]["object"]["ratio"] < 1.4
 
-    r = subprocess.run([VGEN, "eval", "grey.mp4", "--prompt", prompt], capture_output=True, text=True, cwd=tmp_path)
+    r = vgen("eval", "grey.mp4", "--prompt", prompt, cwd=tmp_path)
     row = next(line for line in r.stdout.splitlines() if "grey.mp4" in line)
     cells = [c.strip() for c in row.split("│")]
     assert cells[9].startswith("red circle: missing") and cells[10] == "-"  # drift of a missing object
     assert "drift (lower is better)" in r.stdout
 
-    r = subprocess.run([VGEN, "eval", "clean.mp4", "--stride", "8"], capture_output=True, text=True, cwd=tmp_path)
+    r = vgen("eval", "clean.mp4", "--stride", "8", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "error: --stride needs --chunk (the first boundary)"
 
 
 def test_explain_command_writes_a_grid_and_rejects_bad_steps(tmp_path):
-    r = subprocess.run([VGEN, "explain", "a red circle and a blue square", "--model", "tiny-random-unet3d",
-                        "--frames", "2", "--steps", "2", "-o", tmp_path], capture_output=True, text=True)
+    r = vgen("explain", "a red circle and a blue square", "--model", "tiny-random-unet3d",
+                        "--frames", "2", "--steps", "2", "-o", tmp_path)
     assert r.returncode == 0, r.stderr
     from PIL import Image
 
     (png,) = tmp_path.glob("*_flow_step0.png")
     assert Image.open(png).size[0] > 100
-    r = subprocess.run([VGEN, "explain", "a red circle and a blue square", "--model", "tiny-random-unet3d",
-                        "--steps", "2", "--step", "5", "-o", tmp_path], capture_output=True, text=True)
+    r = vgen("explain", "a red circle and a blue square", "--model", "tiny-random-unet3d",
+                        "--steps", "2", "--step", "5", "-o", tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: explain: step must be in [0, 1]")

@@ -1,4 +1,4 @@
-"""A new user's first hour (issue 18), through the real console script: one test per numbered item.
+"""A new user's first hour (issue 18), through the console script's main() (in-process: same argv, exit code and output): one test per numbered item.
 
 1 defaults that work per method   2 configs/vanilla.yaml   3 outputs that never collide   4 sidecars that
 re-run   5 unknown prompt words   7 discoverability   8 list overrides / unused sections   9 paper presets
@@ -7,24 +7,20 @@ re-run   5 unknown prompt words   7 discoverability   8 list overrides / unused 
 import hashlib
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import VGEN
+from conftest import vgen_in_process
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--model", "tiny-random-unet3d", "--steps", "2", "--frames", "3"]
 
 
 def vgen(*args, cwd=None, env=None, timeout=600):
-    import os
-
-    full_env = None if env is None else {**os.environ, **env}
-    return subprocess.run([VGEN, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=full_env)
+    return vgen_in_process(*args, cwd=cwd, env=env)
 
 
 def one_error(r, *needles):
@@ -118,7 +114,10 @@ def test_3_batch_skip_existing_reruns_changed_jobs_and_says_why(tmp_path):
 
 # 4 -------------------------------------------------------------------------------------------------
 
-def test_4_a_sidecar_reruns_exactly_and_fingerprints_its_weights(tmp_path):
+def test_4_a_sidecar_reruns_exactly_and_fingerprints_its_weights(tmp_path, monkeypatch):
+    from vgen import fingerprint
+
+    monkeypatch.setattr(fingerprint, "_memory", {})  # a fresh process: no hashes in memory yet
     env = {"VGEN_CACHE_DIR": str(tmp_path / "cache")}
     r = vgen("generate", "a red circle moving left", "--steps", "3", "--frames", "3", "--seed", "7",
              "zs2.momentum=0.5", "--method", "zs2", "--out", tmp_path / "a", env=env)

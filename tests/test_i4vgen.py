@@ -2,7 +2,6 @@
 candidates, and the runner end to end (files, sidecar, errors)."""
 
 import json
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VGEN
+from conftest import vgen_in_process
 from vgen.methods import i4vgen as I
 from vgen.methods.rewards import load_reward
 
@@ -271,7 +270,7 @@ def test_missing_reward_models_are_one_line_errors(tmp_path):
 
 
 def vgen(*args, timeout=300):
-    return subprocess.run([VGEN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return vgen_in_process(*args)
 
 
 def _scheduler_of(model):

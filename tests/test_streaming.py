@@ -207,12 +207,10 @@ def test_dc_lock_gives_new_frames_the_last_known_frames_mean(tiny):
 
 
 def test_trained_mode_without_weights_is_a_one_line_error(tmp_path):
-    import subprocess
+    from conftest import vgen_in_process
 
-    from conftest import VGEN
-
-    r = subprocess.run([VGEN, "generate", PROMPT, "--method", "streaming", "--model", "tiny-random-unet3d", "--steps", "1",
-                        "--frames", "4", "--out", str(tmp_path), "streaming.mode=trained"], capture_output=True, text=True)
+    r = vgen_in_process("generate", PROMPT, "--method", "streaming", "--model", "tiny-random-unet3d", "--steps", "1",
+                        "--frames", "4", "--out", tmp_path, "streaming.mode=trained")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "training-free" in r.stderr
     assert not list(tmp_path.glob("*.mp4"))
 

@@ -2,14 +2,13 @@
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VGEN, make_job, run_vanilla
+from conftest import make_job, run_vanilla, vgen_in_process
 from vgen.core.attention import FrameState, MomentumAttnProcessor, attention_processors, momentum_factory
 from vgen.core.noise import ar1_noise, ar_matrix, iid_noise, rho_from_lambda
 
@@ -188,11 +187,8 @@ def test_editing_an_input_video(tiny, tmp_path):
 
 
 def test_generate_zs2_from_the_command_line(tmp_path):
-    r = subprocess.run(
-        [VGEN, "generate", "a red circle moving left", "--method", "zs2", "--model", "tiny-random-unet2d",
-         "--steps", "2", "--frames", "3", "--out", str(tmp_path), "zs2.lam=0.2", "zs2.frame_chunk=2"],
-        capture_output=True, text=True, timeout=300,
-    )
+    r = vgen_in_process("generate", "a red circle moving left", "--method", "zs2", "--model", "tiny-random-unet2d",
+                        "--steps", "2", "--frames", "3", "--out", tmp_path, "zs2.lam=0.2", "zs2.frame_chunk=2")
     assert r.returncode == 0, r.stderr
     side = json.loads((tmp_path / "a-red-circle-moving-left-zs2-0.json").read_text())
     assert side["method"] == "zs2" and side["video"]["frames"] == 3
