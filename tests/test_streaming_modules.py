@@ -407,6 +407,7 @@ def test_save_load_round_trip(tmp_path, model):
         before = conditioned(model, cam, apm, x)
     folder = save_streaming(tmp_path, cam, apm)
     assert sorted(p.name for p in folder.iterdir()) == ["apm.safetensors", "cam.safetensors", "config.json"]
+    assert {p.stat().st_mode & 0o777 for p in folder.glob("*.safetensors")} == {0o644}  # others can read shipped weights
     loaded = load_streaming(tmp_path, model["unet"], vae=model["vae"])
     cam2, apm2 = loaded
     cam2.eval()

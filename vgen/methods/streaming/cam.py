@@ -296,6 +296,7 @@ def save_streaming(folder: str | Path, cam: CAM, apm: Optional[Any] = None, dtyp
         state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
                  for k, v in module.state_dict().items()}
         save_file(state, str(path), metadata={"format": "pt"})
+        path.chmod(0o644)  # safetensors writes 0600; shipped weights must be readable by every user
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
