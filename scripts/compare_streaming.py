@@ -9,6 +9,7 @@ Prompts: half single-object, half two-object held-out captions with their motion
 seeded by --seed, so the same flags give the same rows; a smaller --prompts is a prefix of a larger one's rows).
 Row i uses seed --seed + i in every mode:
     trained           CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
+    trained-dc        the same with streaming.trained_dc_lock=true (ours: the chunk's latent mean follows the overlap)
     training-free     temporal inpainting of the overlap with shared noise, plain (streaming.dc_lock=false;
                       true with --dc-lock)
     training-free-dc  the same with streaming.dc_lock=true (anchor-aware re-noising; what `vgen generate` does)
@@ -22,7 +23,8 @@ frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_l
 (OpenCV flow at native size: not comparable with the paper's 720x720 RAFT numbers).
 
 --record writes the trained mode's seam check into the model folder's streaming/config.json (passed when
-both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR); `streaming.mode=auto` trusts the memories only then.
+both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR and the later chunks keep >= MOTION_KEPT_FLOOR of the
+first chunk's motion: seamless by freezing does not pass); `streaming.mode=auto` trusts the memories only then.
 
 Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over long videos a
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
@@ -43,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODES = ("trained", "training-free", "training-free-dc", "independent")
+MODES = ("trained", "trained-dc", "training-free", "training-free-dc", "independent")
 DEFAULT_MODES = ("trained", "training-free", "independent")
 
 
@@ -64,8 +66,9 @@ def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
     return build_job(flags={
         "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
         "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
-        "sampler.eta": args.eta, "streaming.mode": "training-free" if mode == "training-free-dc" else mode,
+        "sampler.eta": args.eta, "streaming.mode": mode.removesuffix("-dc"),
         "streaming.dc_lock": mode == "training-free-dc" or (mode == "training-free" and args.dc_lock),
+        "streaming.trained_dc_lock": mode == "trained-dc",
         "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
         "output.overwrite": True,  # this script owns its folder: a changed job replaces its old video
     })
@@ -227,12 +230,12 @@ def available_modes(args, cache) -> list[str]:
     from vgen.methods.streaming.runner import streaming_weights
 
     modes = [m for m in MODES if m in args.modes]
-    if "trained" in modes:
+    if {"trained", "trained-dc"} & set(modes):
         components = cache.get(make_job(args, "a red circle", args.seed, "training-free", "probe", Path(".")))
         if streaming_weights(components) is None:
             print(f"trained CAM+APM: skipped ('{args.model}' ships no streaming weights; train them with "
                   "scripts/train_streaming.py)")
-            modes.remove("trained")
+            modes = [m for m in modes if not m.startswith("trained")]
     return modes
 
 
@@ -276,7 +279,7 @@ def progress_line(r: dict, first: bool) -> str:
 def record_seam_check(records: list[dict], args) -> None:
     """The trained mode's object and background seam ratios (ratio of the means) into streaming/config.json."""
     from vgen.eval.seams import FLOORS
-    from vgen.methods.streaming.runner import SEAM_FLOOR
+    from vgen.methods.streaming.runner import MOTION_KEPT_FLOOR, SEAM_FLOOR
 
     recs = [r for r in records if r["mode"] == "trained" and "error" not in r]
     if not recs:
@@ -286,8 +289,11 @@ def record_seam_check(records: list[dict], args) -> None:
     path = folder / "streaming" / "config.json"
     obj = ratio(mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step")), FLOORS["object"])
     bg = ratio(mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step")), FLOORS["background"])
-    check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR), "object_ratio": round(obj, 3),
-             "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
+    first, later = mean(_vals(recs, "motion_first")), mean(_vals(recs, "motion_later"))
+    kept = later / first if first == first and first > 0 else 0.0
+    check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
+             "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
+             "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR,
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "
                          f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} videos)"}
     config = json.loads(path.read_text())

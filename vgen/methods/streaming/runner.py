@@ -36,6 +36,7 @@ from vgen.video import Mp4Writer, WrittenVideo
 
 MODES = ("trained", "training-free", "independent")
 SEAM_FLOOR = 2.0  # mode=auto trusts trained memories whose object and background seam ratios are both at most this
+MOTION_KEPT_FLOOR = 0.8  # ... and whose later chunks keep this share of the first chunk's motion (seamless by freezing fails)
 
 
 def chunk_count(frames: int, chunk: int, cond: int) -> int:
@@ -70,7 +71,8 @@ def seam_check(components: Components) -> Optional[dict]:
 
 
 def resolve_mode(asked: str, components: Components) -> str:
-    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR), else training-free."""
+    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR, MOTION_KEPT_FLOOR), else
+    training-free."""
     has_weights = streaming_weights(components) is not None
     if asked == "auto":
         check = seam_check(components)
@@ -133,6 +135,23 @@ def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, 
     return guide
 
 
+def renoised_known(scheduler: Any, timesteps: list, memory: Memory, i: int, dtype: torch.dtype) -> torch.Tensor:
+    """The previous chunk's clean overlap latents noised (with the noise they were drawn from) to the level
+    after step i, or exactly them after the last step."""
+    known = memory.latents.to(dtype)
+    if i + 1 < len(timesteps):
+        known = scheduler.add_noise(known, memory.noise.to(dtype), timesteps[i + 1].reshape(1))
+    return known
+
+
+def lock_dc(latents: torch.Tensor, target: torch.Tensor, start: int) -> torch.Tensor:
+    """Frames from `start` on get `target`'s per-channel spatial mean (the latent's DC: background level and
+    global colour), the rest of each frame untouched."""
+    new = latents[:, :, start:]
+    latents[:, :, start:] = new - new.mean(dim=(-2, -1), keepdim=True) + target.mean(dim=(-2, -1), keepdim=True)
+    return latents
+
+
 def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int, dc_lock: bool = False):
     """post_step hook of the training-free mode: after step i the first `cond` frames become the previous
     chunk's clean latents noised to the next timestep (its own noise), and exactly them after the last.
@@ -142,16 +161,24 @@ def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int, 
     background cannot drift away from the overlap (the flicker at chunk boundaries); the rest is untouched."""
 
     def post_step(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        known = memory.latents.to(latents.dtype)
-        if i + 1 < len(timesteps):
-            known = scheduler.add_noise(known, memory.noise.to(latents.dtype), timesteps[i + 1].reshape(1))
+        known = renoised_known(scheduler, timesteps, memory, i, latents.dtype)
         latents = latents.clone()
         latents[:, :, :cond] = known
-        if dc_lock:
-            target = known[:, :, -1:].mean(dim=(-2, -1), keepdim=True)
-            new = latents[:, :, cond:]
-            latents[:, :, cond:] = new - new.mean(dim=(-2, -1), keepdim=True) + target
-        return latents
+        return lock_dc(latents, known[:, :, -1:], cond) if dc_lock else latents
+
+    return post_step
+
+
+def lock_overlap_dc(scheduler: Any, timesteps: list, memory: Memory, cond: int):
+    """post_step hook of the trained mode with streaming.trained_dc_lock (ours, not the paper's): only the DC of
+    the chunk follows the previous chunk. The re-covering frames get their known frame's re-noised mean, the
+    new frames the last known frame's; everything else stays CAM's and APM's work."""
+
+    def post_step(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        known = renoised_known(scheduler, timesteps, memory, i, latents.dtype)
+        new = latents.shape[2] - cond
+        target = torch.cat([known, known[:, :, -1:].expand(-1, -1, new, -1, -1)], dim=2)
+        return lock_dc(latents.clone(), target, 0)
 
     return post_step
 
@@ -223,6 +250,9 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
             kwargs: dict[str, Any] = {}
             if k > 0 and mode == "trained":  # fresh noise, as in training: CAM carries the past
                 kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
+                if cfg.trained_dc_lock:  # ours: shared noise for the re-covering frames, the chunk's DC follows
+                    noise[:, :, :Fc] = memory.noise
+                    kwargs["post_step"] = lock_overlap_dc(scheduler, list(scheduler.timesteps), memory, Fc)
             elif k > 0 and mode == "training-free":
                 noise[:, :, :Fc] = memory.noise  # shared noise: the re-covered frames start where they started
                 kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc, cfg.dc_lock)
@@ -255,6 +285,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
         "anchor_encoder": anchor_encoder_info(weights) if mode == "trained" else None,
         "unet_passes_per_step": passes_per_step(mode, prompt.guided, w_text, w_anchor, weights),
         "dc_lock": cfg.dc_lock if mode == "training-free" else None,
+        "trained_dc_lock": cfg.trained_dc_lock if mode == "trained" else None,
         "seam_check": seam_check(components),
     }
     if cfg.refine:
