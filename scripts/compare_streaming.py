@@ -156,6 +156,12 @@ def ratio(jump: float, step: float, floor: float) -> float:
     return jump / max(step, floor) if jump == jump and step == step else float("nan")
 
 
+def motion_kept(recs: list[dict]) -> tuple[float, float]:
+    """(later chunks' mean in-chunk motion, its share of the first chunk's; nan when the first chunk's is 0)."""
+    first, later = mean(_vals(recs, "motion_first")), mean(_vals(recs, "motion_later"))
+    return later, later / first if first == first and first > 0 else float("nan")
+
+
 def summary_row(label: str, recs: list[dict]) -> str:
     """Means per mode (median MAWE too); ratios of the means (jump at boundaries / step inside chunks, with the
     seam measure's floors); kept = later chunks' in-chunk motion / the first chunk's; rates in %."""
@@ -163,8 +169,7 @@ def summary_row(label: str, recs: list[dict]) -> str:
 
     oj, os_ = mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step"))
     bj, bs = mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step"))
-    first, later = mean(_vals(recs, "motion_first")), mean(_vals(recs, "motion_later"))
-    kept = later / first if first == first and first > 0 else float("nan")
+    later, kept = motion_kept(recs)
     return (f"{label:<20} {len(recs):>3} {oj:>8.2f} {os_:>5.2f} {ratio(oj, os_, FLOORS['object']):>5.1f} {bj:>7.2f} "
             f"{bs:>5.2f} {ratio(bj, bs, FLOORS['background']):>5.1f} {later:>6.2f} {kept:>5.0%} "
             f"{mean(_vals(recs, 'drift_found')):>6.3f} {mean(_vals(recs, 'bg_start_end')):>8.1f} "
@@ -289,8 +294,8 @@ def record_seam_check(records: list[dict], args) -> None:
     path = folder / "streaming" / "config.json"
     obj = ratio(mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step")), FLOORS["object"])
     bg = ratio(mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step")), FLOORS["background"])
-    first, later = mean(_vals(recs, "motion_first")), mean(_vals(recs, "motion_later"))
-    kept = later / first if first == first and first > 0 else 0.0
+    kept = motion_kept(recs)[1]
+    kept = kept if kept == kept else 0.0  # no motion in the first chunk: nothing shows motion is kept
     check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
              "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR,

@@ -205,22 +205,28 @@ jobs:
 """
 
 
+def kill_rank1_after_two_outputs(cmd: list, batch: Path, out: Path) -> tuple[int, str, str]:
+    """Launch `cmd`, wait until two sidecars are written while the other rank is still in its 900-step job,
+    SIGKILL rank 1, and return (exit code, stdout, stderr) of the launch."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env1())
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(out.glob("*.json"))) < 2:
+        time.sleep(0.5)
+    pid = _pid_of_rank(1, str(batch))
+    assert pid is not None and proc.poll() is None, "a rank should still be in its 900-step job"
+    os.kill(pid, 9)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
 def test_a_dead_rank_is_reported_and_the_others_outputs_kept(tmp_path):
     """Rank 1 is killed during its long job: rank 0's finished videos stay, the launcher's parent reports rank 1."""
     out = tmp_path / "out"
     batch = write_batch(tmp_path, out, DEAD_BATCH)
-    proc = subprocess.Popen([VGEN, "batch", str(batch), "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env1())
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list(out.glob("*.json"))) < 2:  # rank 0's jobs 1 and 3 are written
-        time.sleep(0.5)
-    pid = _pid_of_rank(1, str(batch))
-    assert pid is not None and proc.poll() is None, "rank 1 should still be in its 900-step job"
-    os.kill(pid, 9)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr[-3000:]
+    returncode, stdout, stderr = kill_rank1_after_two_outputs([VGEN, "batch", str(batch), "--nproc", "2"], batch, out)
+    assert returncode == 1, stderr[-3000:]
     written = sidecars(out)
     assert sorted(written) == [("a dog", 0), ("a red circle moving left", 0)]
     assert all(side["distributed"]["rank"] == 0 for side in written.values())
@@ -250,16 +256,8 @@ def test_under_torchrun_rank0_stopped_mid_job_still_reports(tmp_path):
     rank 0 unwinds (no partial file) and prints the summary from the output folder."""
     out = tmp_path / "out"
     batch = write_batch(tmp_path, out, SLOW_RANK0_BATCH)
-    proc = subprocess.Popen([*TORCHRUN, "batch", str(batch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env1())
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list(out.glob("*.json"))) < 2:  # rank 1's jobs 2 and 4 are written
-        time.sleep(0.5)
-    pid = _pid_of_rank(1, str(batch))
-    assert pid is not None and proc.poll() is None, "rank 0 should still be in its 900-step job"
-    os.kill(pid, 9)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr[-3000:]
+    returncode, stdout, stderr = kill_rank1_after_two_outputs([*TORCHRUN, "batch", str(batch)], batch, out)
+    assert returncode == 1, stderr[-3000:]
     written = sidecars(out)
     assert sorted(written) == [("a blue square moving up", 0), ("a cat", 0)]
     assert all(side["distributed"]["rank"] == 1 for side in written.values())
