@@ -2,10 +2,12 @@
 
     .venv/bin/python scripts/compare_i4vgen.py [--model toy] [--prompts 102] [--objects 1 2 3] [--steps 20]
         [--frames 8] [--guidance 5] [--variant "i4vgen.vsds_guidance=1" --variant "i4vgen.t_regen=0.78 ..."]
-        [--out runs/compare_i4vgen] [--threads 1] [--report] [--json out.json] [key=value ...]
+        [--out runs/compare_i4vgen] [--threads 1] [--shard I/N] [--report] [--json out.json] [key=value ...]
 
 Resumable: every finished (prompt, method) is appended to <out>/records.jsonl; a re-run with the same settings
-skips those and only runs the rest (other settings: a clear error, pick another --out). Prompts run interleaved
+skips those and only runs the rest (other settings: a clear error, pick another --out). --shard I/N runs only
+prompts i with i % N == I, into <out>/records.shardIofN.jsonl, so N processes (one per core) share one --out;
+every process, and --report, reads all the record files. Prompts run interleaved
 over the object counts, so a partial run is still balanced; the table is printed from whatever is done.
 
 --prompts prompts in all, split evenly over --objects: held-out compositions and single objects from
@@ -22,6 +24,8 @@ Columns, from the exact toy detector (score_video) per video, pooled per method 
   disp px      mean net displacement |last - first centroid| of the detected prompted objects over the clip, in
                px of the generated frame (the paper trades motion for fidelity); moving px: only objects the
                prompt says move (the toy world moves them 2-3.5 px/frame at 64 px)
+  max step     mean over detected prompted objects of their largest move between two consecutive frames (px): a
+               jump (a teleport, or a held frame the others do not fit) raises it above vanilla's
   anchor       mean reward of the chosen anchor image (graded toy reward: ~1 = every object right, no extras)
   ties         mean number of other candidates tying with the chosen one (0: the reward chose)
   vs vanilla   per method, motion ok and disp px as a ratio to vanilla's (the target: within 15%, >= 0.85)
@@ -134,6 +138,17 @@ def displacement(trajectory) -> float | None:
     return float(np.hypot(*(points[-1] - points[0]))) if len(points) >= 2 else None
 
 
+def largest_step(trajectory) -> float | None:
+    """The largest centroid move between consecutive frames (px; None with fewer than two observed frames in a
+    row): a jump, e.g. a held frame the others do not fit, shows here."""
+    import numpy as np
+
+    points = np.array(trajectory, dtype=np.float64)
+    steps = np.hypot(*(points[1:] - points[:-1]).T)
+    steps = steps[~np.isnan(steps)]
+    return float(steps.max()) if len(steps) else None
+
+
 def measure(frames, prompt: str) -> dict:
     """Per-video numbers from the toy detector."""
     from vgen.toyworld import score_video
@@ -148,6 +163,8 @@ def measure(frames, prompt: str) -> dict:
             "motion": o.motion,
             "motion_ok": o.motion_ok,
             "displacement_px": displacement(o.trajectory) if o.present else None,
+            "largest_step_px": largest_step(o.trajectory) if o.present else None,
+            "trajectory": [[round(float(v), 2) for v in p] for p in o.trajectory],
             "prompted_moving": o.spec.motion not in (None, "still"),
         })
     return {"all_present": score.all_present, "all_correct": score.all_correct,
@@ -183,6 +200,7 @@ def summarize(records: list[dict]) -> dict:
         "motion_ok": mean(o["motion_ok"] for o in objs),
         "disp_px": mean(o["displacement_px"] for o in objs),
         "disp_moving_px": mean(o["displacement_px"] for o in objs if o["prompted_moving"]),
+        "largest_step_px": mean(o.get("largest_step_px") for o in objs),
         "anchor_reward": mean(anchors) if anchors else None,
         "anchor_ties": mean(ties) if ties else None,
         "seconds": sum(r["seconds"] for r in records),
@@ -211,11 +229,12 @@ def num(x, digits=1) -> str:
 def print_rates(rows: list[dict]) -> None:
     w = max(len(r["method"]) for r in rows) + 2
     print(f"{'method':<{w}}{'objs':>4}{'n':>5}{'obj c+s':>9}{'all present':>12}{'all correct':>12}"
-          f"{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'anchor':>8}{'ties':>6}")
+          f"{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'max step':>9}{'anchor':>8}{'ties':>6}")
     for r in rows:
         print(f"{r['method']:<{w}}{r['objects']!s:>4}{r['videos']:>5}{pct(r['obj_colour_shape']):>9}"
               f"{pct(r['all_present']):>12}{pct(r['all_correct']):>12}{pct(r['motion_ok']):>10}"
-              f"{num(r['disp_px']):>9}{num(r['disp_moving_px']):>10}{num(r['anchor_reward'], 3):>8}"
+              f"{num(r['disp_px']):>9}{num(r['disp_moving_px']):>10}{num(r['largest_step_px']):>9}"
+              f"{num(r['anchor_reward'], 3):>8}"
               f"{num(r['anchor_ties'], 2):>6}")
 
 
@@ -283,13 +302,25 @@ def parse_args():
                     help="one more I4VGen method with these overrides (quoted, space-separated); repeat for more")
     ap.add_argument("--out", default=str(ROOT / "runs" / "compare_i4vgen"),
                     help="folder for settings.json and records.jsonl (resumed when it holds the same settings)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N", help="run prompts i with i %% N == I (N processes, one --out)")
     ap.add_argument("--report", action="store_true", help="only print the tables from what <out> holds; run nothing")
     ap.add_argument("--json", default=None, help="also write settings, the summary and per-video records here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every job, e.g. i4vgen.warm_step_size=1")
     args = ap.parse_args()
     if args.prompts < 1:
         ap.error("--prompts must be >= 1")
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        ap.error(f"--shard must be I/N with 0 <= I < N, got '{args.shard}'")
+    args.shard_index, args.shard_count = int(index), int(count)
     return args
+
+
+def records_file(out: Path, args) -> Path:
+    """Where this process appends: one file per shard, so concurrent shards never share a file."""
+    if args.shard_count == 1:
+        return out / "records.jsonl"
+    return out / f"records.shard{args.shard_index}of{args.shard_count}.jsonl"
 
 
 SETTING_KEYS = ("model", "prompts", "objects", "steps", "frames", "guidance", "scheduler", "seed", "device", "dtype",
@@ -307,15 +338,13 @@ def load_done(out: Path, settings: dict) -> list[dict]:
             sys.exit(f"compare_i4vgen: {out} holds a run with other settings ({', '.join(changed)}); use another --out")
     else:
         saved.write_text(json.dumps(settings, indent=1))
-    path = out / "records.jsonl"
-    if not path.exists():
-        return []
     records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut off by a kill: that run is redone
-            pass
+    for path in sorted(out.glob("records*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut off by a kill: that run is redone
+                pass
     return records
 
 
@@ -338,8 +367,8 @@ def main() -> None:
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in SETTING_KEYS}
     records = load_done(out, settings)
-    done = {(r["method"], r["index"]) for r in records}
-    records = [r for r in records if (r["method"], r["index"]) in done]
+    unique = {(r["method"], r["index"]): r for r in records}
+    records, done = list(unique.values()), set(unique)
     print_legend(args)
     print(f"{len(done)} of {len(prompts) * len(labels)} videos already in {out}", flush=True)
     if args.report:
@@ -351,8 +380,10 @@ def main() -> None:
     except VgenError as err:
         sys.exit(f"compare_i4vgen: {err}")
     frame_px = None
-    with tempfile.TemporaryDirectory(prefix="compare_i4vgen-") as tmp, open(out / "records.jsonl", "a") as sink:
+    with tempfile.TemporaryDirectory(prefix="compare_i4vgen-") as tmp, open(records_file(out, args), "a") as sink:
         for i, (n_obj, prompt) in enumerate(prompts):
+            if i % args.shard_count != args.shard_index:
+                continue
             line = []
             for label in labels:  # interleaved, so machine load hits every method alike
                 if (label, i) in done:

@@ -75,3 +75,42 @@ def test_cpu_offload_gives_the_same_frames():
     plain = load_components(ModelConfig(id="tiny-random-unet3d"), "cpu", "float32")
     offload = load_components(ModelConfig(id="tiny-random-unet3d"), "cpu", "float32", cpu_offload=True)
     assert (run_vanilla(plain, job) == run_vanilla(offload, job)).all()
+
+
+def test_held_frames_follow_the_known_latents_noised_by_the_closed_form():
+    """vgen.core.inpaint: after step i the held frames are sqrt(ab)·clean + sqrt(1-ab)·noise at timesteps[i+1]
+    (ab = alphas_cumprod there), exactly `clean` after the last step; the other frames are untouched."""
+    from diffusers import DDIMScheduler
+
+    from vgen.core.inpaint import hold_frames
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    sched.set_timesteps(5)
+    ts = list(sched.timesteps)
+    g = torch.Generator().manual_seed(0)
+    latents, clean, noise = (torch.randn(1, 4, n, 3, 3, generator=g) for n in (6, 2, 2))
+    hook = hold_frames(sched, ts, clean, noise, start=3)
+    for i in (0, 2):
+        ab = float(sched.alphas_cumprod[int(ts[i + 1])])
+        out = hook(i, ts[i], latents)
+        assert torch.allclose(out[:, :, 3:5], ab ** 0.5 * clean + (1 - ab) ** 0.5 * noise, atol=1e-6)
+        assert torch.equal(out[:, :, :3], latents[:, :, :3]) and torch.equal(out[:, :, 5:], latents[:, :, 5:])
+    assert torch.equal(hook(len(ts) - 1, ts[-1], latents)[:, :, 3:5], clean)
+
+
+def test_held_frames_are_released_below_the_given_timestep():
+    """release_below: held while the next timestep is >= it, the model's from then on (and after the last step)."""
+    from diffusers import DDIMScheduler
+
+    from vgen.core.inpaint import hold_frames
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          steps_offset=1)
+    sched.set_timesteps(10)
+    ts = [int(t) for t in sched.timesteps]  # 901, 801, ..., 1
+    g = torch.Generator().manual_seed(1)
+    latents, clean, noise = (torch.randn(1, 4, n, 2, 2, generator=g) for n in (3, 1, 1))
+    hook = hold_frames(sched, ts, clean, noise, start=1, release_below=600)
+    held = [not torch.equal(hook(i, ts[i], latents), latents) for i in range(len(ts))]
+    assert held == [ts[i + 1] >= 600 if i + 1 < len(ts) else False for i in range(len(ts))]
+    assert held[:3] == [True, True, True] and held[3] is False  # next timesteps 801, 701, 601 held; 501 not

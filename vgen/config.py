@@ -193,6 +193,9 @@ class I4VGenConfig:
     warm_iterations: int = 3
     t_regen: float = 1.0  # regeneration re-noises to t_regen*T, mapped onto the sampler's schedule (p_re = 1.0)
     regen_rule: str = "T"  # T: sampler timesteps <= t_regen*T | steps: the last round(t_regen*steps) steps (old vgen)
+    regen_hold: str = "none"  # none (official) | first | middle: that frame is held to the anchor image during the
+    #                           regeneration (temporal inpainting; ours, the toy carries middle)
+    regen_hold_until: float = 0.6  # ... while the next timestep is >= this fraction of T (0: to the last step)
     save_candidates: bool = True  # write <stem>_anchor.png and <stem>_candidates.png (scores in the grid)
 
     def check(self) -> None:
@@ -202,6 +205,7 @@ class I4VGenConfig:
         _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
         _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
         _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
+        _choice("i4vgen.regen_hold", self.regen_hold, REGEN_HOLDS)
         if self.image_steps is not None:
             _at_least("i4vgen.image_steps", self.image_steps, 1)
         if self.image_guidance is not None:
@@ -220,8 +224,11 @@ class I4VGenConfig:
         _at_least("i4vgen.warm_iterations", self.warm_iterations, 0)
         if not 0.0 < self.t_regen <= 1.0:
             raise ConfigError(f"config key 'i4vgen.t_regen' must be in (0, 1], got {self.t_regen}")
+        if not 0.0 <= self.regen_hold_until < 1.0:
+            raise ConfigError(f"config key 'i4vgen.regen_hold_until' must be in [0, 1), got {self.regen_hold_until}")
 
 
+REGEN_HOLDS = ("none", "first", "middle")
 STREAMING_MODES = ("auto", "trained", "training-free", "independent")
 
 

@@ -8,6 +8,9 @@
                    v  <- v - α_i·w(t)·(ε̂_CFG(v_t, c, t) - ε),   w(t) = 1 - ᾱ_t   (no backprop)
     3. regenerate  add fresh noise to v up to the first sampler timestep <= t_regen·T (p_re = 1: the schedule's
                    first), then denoise it with the video model
+                   (regen_hold, ours: one frame, the first or the middle, held to the anchor by temporal inpainting
+                   while t >= regen_hold_until·T, so the regenerated video keeps the anchor's objects and the late
+                   steps fit the held frame to the others; off in the public code)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from vgen.config import JobConfig, ModelConfig
+from vgen.core.inpaint import hold_frames
 from vgen.core.noise import iid_noise
 from vgen.core.progress import progress_bar
 from vgen.core.prompts import PromptEmbeds, encode_prompt
@@ -226,6 +230,15 @@ def regen_timesteps(scheduler: Any, t_regen: float, rule: str = "T") -> list:
 
 
 @torch.no_grad()
+def hold_frame(rule: str, frames: int) -> Optional[int]:
+    """The frame i4vgen.regen_hold holds to the anchor: none -> None, first -> 0, middle -> frames // 2.
+
+    Why the middle: a candidate is one frame drawn on its own, a typical frame of the clip rather than its
+    start, so its objects sit mid-trajectory; held at frame 0 the toy's objects had half the room to move."""
+    return {"none": None, "first": 0, "middle": frames // 2}[rule]
+
+
+@torch.no_grad()
 def regenerate(
     components: Components,
     scheduler: Any,
@@ -236,13 +249,26 @@ def regenerate(
     generator: torch.Generator,
     eta: float = 0.0,
     progress: Optional[bool] = None,
+    anchor: Optional[torch.Tensor] = None,
+    hold: Optional[int] = None,
+    release_below: float = 0.0,
 ) -> torch.Tensor:
-    """SDEdit of the animated anchor: fresh noise to the first of `timesteps`, then the video model."""
+    """SDEdit of the animated anchor: fresh noise to the first of `timesteps`, then the video model.
+
+    With `hold` (a frame index) and `anchor` [1, C, 1, h, w], that frame starts as and after every step follows
+    the anchor latent noised with its own share of the fresh noise, until the next timestep is below
+    `release_below` (0: to the end, where it is exactly the anchor)."""
     noise = iid_noise(video.shape, generator, components.device, components.dtype)
     start = torch.as_tensor(timesteps[:1], device=components.device)
+    post_step = None
+    if hold is not None:
+        video = video.clone()
+        video[:, :, hold : hold + 1] = anchor.to(video.dtype)
+        known = video[:, :, hold : hold + 1].clone()
+        post_step = hold_frames(scheduler, timesteps, known, noise[:, :, hold : hold + 1], hold, release_below)
     x = scheduler.add_noise(video, noise, start)
     return denoise(components, scheduler, x, prompt, guidance, timesteps=timesteps, generator=generator, eta=eta,
-                   progress=progress, description="regenerating")
+                   post_step=post_step, progress=progress, description="regenerating")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +344,10 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
 
     # 3. regeneration
     regen = regen_timesteps(scheduler, cfg.t_regen, cfg.regen_rule)
-    video = regenerate(components, scheduler, regen, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress)
+    hold = hold_frame(cfg.regen_hold, job.video.frames)
+    video = regenerate(components, scheduler, regen, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress,
+                       anchor=anchor.to(components.device, components.dtype), hold=hold,
+                       release_below=cfg.regen_hold_until * scheduler.config.num_train_timesteps)
     frames = decode_latents(components, video, job.memory.decode_chunk)[0]
 
     files = []
@@ -338,7 +367,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         "ni_vsds": {"timesteps": timesteps, "step_sizes": step_sizes, "schedule": cfg.vsds_schedule,
                     "guidance": vsds_guidance},
         "regeneration": {"steps": len(regen), "from_timestep": int(regen[0]), "timesteps": [int(t) for t in regen],
-                         "rule": cfg.regen_rule},
+                         "rule": cfg.regen_rule, "hold": cfg.regen_hold, "hold_frame": hold,
+                         "hold_until": cfg.regen_hold_until if hold is not None else None},
         "files": files,
     }
     return Video(to_uint8(frames), fps=job.video.fps, metadata=metadata)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vgen.config import JobConfig, ModelConfig
+from vgen.core.inpaint import renoised
 from vgen.core.noise import iid_noise
 from vgen.core.prompts import PromptEmbeds, encode_prompt
 from vgen.core.sampler import decode_latents, denoise, latent_shape, to_uint8
@@ -138,10 +139,7 @@ def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, 
 def renoised_known(scheduler: Any, timesteps: list, memory: Memory, i: int, dtype: torch.dtype) -> torch.Tensor:
     """The previous chunk's clean overlap latents noised (with the noise they were drawn from) to the level
     after step i, or exactly them after the last step."""
-    known = memory.latents.to(dtype)
-    if i + 1 < len(timesteps):
-        known = scheduler.add_noise(known, memory.noise.to(dtype), timesteps[i + 1].reshape(1))
-    return known
+    return renoised(scheduler, timesteps, memory.latents.to(dtype), memory.noise.to(dtype), i)
 
 
 def lock_dc(latents: torch.Tensor, target: torch.Tensor, start: int) -> torch.Tensor:
