@@ -164,7 +164,7 @@ def measure(frames, prompt: str) -> dict:
             "motion_ok": o.motion_ok,
             "displacement_px": displacement(o.trajectory) if o.present else None,
             "largest_step_px": largest_step(o.trajectory) if o.present else None,
-            "trajectory": [[round(float(v), 2) for v in p] for p in o.trajectory],
+            "trajectory": [[None if v != v else round(float(v), 2) for v in p] for p in o.trajectory],  # strict JSON
             "prompted_moving": o.spec.motion not in (None, "still"),
         })
     return {"all_present": score.all_present, "all_correct": score.all_correct,

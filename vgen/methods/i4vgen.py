@@ -229,7 +229,6 @@ def regen_timesteps(scheduler: Any, t_regen: float, rule: str = "T") -> list:
     return steps[start:]
 
 
-@torch.no_grad()
 def hold_frame(rule: str, frames: int) -> Optional[int]:
     """The frame i4vgen.regen_hold holds to the anchor: none -> None, first -> 0, middle -> frames // 2.
 
@@ -262,9 +261,9 @@ def regenerate(
     start = torch.as_tensor(timesteps[:1], device=components.device)
     post_step = None
     if hold is not None:
+        known = anchor.to(video.dtype)
         video = video.clone()
-        video[:, :, hold : hold + 1] = anchor.to(video.dtype)
-        known = video[:, :, hold : hold + 1].clone()
+        video[:, :, hold : hold + 1] = known
         post_step = hold_frames(scheduler, timesteps, known, noise[:, :, hold : hold + 1], hold, release_below)
     x = scheduler.add_noise(video, noise, start)
     return denoise(components, scheduler, x, prompt, guidance, timesteps=timesteps, generator=generator, eta=eta,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vgen.config import JobConfig, ModelConfig
-from vgen.core.inpaint import renoised
+from vgen.core.inpaint import hold_frames, renoised
 from vgen.core.noise import iid_noise
 from vgen.core.prompts import PromptEmbeds, encode_prompt
 from vgen.core.sampler import decode_latents, denoise, latent_shape, to_uint8
@@ -158,11 +158,11 @@ def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int, 
     the background level and global colour) is then set to that of the last re-noised known frame, so the
     background cannot drift away from the overlap (the flicker at chunk boundaries); the rest is untouched."""
 
+    hold = hold_frames(scheduler, timesteps, memory.latents[:, :, :cond], memory.noise[:, :, :cond], 0)
+
     def post_step(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        known = renoised_known(scheduler, timesteps, memory, i, latents.dtype)
-        latents = latents.clone()
-        latents[:, :, :cond] = known
-        return lock_dc(latents, known[:, :, -1:], cond) if dc_lock else latents
+        latents = hold(i, t, latents)
+        return lock_dc(latents, latents[:, :, cond - 1 : cond], cond) if dc_lock else latents
 
     return post_step
 
