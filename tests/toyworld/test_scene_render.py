@@ -129,6 +129,53 @@ def test_long_clips_slow_down_then_refuse():
     assert render_video(still, 500).shape == (500, 64, 64, 3)
 
 
+def test_bouncing_path_reflects_at_the_walls():
+    """A hand-computed path: centre 10, 3 px/frame to the right, walls at 5 and 20."""
+    spec = ObjectSpec("red", "square", "right")
+    o = ObjectLayout(spec, 10.0, 12.0, 8.0, 3.0, (5.0, 20.0))
+    expected_x = [10, 13, 16, 19, 18, 15, 12, 9, 6, 7, 10]  # 22 -> 18, 25 -> 15, ..., 34 -> 6 -> 37 -> 7
+    np.testing.assert_allclose(o.centres(11)[:, 0], expected_x)
+    np.testing.assert_allclose(o.centres(11)[:, 1], 12.0)  # the other axis does not move
+    up = ObjectLayout(ObjectSpec("red", "square", "up"), 30.0, 7.0, 8.0, 2.0, (5.0, 20.0))
+    np.testing.assert_allclose(up.centres(4)[:, 1], [7, 5, 7, 9])
+
+
+def test_bouncing_square_renders_at_its_reflected_place():
+    spec = ObjectSpec("blue", "square", "left")
+    # centre 14.5, side 10, 4 px/frame to the left, walls at 6.5 and 40: frame 3 is at 14.5 - 12 -> 6.5 + 4 = 10.5
+    scene = Scene((ObjectLayout(spec, 14.5, 30.5, 10.0, 4.0, (6.5, 40.0)),), BackgroundSpec(grey=90), 64)
+    video = render_video(scene, 4)
+    for f, x in enumerate([14.5, 10.5, 6.5, 10.5]):
+        expected = np.full((64, 64, 3), 90, np.uint8)
+        left = int(x - 4.5)
+        expected[26:36, left : left + 10] = COLOURS["blue"]
+        np.testing.assert_array_equal(video[f], expected)
+    twice = render_video(scene, 4, size=128)  # the walls scale with the frame
+    ys, xs = np.nonzero(chroma(twice[3]) > 128)
+    assert xs.min() == 2 * 6 and xs.max() == 2 * 16 - 1
+
+
+def test_bouncing_long_clips_keep_speed_inside_and_apart():
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        frames = int(rng.integers(32, 241))
+        n = int(rng.integers(1, 3))
+        scene = sample_scene(rng, sample_specs(rng, n), frames, 64, bounce=True)
+        boxes = []
+        for o in scene.objects:
+            c = o.centres(frames)
+            assert (c - o.size / 2 >= -0.5 - 1e-9).all() and (c + o.size / 2 <= 63.5 + 1e-9).all()
+            if o.spec.motion != "still":
+                assert SPEED_RANGE[0] - 1e-9 <= o.speed <= SPEED_RANGE[1] + 1e-9  # no slow-down
+                step = np.abs(np.diff(c, axis=0)).max(axis=1)
+                assert (step <= o.speed + 1e-9).all() and step.mean() > 0.7 * o.speed
+            boxes.append((c, o.size))
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                gap = np.abs(boxes[i][0] - boxes[j][0]) - (boxes[i][1] + boxes[j][1]) / 2
+                assert (gap.max(axis=1) >= 1.0).all()
+
+
 def test_toyworld_imports_no_torch():
     """The toy world is pure numpy: importing it must not pull in torch beyond what vgen does."""
     import subprocess

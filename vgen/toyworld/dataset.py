@@ -30,12 +30,20 @@ def sample_training_batch(
     frames: int,
     size: int = 64,
     n_objects_weights=(0.5, 0.3, 0.2),
+    bounce: bool = False,
 ) -> tuple[list[str], np.ndarray]:
-    """batch paraphrased captions and their clips, uint8 [B, frames, size, size, 3]."""
+    """batch paraphrased captions and their clips, uint8 [B, frames, size, size, 3] (bounce: see sample_scene)."""
     captions, videos = [], np.empty((batch, frames, size, size, 3), dtype=np.uint8)
     for b in range(batch):
-        specs = sample_training_specs(rng, n_objects_weights)
-        videos[b] = render_video(sample_scene(rng, specs, frames, size), frames)
+        while True:  # bouncing objects may find no layout that keeps them apart: draw other objects
+            specs = sample_training_specs(rng, n_objects_weights)
+            try:
+                scene = sample_scene(rng, specs, frames, size, bounce=bounce)
+                break
+            except ValueError:
+                if not bounce:
+                    raise
+        videos[b] = render_video(scene, frames)
         captions.append(paraphrase(specs, rng))
     return captions, videos
 

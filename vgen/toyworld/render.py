@@ -59,8 +59,13 @@ def _rescaled(scene: Scene, size: int) -> list[ObjectLayout]:
     if size == scene.size:
         return list(scene.objects)
     k = size / scene.size
+
+    def px(v: float) -> float:
+        return (v + 0.5) * k - 0.5
+
     return [
-        ObjectLayout(o.spec, (o.x0 + 0.5) * k - 0.5, (o.y0 + 0.5) * k - 0.5, o.size * k, o.speed * k)
+        ObjectLayout(o.spec, px(o.x0), px(o.y0), o.size * k, o.speed * k,
+                     None if o.bounds is None else (px(o.bounds[0]), px(o.bounds[1])))
         for o in scene.objects
     ]
 

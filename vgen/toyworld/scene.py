@@ -69,6 +69,8 @@ class ObjectLayout:
     """Where and how fast one object is drawn: centre at frame 0 in px, side in px, px/frame.
 
     Pixel i covers [i - 0.5, i + 0.5], so a pixel's centre has an integer coordinate.
+    bounds (lo, hi), when set, is the centre's range on both axes and the object bounces off its ends
+    (a mirror reflection, speed kept): long clips then keep the short clips' speed.
     """
 
     spec: ObjectSpec
@@ -76,6 +78,7 @@ class ObjectLayout:
     y0: float
     size: float
     speed: float
+    bounds: tuple[float, float] | None = None
 
     def velocity(self) -> tuple[float, float]:
         dx, dy = MOTION_VECTORS[self.spec.motion or "still"]
@@ -85,7 +88,17 @@ class ObjectLayout:
         """Centre of the object in every frame, shape [frames, 2] as (x, y)."""
         t = np.arange(frames, dtype=np.float64)
         vx, vy = self.velocity()
-        return np.stack([self.x0 + vx * t, self.y0 + vy * t], axis=1)
+        path = np.stack([self.x0 + vx * t, self.y0 + vy * t], axis=1)
+        return path if self.bounds is None else reflect(path, *self.bounds)
+
+
+def reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Fold positions on an unbounded line into [lo, hi] as a ball bouncing between two walls would."""
+    span = hi - lo
+    if span <= 0:
+        return np.full_like(x, lo)
+    y = np.mod(x - lo, 2 * span)
+    return lo + np.where(y > span, 2 * span - y, y)
 
 
 @dataclass(frozen=True)
@@ -145,15 +158,20 @@ def sample_scene(
     frames: int,
     size: int = REFERENCE_SIZE,
     max_tries: int = 2000,
+    bounce: bool = False,
 ) -> Scene:
     """Lay out specs so every object stays fully inside the frame and apart from the others.
 
     Sizes and speeds scale with size / 64. Long clips lower the speed (down to MIN_SPEED) and
     then the size of moving objects so the path fits; a clip too long even for the smallest
-    object raises ValueError.
+    object raises ValueError. With bounce, moving objects keep the short clips' speed at any
+    length and bounce off the frame's border instead (ObjectLayout.bounds); the caption's motion
+    is then the first direction.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    if bounce:
+        return _sample_bouncing(rng, specs, frames, size, max_tries)
     k = size / REFERENCE_SIZE
     longest = size - 2 * MARGIN - OBJECT_SIZE_RANGE[0] * k
     if frames > 1 and any(s.motion not in (None, "still") for s in specs) and (
@@ -190,3 +208,25 @@ def sample_scene(
         if _fits(paths, sides):
             return Scene(tuple(layouts), background, size)
     raise ValueError(f"could not lay out {len(specs)} objects in {size}x{size} for {frames} frames")
+
+
+def _sample_bouncing(rng: np.random.Generator, specs: list[ObjectSpec], frames: int, size: int,
+                     max_tries: int) -> Scene:
+    """sample_scene with bounce: speeds from SPEED_RANGE, starts anywhere, objects apart in every frame."""
+    k = size / REFERENCE_SIZE
+    background = sample_background(rng)
+    for _ in range(max_tries):
+        layouts, paths, sides = [], [], []
+        for spec in specs:
+            moving = spec.motion not in (None, "still") and frames > 1
+            side = float(rng.uniform(*OBJECT_SIZE_RANGE)) * k
+            lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN
+            speed = float(rng.uniform(*SPEED_RANGE)) * k if moving else 0.0
+            x0, y0 = lo + rng.random() * (hi - lo), lo + rng.random() * (hi - lo)
+            layout = ObjectLayout(spec, float(x0), float(y0), side, speed, (lo, hi) if moving else None)
+            layouts.append(layout)
+            paths.append(layout.centres(frames))
+            sides.append(side)
+        if _fits(paths, sides):
+            return Scene(tuple(layouts), background, size)
+    raise ValueError(f"could not lay out {len(specs)} bouncing objects in {size}x{size} for {frames} frames")

@@ -12,6 +12,10 @@ Why the first toy weights stayed inert, and the levers against it (all options, 
   learning rates; the encoder copy, initialised from the UNet, keeps `lr`.
 - At inference the conditioning frames are the model's own decodes, not clean renders: `cond_roundtrip`
   feeds E_cond VAE-decoded latents, and `cond_noise` adds Gaussian pixel noise (std drawn in [0, cond_noise]).
+- Why the trained toy chunks froze: the toy world fits a whole clip's path inside the frame, so a 32-frame clip
+  moves its objects at ~0.7 px/frame, a quarter of the 8-frame clips the base model learned (2-3.5 px/frame),
+  and the memories learned that later chunks crawl. `clip_motion="bounce"` keeps the short clips' speed over
+  the 32 frames, objects bouncing off the border (toyworld.sample_scene(bounce=True)).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 STAGES = ("cam", "cam+apm")
+CLIP_MOTIONS = ("slow", "bounce")
 
 
 @dataclass
@@ -42,6 +47,8 @@ class StreamingTrainConfig:
     lr_alpha: Optional[float] = None  # APM's α_l (SiLU(0) = 0: they must travel far); None = lr_new
     cond_roundtrip: bool = False  # E_cond reads decode(encode(frames)), as at inference, not clean renders
     cond_noise: float = 0.0  # pixel noise on the conditioning frames, std ~ U(0, cond_noise) per clip
+    clip_motion: str = "slow"  # slow: the toy world's long-clip layout (objects slow down to fit the frame);
+    # bounce: the short clips' speed, objects bouncing off the border
     p_drop: float = 0.05  # drop text / anchor / both, each with this probability
     anchor_tokens: int = 16
     head_dim: int = 16
@@ -66,6 +73,8 @@ class StreamingTrainer:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {cfg.stage!r}")
         if cfg.cond_frames >= cfg.chunk:
             raise ValueError("cond_frames must be smaller than chunk")
+        if cfg.clip_motion not in CLIP_MOTIONS:
+            raise ValueError(f"clip_motion must be one of {', '.join(CLIP_MOTIONS)}, got {cfg.clip_motion!r}")
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -123,7 +132,8 @@ class StreamingTrainer:
         from vgen.toyworld import sample_training_batch
 
         cfg, (h, w) = self.cfg, self.base.native_size
-        captions, clips = sample_training_batch(self.rng, cfg.batch, 2 * cfg.chunk, h)
+        captions, clips = sample_training_batch(self.rng, cfg.batch, 2 * cfg.chunk, h,
+                                                bounce=cfg.clip_motion == "bounce")
         pixels = torch.from_numpy(clips).float().div(127.5).sub(1).permute(0, 1, 4, 2, 3)  # [B, 2F, 3, H, W]
         F, Fc = cfg.chunk, cfg.cond_frames
         anchor_idx = self.rng.integers(0, F, cfg.batch)
