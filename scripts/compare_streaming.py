@@ -3,7 +3,8 @@
     .venv/bin/python scripts/compare_streaming.py [--model toy] [--prompts 24] [--frames 240] [--steps 20]
         [--guidance 5] [--eta 1] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
         [--modes trained training-free [training-free-dc] independent] [--dc-lock] [--record]
-        [--out DIR [--resume]] [--json records.json]
+        [--out DIR [--resume]] [--json records.json] [--shard I/N]
+    .venv/bin/python scripts/compare_streaming.py --report a.json b.json   # the tables of earlier runs, merged
 
 Prompts: half single-object, half two-object held-out captions with their motions (vgen.toyworld.eval_prompts,
 seeded by --seed, so the same flags give the same rows; a smaller --prompts is a prefix of a larger one's rows).
@@ -24,13 +25,17 @@ frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_l
 
 --record writes the trained mode's seam check into the model folder's streaming/config.json (passed when
 both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR and the later chunks keep >= MOTION_KEPT_FLOOR of the
-first chunk's motion: seamless by freezing does not pass); `streaming.mode=auto` trusts the memories only then.
+first chunk's motion: seamless by freezing does not pass), from the rows run as the model runs them: trained-dc
+when the model carries streaming.trained_dc_lock=true, else trained. `streaming.mode=auto` trusts the memories only
+when that check passed, and only for jobs with the same trained_dc_lock.
 
 Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over long videos a
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
 --out keeps the mp4s and sidecars (otherwise a temporary folder is used); with --resume, videos already
 there with the same settings (the sidecar's resolved config) are scored again but not regenerated, so an
 interrupted run can be continued. Generation wall time is printed per mode (for resumed videos: as recorded).
+--shard I/N runs only rows i with i % N == I (one process per core, each with its own --json; the same --out is
+fine, names are per row), and --report merges their --json files into one table without running anything.
 """
 
 from __future__ import annotations
@@ -282,13 +287,19 @@ def progress_line(r: dict, first: bool) -> str:
 
 
 def record_seam_check(records: list[dict], args) -> None:
-    """The trained mode's object and background seam ratios (ratio of the means) into streaming/config.json."""
+    """The trained mode's object and background seam ratios (ratio of the means) into streaming/config.json,
+    measured as `vgen generate` runs it on that model: the trained-dc rows when the model carries
+    streaming.trained_dc_lock=true, else the trained rows (the check records which)."""
+    from vgen.config import build_job
     from vgen.eval.seams import FLOORS
     from vgen.methods.streaming.runner import MOTION_KEPT_FLOOR, SEAM_FLOOR
 
-    recs = [r for r in records if r["mode"] == "trained" and "error" not in r]
+    carried = build_job(flags={"prompt": "a red circle", "method": "streaming", "model.id": args.model})
+    dc = bool(carried.streaming.trained_dc_lock)
+    mode = "trained-dc" if dc else "trained"
+    recs = [r for r in records if r["mode"] == mode and "error" not in r]
     if not recs:
-        print("--record: no trained-mode video was scored; nothing recorded")
+        print(f"--record: no {mode} video was scored (the model's trained_dc_lock is {str(dc).lower()}); nothing recorded")
         return
     folder = ROOT / "vgen" / "assets" / "toy" if args.model == "toy" else Path(args.model)
     path = folder / "streaming" / "config.json"
@@ -298,9 +309,10 @@ def record_seam_check(records: list[dict], args) -> None:
     kept = kept if kept == kept else 0.0  # no motion in the first chunk: nothing shows motion is kept
     check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
-             "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR,
+             "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR, "trained_dc_lock": dc,
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "
-                         f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} videos)"}
+                         f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} "
+                         f"{mode} videos)"}
     config = json.loads(path.read_text())
     config["seam_check"] = check
     path.write_text(json.dumps(config, indent=2))
@@ -329,8 +341,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="keep the mp4s and sidecars here")
     ap.add_argument("--resume", action="store_true", help="skip videos already in --out with the same settings")
-    ap.add_argument("--json", default=None, help="write the per-video records here")
+    ap.add_argument("--json", default=None, help="write the per-video records here (after every row)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows i with i %% N == I only")
+    ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of these --json files (merged) and run nothing")
     args = ap.parse_args()
+    if args.report:
+        report(args.report, args.record)
+        return
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        ap.error(f"--shard must be I/N with 0 <= I < N, got '{args.shard}'")
+    args.shard_index, args.shard_count = int(index), int(count)
+    if args.record and args.shard_count > 1:
+        ap.error("--record needs every row: record from the shards' files with --report FILES --record")
     if args.resume and not args.out:
         sys.exit("compare_streaming: --resume needs --out (the folder of the earlier run)")
     if args.model == "toy" and not (ROOT / "vgen" / "assets" / "toy").is_dir():
@@ -349,17 +373,46 @@ def main() -> None:
         print(f"{len(prompts)} prompts x {len(modes)} modes ({', '.join(modes)}), {args.frames} frames, videos in "
               f"{folder if args.out else 'a temporary folder'}; * = resumed", flush=True)
         records, metric_s, started = [], {}, time.perf_counter()
-        for row, prompt in enumerate(prompts):
+        rows = [(row, prompt) for row, prompt in enumerate(prompts) if row % args.shard_count == args.shard_index]
+        for done, (row, prompt) in enumerate(rows):
             records += run_row(args, cache, folder, row, prompt, modes, metric_s)
-            if row == 0 and len(prompts) > 1:
+            if done == 0 and len(rows) > 1:
                 per_row = time.perf_counter() - started
-                print(f"  (about {per_row * (len(prompts) - 1) / 60:.0f} more minutes at this pace)", flush=True)
+                print(f"  (about {per_row * (len(rows) - 1) / 60:.0f} more minutes at this pace)", flush=True)
+            if args.json:  # after every row, so an interrupted shard still reports what it did
+                write_records(args, modes, records)
         print_tables(records, modes, args)
         print_times(records, modes, metric_s)
     if args.record:
         record_seam_check(records, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "modes": modes, "records": records}, indent=1))
+        write_records(args, modes, records)
+
+
+def write_records(args, modes: list[str], records: list[dict]) -> None:
+    settings = {k: v for k, v in vars(args).items() if k != "report"}
+    Path(args.json).write_text(json.dumps({"settings": settings, "modes": modes, "records": records}, indent=1))
+
+
+def report(paths: list[str], record: bool = False) -> None:
+    """The tables of earlier runs' --json files (e.g. the shards of one run), merged; they must share settings.
+    With record, the merged trained rows' seam check goes into the model folder (as --record)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keep = ("model", "frames", "steps", "guidance", "seed", "eta", "window", "min_scene_len", "flow", "dc_lock")
+    first = {k: runs[0]["settings"].get(k) for k in keep}
+    for path, run in zip(paths, runs):
+        mine = {k: run["settings"].get(k) for k in keep}
+        if mine != first:
+            differ = ", ".join(f"{k}: {first[k]} vs {mine[k]}" for k in keep if first[k] != mine[k])
+            sys.exit(f"compare_streaming --report: {path} was run with other settings ({differ})")
+    records = sorted((r for run in runs for r in run["records"]), key=lambda r: (r["row"], r["mode"]))
+    modes = [m for m in MODES if any(m in run["modes"] for run in runs)]
+    args = argparse.Namespace(**runs[0]["settings"])
+    args.prompts = len({r["row"] for r in records})
+    print_tables(records, modes, args)
+    print_times(records, modes, {})
+    if record:
+        record_seam_check(records, args)
 
 
 if __name__ == "__main__":

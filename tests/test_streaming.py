@@ -184,6 +184,17 @@ def test_auto_uses_memories_only_when_their_seam_check_passed(zero_streaming_mod
         data["seam_check"] = {"passed": passed, "object_ratio": 1.5 if passed else 4.0, "background_ratio": 1.2}
         cfg.write_text(_json.dumps(data))
         assert R.resolve_mode("auto", _load(folder)) == mode
+    # a check that passed with trained_dc_lock vouches only for runs with it
+    folder = tmp_path / "dc"
+    shutil.copytree(zero_streaming_model, folder)
+    cfg = folder / "streaming" / "config.json"
+    data = _json.loads(cfg.read_text())
+    data["seam_check"] = {"passed": True, "object_ratio": 1.5, "background_ratio": 1.2, "trained_dc_lock": True}
+    cfg.write_text(_json.dumps(data))
+    c = _load(folder)
+    assert R.resolve_mode("auto", c, trained_dc_lock=True) == "trained"
+    assert R.resolve_mode("auto", c, trained_dc_lock=False) == "training-free"
+    assert R.resolve_mode("trained", c, trained_dc_lock=False) == "trained"  # asked for: always
 
 
 def test_trained_dc_lock_moves_only_each_frames_mean_to_the_known_frames(tiny):

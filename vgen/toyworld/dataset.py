@@ -31,14 +31,19 @@ def sample_training_batch(
     size: int = 64,
     n_objects_weights=(0.5, 0.3, 0.2),
     bounce: bool = False,
+    speed_range: tuple[float, float] | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    """batch paraphrased captions and their clips, uint8 [B, frames, size, size, 3] (bounce: see sample_scene)."""
+    """batch paraphrased captions and their clips, uint8 [B, frames, size, size, 3] (bounce, speed_range: see
+    sample_scene; speed_range needs bounce)."""
+    if speed_range is not None and not bounce:
+        raise ValueError("speed_range needs bounce=True (without it long clips slow down to fit the frame)")
+    extra = {} if speed_range is None else {"speed_range": tuple(speed_range)}
     captions, videos = [], np.empty((batch, frames, size, size, 3), dtype=np.uint8)
     for b in range(batch):
         while True:  # bouncing objects may find no layout that keeps them apart: draw other objects
             specs = sample_training_specs(rng, n_objects_weights)
             try:
-                scene = sample_scene(rng, specs, frames, size, bounce=bounce)
+                scene = sample_scene(rng, specs, frames, size, bounce=bounce, **extra)
                 break
             except ValueError:
                 if not bounce:

@@ -159,6 +159,7 @@ def sample_scene(
     size: int = REFERENCE_SIZE,
     max_tries: int = 2000,
     bounce: bool = False,
+    speed_range: tuple[float, float] = SPEED_RANGE,
 ) -> Scene:
     """Lay out specs so every object stays fully inside the frame and apart from the others.
 
@@ -166,12 +167,12 @@ def sample_scene(
     then the size of moving objects so the path fits; a clip too long even for the smallest
     object raises ValueError. With bounce, moving objects keep the short clips' speed at any
     length and bounce off the frame's border instead (ObjectLayout.bounds); the caption's motion
-    is then the first direction.
+    is then the first direction, and `speed_range` (px/frame at 64x64) may widen the speeds.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if bounce:
-        return _sample_bouncing(rng, specs, frames, size, max_tries)
+        return _sample_bouncing(rng, specs, frames, size, max_tries, speed_range)
     k = size / REFERENCE_SIZE
     longest = size - 2 * MARGIN - OBJECT_SIZE_RANGE[0] * k
     if frames > 1 and any(s.motion not in (None, "still") for s in specs) and (
@@ -211,8 +212,8 @@ def sample_scene(
 
 
 def _sample_bouncing(rng: np.random.Generator, specs: list[ObjectSpec], frames: int, size: int,
-                     max_tries: int) -> Scene:
-    """sample_scene with bounce: speeds from SPEED_RANGE, starts anywhere, objects apart in every frame."""
+                     max_tries: int, speed_range: tuple[float, float]) -> Scene:
+    """sample_scene with bounce: speeds from speed_range, starts anywhere, objects apart in every frame."""
     k = size / REFERENCE_SIZE
     background = sample_background(rng)
     for _ in range(max_tries):
@@ -221,7 +222,7 @@ def _sample_bouncing(rng: np.random.Generator, specs: list[ObjectSpec], frames: 
             moving = spec.motion not in (None, "still") and frames > 1
             side = float(rng.uniform(*OBJECT_SIZE_RANGE)) * k
             lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN
-            speed = float(rng.uniform(*SPEED_RANGE)) * k if moving else 0.0
+            speed = float(rng.uniform(*speed_range)) * k if moving else 0.0
             x0, y0 = lo + rng.random() * (hi - lo), lo + rng.random() * (hi - lo)
             layout = ObjectLayout(spec, float(x0), float(y0), side, speed, (lo, hi) if moving else None)
             layouts.append(layout)

@@ -71,13 +71,19 @@ def seam_check(components: Components) -> Optional[dict]:
     return load_seam_check(components.folder)
 
 
-def resolve_mode(asked: str, components: Components) -> str:
-    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR, MOTION_KEPT_FLOOR), else
-    training-free."""
+def memories_trusted(check: Optional[dict], trained_dc_lock: bool) -> bool:
+    """Whether a recorded seam check vouches for the trained mode as this job would run it: it passed, and it was
+    measured with the same streaming.trained_dc_lock (absent = false, the paper's)."""
+    return (check is not None and check.get("passed") is True
+            and bool(check.get("trained_dc_lock", False)) == bool(trained_dc_lock))
+
+
+def resolve_mode(asked: str, components: Components, trained_dc_lock: bool = False) -> str:
+    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR, MOTION_KEPT_FLOOR) with
+    this job's trained_dc_lock, else training-free."""
     has_weights = streaming_weights(components) is not None
     if asked == "auto":
-        check = seam_check(components)
-        return "trained" if has_weights and check is not None and check.get("passed") is True else "training-free"
+        return "trained" if has_weights and memories_trusted(seam_check(components), trained_dc_lock) else "training-free"
     if asked == "trained" and not has_weights:
         raise ConfigError(
             f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
@@ -212,13 +218,16 @@ def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, wei
 def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo:
     cfg, s = job.streaming, job.sampler
     F, Fc = cfg.chunk, cfg.cond_frames
-    mode = resolve_mode(cfg.mode, components)
+    mode = resolve_mode(cfg.mode, components, cfg.trained_dc_lock)
     weights = streaming_weights(components) if mode == "trained" else None
     n = chunk_count(job.video.frames, F, Fc)
     w_text = s.guidance
     w_anchor = s.guidance if cfg.anchor_guidance is None else cfg.anchor_guidance
     if cfg.mode == "auto" and mode != "trained" and streaming_weights(components) is not None:
-        ctx.log("streaming: the model's trained memories have not passed the seam check; auto uses training-free "
+        check = seam_check(components)
+        why = ("have not passed the seam check" if check is None or check.get("passed") is not True else
+               f"passed the seam check only with streaming.trained_dc_lock={str(bool(check.get('trained_dc_lock'))).lower()}")
+        ctx.log(f"streaming: the model's trained memories {why}; auto uses training-free "
                 "(streaming.mode=trained forces them)")
     ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
     prompt = encode_prompt(components, job.prompt, job.negative, max(w_text, w_anchor))

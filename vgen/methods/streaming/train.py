@@ -15,7 +15,9 @@ Why the first toy weights stayed inert, and the levers against it (all options, 
 - Why the trained toy chunks froze: the toy world fits a whole clip's path inside the frame, so a 32-frame clip
   moves its objects at ~0.7 px/frame, a quarter of the 8-frame clips the base model learned (2-3.5 px/frame),
   and the memories learned that later chunks crawl. `clip_motion="bounce"` keeps the short clips' speed over
-  the 32 frames, objects bouncing off the border (toyworld.sample_scene(bounce=True)).
+  the 32 frames, objects bouncing off the border (toyworld.sample_scene(bounce=True)); `clip_speed` widens the
+  speeds, so CAM learns to continue the speed it is shown (the base model's 16-frame chunks move faster than
+  its 8-frame training clips) rather than the training clips' mean.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class StreamingTrainConfig:
     cond_noise: float = 0.0  # pixel noise on the conditioning frames, std ~ U(0, cond_noise) per clip
     clip_motion: str = "slow"  # slow: the toy world's long-clip layout (objects slow down to fit the frame);
     # bounce: the short clips' speed, objects bouncing off the border
+    clip_speed: Optional[tuple] = None  # bounce: (low, high) px/frame at 64 px (None = the toy's 2-3.5)
     p_drop: float = 0.05  # drop text / anchor / both, each with this probability
     anchor_tokens: int = 16
     head_dim: int = 16
@@ -133,7 +136,8 @@ class StreamingTrainer:
 
         cfg, (h, w) = self.cfg, self.base.native_size
         captions, clips = sample_training_batch(self.rng, cfg.batch, 2 * cfg.chunk, h,
-                                                bounce=cfg.clip_motion == "bounce")
+                                                bounce=cfg.clip_motion == "bounce",
+                                                speed_range=tuple(cfg.clip_speed) if cfg.clip_speed else None)
         pixels = torch.from_numpy(clips).float().div(127.5).sub(1).permute(0, 1, 4, 2, 3)  # [B, 2F, 3, H, W]
         F, Fc = cfg.chunk, cfg.cond_frames
         anchor_idx = self.rng.integers(0, F, cfg.batch)
