@@ -10,6 +10,8 @@ importable without torch.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -295,8 +297,19 @@ class JobConfig:
 METHOD_SECTIONS: tuple[str, ...] = ("zs2", "vico", "i4vgen", "streaming")
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """Built once: OmegaConf.structured walks every dataclass (~50 ms), and a job merges several layers onto it."""
+    cfg = OmegaConf.structured(JobConfig)
+    OmegaConf.set_readonly(cfg, True)  # shared: merges copy it, nothing may change it in place
+    return cfg
+
+
 def schema() -> DictConfig:
-    return OmegaConf.structured(JobConfig)
+    """A fresh, writable structured config of JobConfig with every default."""
+    cfg = copy.deepcopy(_schema())
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
 
 
 def _valid_keys(node: Any) -> list[str]:
@@ -417,9 +430,19 @@ def _coerce_lists(update: Any, base: DictConfig) -> Any:
 
 
 def _merge_layers(layers: Iterable[Layer]) -> DictConfig:
-    cfg = schema()
-    for layer in layers:
-        cfg = merge(cfg, _coerce_lists(layer.update, cfg), layer.source)
+    """The layers merged in order onto the schema. One OmegaConf.merge for all of them (each merge deep-copies
+    the whole config); only when that fails, layer by layer, so the error names the layer that caused it."""
+    layers = list(layers)
+    base = _schema()
+    updates = [_coerce_lists(layer.update, base) for layer in layers]  # list keys are fixed by the schema
+    try:
+        cfg = OmegaConf.merge(base, *updates)
+    except OmegaConfBaseException:
+        cfg = base
+        for layer, update in zip(layers, updates):
+            cfg = merge(cfg, update, layer.source)
+        raise AssertionError("a merge that failed at once passed layer by layer")  # pragma: no cover
+    OmegaConf.set_readonly(cfg, False)
     return cfg
 
 
