@@ -171,11 +171,9 @@ def sample_scene(
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
-    if bounce:
-        return _sample_bouncing(rng, specs, frames, size, max_tries, speed_range)
     k = size / REFERENCE_SIZE
     longest = size - 2 * MARGIN - OBJECT_SIZE_RANGE[0] * k
-    if frames > 1 and any(s.motion not in (None, "still") for s in specs) and (
+    if not bounce and frames > 1 and any(s.motion not in (None, "still") for s in specs) and (
         MIN_SPEED * k * (frames - 1) > longest
     ):
         raise ValueError(
@@ -184,50 +182,45 @@ def sample_scene(
         )
     background = sample_background(rng)
     for _ in range(max_tries):
-        layouts, paths, sides = [], [], []
-        for spec in specs:
-            moving = spec.motion not in (None, "still") and frames > 1
-            side = float(rng.uniform(*OBJECT_SIZE_RANGE)) * k
-            if moving:  # shrink big objects so the slowest allowed path still fits
-                side = min(side, size - 2 * MARGIN - MIN_SPEED * k * (frames - 1))
-            lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN  # centre range
-            speed = 0.0
-            if moving:
-                # at most half the free range, so several moving objects still find room; long
-                # clips slow down (never below MIN_SPEED, checked above)
-                cap = max(0.5 * (hi - lo), MIN_SPEED * k * (frames - 1)) / (frames - 1)
-                speed = min(float(rng.uniform(*SPEED_RANGE)) * k, cap, (hi - lo) / (frames - 1))
-            dx, dy = MOTION_VECTORS[spec.motion or "still"] if moving else (0, 0)
-            travel = speed * (frames - 1)
-            free = max(hi - lo - travel, 0.0)  # room left for the start along each moving axis
-            x0 = lo + (travel if dx < 0 else 0.0) + rng.random() * (free if dx else hi - lo)
-            y0 = lo + (travel if dy < 0 else 0.0) + rng.random() * (free if dy else hi - lo)
-            layout = ObjectLayout(spec, float(x0), float(y0), side, speed)
-            layouts.append(layout)
-            paths.append(layout.centres(frames))
-            sides.append(side)
-        if _fits(paths, sides):
+        if bounce:
+            layouts = [_bouncing_layout(rng, spec, frames, size, speed_range) for spec in specs]
+        else:
+            layouts = [_fitted_layout(rng, spec, frames, size) for spec in specs]
+        if _fits([o.centres(frames) for o in layouts], [o.size for o in layouts]):
             return Scene(tuple(layouts), background, size)
-    raise ValueError(f"could not lay out {len(specs)} objects in {size}x{size} for {frames} frames")
+    what = "bouncing objects" if bounce else "objects"
+    raise ValueError(f"could not lay out {len(specs)} {what} in {size}x{size} for {frames} frames")
 
 
-def _sample_bouncing(rng: np.random.Generator, specs: list[ObjectSpec], frames: int, size: int,
-                     max_tries: int, speed_range: tuple[float, float]) -> Scene:
-    """sample_scene with bounce: speeds from speed_range, starts anywhere, objects apart in every frame."""
+def _fitted_layout(rng: np.random.Generator, spec: ObjectSpec, frames: int, size: int) -> ObjectLayout:
+    """One object whose whole straight path stays inside the frame (long clips slow down, then shrink)."""
     k = size / REFERENCE_SIZE
-    background = sample_background(rng)
-    for _ in range(max_tries):
-        layouts, paths, sides = [], [], []
-        for spec in specs:
-            moving = spec.motion not in (None, "still") and frames > 1
-            side = float(rng.uniform(*OBJECT_SIZE_RANGE)) * k
-            lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN
-            speed = float(rng.uniform(*speed_range)) * k if moving else 0.0
-            x0, y0 = lo + rng.random() * (hi - lo), lo + rng.random() * (hi - lo)
-            layout = ObjectLayout(spec, float(x0), float(y0), side, speed, (lo, hi) if moving else None)
-            layouts.append(layout)
-            paths.append(layout.centres(frames))
-            sides.append(side)
-        if _fits(paths, sides):
-            return Scene(tuple(layouts), background, size)
-    raise ValueError(f"could not lay out {len(specs)} bouncing objects in {size}x{size} for {frames} frames")
+    moving = spec.motion not in (None, "still") and frames > 1
+    side = float(rng.uniform(*OBJECT_SIZE_RANGE)) * k
+    if moving:  # shrink big objects so the slowest allowed path still fits
+        side = min(side, size - 2 * MARGIN - MIN_SPEED * k * (frames - 1))
+    lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN  # centre range
+    speed = 0.0
+    if moving:
+        # at most half the free range, so several moving objects still find room; long
+        # clips slow down (never below MIN_SPEED, checked by sample_scene)
+        cap = max(0.5 * (hi - lo), MIN_SPEED * k * (frames - 1)) / (frames - 1)
+        speed = min(float(rng.uniform(*SPEED_RANGE)) * k, cap, (hi - lo) / (frames - 1))
+    dx, dy = MOTION_VECTORS[spec.motion or "still"] if moving else (0, 0)
+    travel = speed * (frames - 1)
+    free = max(hi - lo - travel, 0.0)  # room left for the start along each moving axis
+    x0 = lo + (travel if dx < 0 else 0.0) + rng.random() * (free if dx else hi - lo)
+    y0 = lo + (travel if dy < 0 else 0.0) + rng.random() * (free if dy else hi - lo)
+    return ObjectLayout(spec, float(x0), float(y0), side, speed)
+
+
+def _bouncing_layout(rng: np.random.Generator, spec: ObjectSpec, frames: int, size: int,
+                     speed_range: tuple[float, float]) -> ObjectLayout:
+    """One object at a speed from speed_range, starting anywhere, bouncing off the border."""
+    k = size / REFERENCE_SIZE
+    moving = spec.motion not in (None, "still") and frames > 1
+    side = float(rng.uniform(*OBJECT_SIZE_RANGE)) * k
+    lo, hi = side / 2 + MARGIN - 0.5, size - 0.5 - side / 2 - MARGIN
+    speed = float(rng.uniform(*speed_range)) * k if moving else 0.0
+    x0, y0 = lo + rng.random() * (hi - lo), lo + rng.random() * (hi - lo)
+    return ObjectLayout(spec, float(x0), float(y0), side, speed, (lo, hi) if moving else None)
