@@ -10,7 +10,6 @@ importable without torch.
 
 from __future__ import annotations
 
-import copy
 import functools
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -299,16 +298,10 @@ METHOD_SECTIONS: tuple[str, ...] = ("zs2", "vico", "i4vgen", "streaming")
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> DictConfig:
-    """Built once: OmegaConf.structured walks every dataclass (~50 ms), and a job merges several layers onto it."""
+    """Built once: OmegaConf.structured walks every dataclass (~50 ms), and a job merges several layers onto it.
+    Read-only because it is shared; OmegaConf.merge returns a new config and never writes it."""
     cfg = OmegaConf.structured(JobConfig)
-    OmegaConf.set_readonly(cfg, True)  # shared: merges copy it, nothing may change it in place
-    return cfg
-
-
-def schema() -> DictConfig:
-    """A fresh, writable structured config of JobConfig with every default."""
-    cfg = copy.deepcopy(_schema())
-    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_readonly(cfg, True)
     return cfg
 
 
@@ -439,9 +432,9 @@ def _merge_layers(layers: Iterable[Layer]) -> DictConfig:
         cfg = OmegaConf.merge(base, *updates)
     except OmegaConfBaseException:
         cfg = base
-        for layer, update in zip(layers, updates):
+        for layer, update in zip(layers, updates):  # the same merges one at a time: raises, naming the layer
             cfg = merge(cfg, update, layer.source)
-        raise AssertionError("a merge that failed at once passed layer by layer")  # pragma: no cover
+        raise
     OmegaConf.set_readonly(cfg, False)
     return cfg
 

@@ -78,6 +78,8 @@ class StreamingTrainer:
             raise ValueError("cond_frames must be smaller than chunk")
         if cfg.clip_motion not in CLIP_MOTIONS:
             raise ValueError(f"clip_motion must be one of {', '.join(CLIP_MOTIONS)}, got {cfg.clip_motion!r}")
+        if cfg.clip_speed is not None and cfg.clip_motion != "bounce":
+            raise ValueError("clip_speed needs clip_motion='bounce' (the slow layout sets its own speeds)")
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
