@@ -3,7 +3,7 @@
     .venv/bin/python scripts/compare_streaming.py [--model toy] [--prompts 24] [--frames 240] [--steps 20]
         [--guidance 5] [--eta 1] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
         [--modes trained training-free [training-free-dc] independent] [--dc-lock] [--record]
-        [--out DIR [--resume]] [--json records.json] [--shard I/N]
+        [--out DIR [--resume | --rescore]] [--json records.json] [--shard I/N]
     .venv/bin/python scripts/compare_streaming.py --report a.json b.json   # the tables of earlier runs, merged
 
 Prompts: half single-object, half two-object held-out captions with their motions (vgen.toyworld.eval_prompts,
@@ -16,8 +16,8 @@ Row i uses seed --seed + i in every mode:
     training-free-dc  the same with streaming.dc_lock=true (anchor-aware re-noising; what `vgen generate` does)
     independent       chunks with no conditioning (the baseline)
 Each video is made by run_job (the same path as `vgen generate`, sidecar included) and read back from its mp4.
-Metrics per video (vgen.eval): seams (vgen.eval.seams, chunk layout from the sidecar): the detected object's
-jump across chunk boundaries against its per-frame step inside chunks, the same for the background grey level,
+Metrics per video (vgen.eval): seams (vgen.eval.seams, chunk layout from the sidecar): the prompted objects'
+jump across chunk boundaries against their per-frame step inside chunks (detections matched frame to frame), the same for the background grey level,
 in-chunk motion of the later chunks and its share of the first chunk's; identity drift over the objects found,
 the background's change from frame 0 to the last, colour+shape kept (whole video, and the last --window
 frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_len, printed) and MAWE
@@ -33,7 +33,8 @@ Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
 --out keeps the mp4s and sidecars (otherwise a temporary folder is used); with --resume, videos already
 there with the same settings (the sidecar's resolved config) are scored again but not regenerated, so an
-interrupted run can be continued. Generation wall time is printed per mode (for resumed videos: as recorded).
+interrupted run can be continued; --rescore only measures the videos already there (a changed metric) and
+generates nothing. Generation wall time is printed per mode (for resumed videos: as recorded).
 --shard I/N runs only rows i with i % N == I (one process per core, each with its own --json; the same --out is
 fine, names are per row), and --report merges their --json files into one table without running anything.
 """
@@ -89,13 +90,16 @@ def finished(job) -> dict | None:
     return json.loads(sidecar_path(output_path(job)).read_text())
 
 
-def generate(job, cache, resume: bool) -> tuple[dict, bool]:
-    """(sidecar, resumed): run the job unless --resume finds it done."""
+def generate(job, cache, resume: bool, rescore: bool = False) -> tuple[dict | None, bool]:
+    """(sidecar, resumed): run the job unless --resume finds it done; with rescore, (None, False) for a job not
+    done (nothing is generated)."""
     from vgen.config import output_path
     from vgen.jobs import run_job, sidecar_path
 
-    if resume and (done := finished(job)) is not None:
+    if (resume or rescore) and (done := finished(job)) is not None:
         return done, True
+    if rescore:
+        return None, False
     run_job(job, cache, progress=False)
     return json.loads(sidecar_path(output_path(job)).read_text()), False
 
@@ -104,9 +108,9 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
     """Every metric of one video file, as a flat record."""
     from vgen.eval.longvideo import colour_shape_kept, window_scores
     from vgen.eval.scenecuts import scene_cuts
-    from vgen.eval.seams import background_levels, layout_from_sidecar, seams
+    from vgen.eval.seams import background_levels, layout_from_sidecar, seams, toy_detections
     from vgen.eval.warp import warp_pairs
-    from vgen.toyworld import detect_video, score_video
+    from vgen.toyworld import detect_video, parse_prompt, score_video
     from vgen.video import read_video
 
     video = read_video(path)
@@ -116,7 +120,8 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
     score = score_video(det, prompt)
     windows = window_scores(det, prompt, window)
     layout = layout_from_sidecar(sidecar)
-    sm = seams(video.frames, layout, pair_w, {c: t.centroids() for c, t in det.tracks.items()}) if layout else None
+    objects = toy_detections(det, {s.colour for s in parse_prompt(prompt)})  # the prompted objects only
+    sm = seams(video.frames, layout, pair_w, objects) if layout else None
     bg = background_levels(video.frames)
     first_obj = [o for o in score.objects if o.present]
     seam_rec = {} if sm is None else {
@@ -125,6 +130,7 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
         "bg_step": sm.background.inside if sm.background else None,
         "px_jump": sm.pixels.boundary, "px_step": sm.pixels.inside,
         "motion_first": sm.motion_first, "motion_later": sm.motion_later,
+        "speed_first": sm.speed_first, "speed_later": sm.speed_later,
     }
     return {
         **seam_rec, "bg_start_end": abs(float(bg[-1] - bg[0])) if len(bg) else None,
@@ -149,7 +155,7 @@ def median(values) -> float:
 
 
 SUMMARY_HEADER = (f"{'mode':<20} {'n':>3} {'obj jump':>8} {'step':>5} {'ratio':>5} {'bg jump':>7} {'step':>5} "
-                  f"{'ratio':>5} {'motion':>6} {'kept':>5} {'drift':>6} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
+                  f"{'ratio':>5} {'speed':>5} {'kept':>5} {'step k':>6} {'drift':>6} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
                   f"{'cuts':>5} {'MAWE':>6} {'MAWE md':>7}")
 
 
@@ -161,9 +167,10 @@ def ratio(jump: float, step: float, floor: float) -> float:
     return jump / max(step, floor) if jump == jump and step == step else float("nan")
 
 
-def motion_kept(recs: list[dict]) -> tuple[float, float]:
-    """(later chunks' mean in-chunk motion, its share of the first chunk's; nan when the first chunk's is 0)."""
-    first, later = mean(_vals(recs, "motion_first")), mean(_vals(recs, "motion_later"))
+def motion_kept(recs: list[dict], measure: str = "speed") -> tuple[float, float]:
+    """(later chunks' mean motion, its share of the first chunk's; nan when the first chunk's is 0). measure speed:
+    the objects' Theil-Sen speed per window (what the seam check uses); motion: the mean step inside chunks."""
+    first, later = mean(_vals(recs, f"{measure}_first")), mean(_vals(recs, f"{measure}_later"))
     return later, later / first if first == first and first > 0 else float("nan")
 
 
@@ -175,18 +182,21 @@ def summary_row(label: str, recs: list[dict]) -> str:
     oj, os_ = mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step"))
     bj, bs = mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step"))
     later, kept = motion_kept(recs)
+    step_kept = motion_kept(recs, "motion")[1]
     return (f"{label:<20} {len(recs):>3} {oj:>8.2f} {os_:>5.2f} {ratio(oj, os_, FLOORS['object']):>5.1f} {bj:>7.2f} "
-            f"{bs:>5.2f} {ratio(bj, bs, FLOORS['background']):>5.1f} {later:>6.2f} {kept:>5.0%} "
+            f"{bs:>5.2f} {ratio(bj, bs, FLOORS['background']):>5.1f} {later:>5.2f} {kept:>5.0%} {step_kept:>6.0%} "
             f"{mean(_vals(recs, 'drift_found')):>6.3f} {mean(_vals(recs, 'bg_start_end')):>8.1f} "
             f"{mean(r['colour_shape'] for r in recs):>7.0%} {mean(r['last_window_kept'] for r in recs):>7.0%} "
             f"{mean(r['scene_cuts'] for r in recs):>5.2f} {mean(r['mawe'] for r in recs):>6.2f} "
             f"{median(r['mawe'] for r in recs):>7.2f}")
 
 
-LEGEND = ("obj jump / step: detected object's move (px) across chunk boundaries / per frame inside chunks, ratio "
-          "(lower is better, about 1 is seamless; floor 0.25 px); bg jump / step: the same for the background grey "
-          "(0-255, floor 0.5);\nmotion: object px/frame inside the later chunks, kept: that over the first chunk's "
-          "(higher is better); drift: fraction of frames a found object is missing or not its majority shape (lower "
+LEGEND = ("obj jump / step: the prompted objects' move (px, detections matched frame to frame) across chunk "
+          "boundaries / per frame inside chunks, ratio (lower is better, about 1 is seamless; floor 0.25 px); bg jump / "
+          "step: the same for the background grey (0-255, floor 0.5);\nspeed: object px/frame in the later chunks "
+          "(Theil-Sen fit per window of cond_frames frames), kept: that over the first chunk's windows' (higher is better; the seam "
+          "check's); step k: the same share from the mean step (counts wobble and flicker as motion);\ndrift: fraction "
+          "of frames a found object is missing or not its majority shape (lower "
           "is better);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
           "object present with its colour and shape over the whole video; last ok: ... in the last window (higher is "
           "better);\ncuts: scene cuts per video (lower is better); MAWE mean / median (lower is better; native size, "
@@ -259,7 +269,9 @@ def run_row(args, cache, folder: Path, row: int, prompt: str, modes: list[str], 
         base = {"row": row, "mode": mode, "prompt": prompt, "objects": prompt.count(" and ") + 1, "seed": seed}
         job = make_job(args, prompt, seed, mode, f"{row:03d}-{mode}", folder)
         try:
-            sidecar, resumed = generate(job, cache, args.resume)
+            sidecar, resumed = generate(job, cache, args.resume, args.rescore)
+            if sidecar is None:  # --rescore: this video was never made
+                continue
             t0 = time.perf_counter()
             kept = sidecar["output"] if args.out else None  # a temporary folder is gone after the run
             rec = {**base, "path": kept, "generate_s": sidecar["timings"]["generate_s"],
@@ -310,6 +322,8 @@ def record_seam_check(records: list[dict], args) -> None:
     check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
              "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR, "trained_dc_lock": dc,
+             "measure": "objects matched frame to frame, prompted colours; motion kept from the Theil-Sen speed per "
+                        "window of cond_frames frames",
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "
                          f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} "
                          f"{mode} videos)"}
@@ -341,6 +355,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="keep the mp4s and sidecars here")
     ap.add_argument("--resume", action="store_true", help="skip videos already in --out with the same settings")
+    ap.add_argument("--rescore", action="store_true",
+                    help="measure the videos already in --out (same settings) again and generate nothing: rows or "
+                         "modes without a video are left out")
     ap.add_argument("--json", default=None, help="write the per-video records here (after every row)")
     ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows i with i %% N == I only")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
@@ -355,8 +372,8 @@ def main() -> None:
     args.shard_index, args.shard_count = int(index), int(count)
     if args.record and args.shard_count > 1:
         ap.error("--record needs every row: record from the shards' files with --report FILES --record")
-    if args.resume and not args.out:
-        sys.exit("compare_streaming: --resume needs --out (the folder of the earlier run)")
+    if (args.resume or args.rescore) and not args.out:
+        sys.exit(f"compare_streaming: --{'resume' if args.resume else 'rescore'} needs --out (the folder of the earlier run)")
     if args.model == "toy" and not (ROOT / "vgen" / "assets" / "toy").is_dir():
         sys.exit("compare_streaming: the toy model is missing (vgen/assets/toy); train it first (scripts/train_toy.py) "
                  "or pass --model <folder>")

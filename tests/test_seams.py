@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vgen.eval.seams import FLOORS, Layout, layout_from_sidecar, seam_measure, seams
+from vgen.eval.seams import FLOORS, Layout, layout_from_sidecar, matched_distances, object_steps, seam_measure, seams, toy_detections
 from vgen.toyworld import detect_video
 
 
@@ -55,12 +55,13 @@ def test_a_clean_pan_scores_about_one():
     n = 40
     frames = _clip([t for t in range(n)], [10 + t for t in range(n)], [0.0] * n)
     det = detect_video(frames)
-    s = seams(frames, Layout(16, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    s = seams(frames, Layout(16, 8), objects=toy_detections(det))
     assert s.boundaries == (16, 24, 32)
     assert 0.8 < s.pixels.ratio < 1.25
     assert s.object.inside == pytest.approx(1.0, abs=0.05) and 0.8 < s.object.ratio < 1.25
     assert s.background.ratio < 1.5  # the texture pans, its low-chroma mean hardly moves
     assert s.motion_first == pytest.approx(1.0, abs=0.05) and s.motion_kept == pytest.approx(1.0, abs=0.1)
+    assert s.speed_first == pytest.approx(1.0, abs=0.05) and s.speed_kept == pytest.approx(1.0, abs=0.05)
 
 
 def test_a_jump_every_eight_frames_scores_high():
@@ -76,13 +77,13 @@ def test_a_jump_every_eight_frames_scores_high():
         grey.append(g)
     frames = _clip(pan, x, grey)
     det = detect_video(frames)
-    s = seams(frames, Layout(16, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    s = seams(frames, Layout(16, 8), objects=toy_detections(det))
     assert s.pixels.ratio > 3
     assert s.object.boundary == pytest.approx(6.0, abs=0.1) and s.object.inside == pytest.approx(1.0, abs=0.05)
     assert s.object.ratio > 5
     assert s.background.boundary == pytest.approx(20, abs=2) and s.background.ratio > 20
     # the same clip read with a layout that misses its seams sees the jumps inside chunks instead
-    off = seams(frames, Layout(12, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    off = seams(frames, Layout(12, 8), objects=toy_detections(det))
     assert off.object.ratio < 1 and off.pixels.ratio < 1
 
 
@@ -91,9 +92,10 @@ def test_a_video_that_stops_after_the_first_chunk_keeps_no_motion():
     x = [10 + 2 * min(t, 15) for t in range(n)]  # 2 px/frame in chunk 1, then still
     frames = _clip([0] * n, x, [0.0] * n)
     det = detect_video(frames)
-    s = seams(frames, Layout(16, 8), centroids={c: t.centroids() for c, t in det.tracks.items()})
+    s = seams(frames, Layout(16, 8), objects=toy_detections(det))
     assert s.motion_first == pytest.approx(2.0, abs=0.1) and s.motion_later == pytest.approx(0.0, abs=0.05)
     assert s.motion_kept < 0.05
+    assert s.speed_first == pytest.approx(2.0, abs=0.05) and s.speed_later == pytest.approx(0.0, abs=0.05)
     assert s.object.ratio == pytest.approx(0.0, abs=0.2)  # nothing jumps either: ratio alone is not the story
 
 
@@ -105,3 +107,52 @@ def test_no_detector_means_no_object_measure_and_warp_series_split():
     assert s.object is None and s.background is None and s.motion_kept is None
     assert s.warp.boundary == 9.0 and s.warp.inside == 1.0 and s.warp.ratio == 9.0 / max(1.0, FLOORS["warp"])
     assert s.pixels.ratio == 0.0
+
+
+def test_matched_distances_hand_computed():
+    a = [("red", 0.0, 0.0), ("red", 10.0, 0.0), ("blue", 5.0, 5.0)]
+    b = [("red", 11.0, 0.0), ("red", 1.0, 0.0), ("green", 5.0, 5.0)]
+    # red pairs 0->1 and 10->11 (total 2), not 0->11 and 10->1 (total 20); blue and green are seen once: unmatched
+    assert sorted(matched_distances(a, b)) == [1.0, 1.0]
+    assert matched_distances(a, [("red", 3.0, 4.0)]).tolist() == [5.0]  # one of the two reds goes unmatched
+    steps = object_steps([a, b, [], b])
+    assert steps[0] == 1.0 and np.isnan(steps[1]) and np.isnan(steps[2])
+    assert object_steps([[], []]) is None
+
+
+def _squares(paths: list[list[tuple[float, float, int]]], size: int = 64) -> np.ndarray:
+    """Frame t: a flat grey background and one red square per path, centred at (x, y) with half-side h."""
+    frames = np.full((len(paths[0]), size, size, 3), 128, np.uint8)
+    for path in paths:
+        for t, (x, y, h) in enumerate(path):
+            x0, y0 = int(round(x)) - h, int(round(y)) - h
+            frames[t, y0 : y0 + 2 * h, x0 : x0 + 2 * h] = (230, 20, 20)
+    return frames
+
+
+def test_a_duplicated_object_is_not_read_as_jumps():
+    # two red squares 30 px apart, both moving 1 px/frame; the larger one alternates every frame, so "the largest
+    # blob of each colour" would jump 30 px a frame; the matched step is the real 1 px
+    n = 24
+    a = [(10 + t, 16, 6 if t % 2 else 4) for t in range(n)]
+    b = [(10 + t, 46, 4 if t % 2 else 6) for t in range(n)]
+    frames = _squares([a, b])
+    s = seams(frames, Layout(16, 8), objects=toy_detections(detect_video(frames)))
+    assert s.object.inside == pytest.approx(1.0, abs=0.1) and s.object.boundary == pytest.approx(1.0, abs=0.1)
+
+
+def test_speed_reads_travel_not_wobble():
+    # the square travels 2 px/frame; its centre wobbles +-3 px across the motion every other frame. The mean step
+    # counts the wobble (about 6.3 px/frame), the windowed Theil-Sen speed the travel (2)
+    n = 40
+    path = [(8 + 2 * t if t < 24 else 8 + 2 * 23, 32 + (3 if t % 2 else -3), 5) for t in range(n)]  # stops at frame 24
+    frames = _squares([path])
+    s = seams(frames, Layout(16, 8), objects=toy_detections(detect_video(frames)))
+    assert s.motion_first > 5.5
+    assert s.speed_first == pytest.approx(2.0, abs=0.15)  # windows [0, 8) and [8, 16)
+    # later windows [16, 24) (moving) and [24, 32), [32, 40) (still, wobbling in place): (2 + 0 + 0) / 3
+    assert s.speed_later == pytest.approx(2.0 / 3, abs=0.15)
+    assert s.speed_kept == pytest.approx(1.0 / 3, abs=0.08)
+    assert s.motion_later > 4  # the wobble alone keeps the step-based motion up
+    d = s.to_dict()
+    assert d["speed_kept"] == s.speed_kept and d["speed_first"] == s.speed_first

@@ -85,7 +85,7 @@ def score_file(path: str | Path, prompt: Optional[str] = None, min_scene_len: Op
     layout: a vgen.eval.seams.Layout (None: the sidecar's, if it records one); clip: a loaded CLIP scorer
     (vgen.eval.clipscore) or None."""
     from vgen.eval.scenecuts import scene_cuts
-    from vgen.eval.seams import layout_from_sidecar, seams
+    from vgen.eval.seams import layout_from_sidecar, seams, toy_detections
     from vgen.eval.warp import check_flow_method, warp_pairs
     from vgen.toyworld import detect_video, score_video
     from vgen.video import read_video
@@ -125,9 +125,13 @@ def score_file(path: str | Path, prompt: Optional[str] = None, min_scene_len: Op
         elif len(video.frames) <= layout.chunk:
             result.seam_note = f"one chunk only ({len(video.frames)} frames, first boundary at {layout.chunk})"
         else:
-            centroids = {c: t.centroids() for c, t in det.tracks.items()} if det is not None else None
+            objects = None
+            if det is not None:
+                from vgen.toyworld import parse_prompt
+
+                objects = toy_detections(det, {s.colour for s in parse_prompt(result.prompt)})
             native_w = pair_w if mawe_size is None else None  # a resized warp error is not in pixels of this video
-            result.seams = seams(video.frames, layout, native_w, centroids)
+            result.seams = seams(video.frames, layout, native_w, objects)
     except VgenError as err:
         result.error = str(err)
     if clip is not None and result.prompt and not result.error:
@@ -231,10 +235,11 @@ def seams_table(results: list[FileScore]):
     if not rows:
         return None
     table = Table(title="seams: jump/step = mean change at boundary pairs / inside chunks (ratio; about 1 is seamless, "
-                        "higher is worse); motion: object px/frame in the first chunk -> later chunks (kept: higher is "
-                        "better)")
+                        "higher is worse); speed: the prompted objects' px/frame (Theil-Sen fit per window) in the first "
+                        "chunk -> later chunks (kept: higher is better); step: the mean object step, which counts wobble "
+                        "and flicker as motion")
     for name in ("file", "layout", "pixels jump/step", "warp jump/step", "object jump/step px", "bg jump/step",
-                 "motion first -> later"):
+                 "speed first -> later", "step first -> later"):
         table.add_column(name, overflow="fold")
 
     def cell(m) -> str:
@@ -242,8 +247,11 @@ def seams_table(results: list[FileScore]):
 
     for r in rows:
         s = r.seams
-        kept = f" ({fmt(100 * s.motion_kept, '.0f')}%)" if s.motion_kept is not None else ""
+        def kept(value) -> str:
+            return f" ({fmt(100 * value, '.0f')}%)" if value is not None else ""
+
         table.add_row(escape(str(r.path)), f"{s.layout.chunk}+{s.layout.stride}k ({len(s.boundaries)} seams, "
                       f"{s.layout.source})", cell(s.pixels), cell(s.warp), cell(s.object), cell(s.background),
-                      f"{fmt(s.motion_first)} -> {fmt(s.motion_later)}{kept}")
+                      f"{fmt(s.speed_first)} -> {fmt(s.speed_later)}{kept(s.speed_kept)}",
+                      f"{fmt(s.motion_first)} -> {fmt(s.motion_later)}{kept(s.motion_kept)}")
     return table

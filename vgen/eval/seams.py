@@ -12,11 +12,21 @@ either scores boundary/floor, near 0-1, not 0/0). Measures:
     pixels      mean |frame_{i+1} - frame_i| (0-255), floor 0.5
     warp        W_i, MSE of frame i+1 vs frame i warped by optical flow (vgen.eval.warp), floor 1.0
   toy-world videos (the detector's reading; undefined where it finds nothing):
-    object      distance the detected object's centroid moves (px, mean over the colours seen in both
-                frames), floor 0.25 px: "object jump" at boundaries vs "in-chunk step" (the motion)
+    object      distance the detected objects move (px): the detections of frame i matched one-to-one to
+                those of frame i+1 of the same colour at the least total distance, the mean over the matched
+                pairs; floor 0.25 px: "object jump" at boundaries vs "in-chunk step" (the motion). Matched,
+                not the largest blob per colour: a video that draws an object twice would otherwise read as
+                one object jumping between the copies (13 px/frame on two-object toy prompts whose objects
+                move 2-3.5). With the prompt known, only the prompted colours count
     background  change of the background level: mean grey of the low-chroma pixels (0-255), floor 0.5
 Also the in-chunk motion of the first chunk and of the later ones (px/frame): a memory that keeps objects
-in place by stopping them shows as a later/first ratio well below 1.
+in place by stopping them shows as a later/first ratio well below 1. Two readings:
+    motion      the mean object step inside chunks (as above): a centroid that wobbles or a blob that flickers
+                counts as motion
+    speed       per window of `stride` frames (the first chunk cut into such windows too, so every window has
+                the same length) and per colour, |velocity| of a Theil-Sen fit of the colour's position (its
+                largest blob) over the window's frames, averaged: the objects' travel, robust to a few bad
+                frames; `speed_kept` is the later windows' over the first chunk's
 
 The layout: first boundary `chunk` frames in, then one every `stride` frames (StreamingT2V: chunk F,
 stride F - F_cond), read from a vgen sidecar's method_info or given.
@@ -24,9 +34,8 @@ stride F - F_cond), read from a vgen sidecar's method_info or given.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -80,8 +89,10 @@ class Seams:
     warp: Optional[SeamMeasure]  # None when warp errors were not given
     object: Optional[SeamMeasure]  # None for a video the detector finds nothing in
     background: Optional[SeamMeasure]
-    motion_first: Optional[float]  # object px/frame inside the first chunk
+    motion_first: Optional[float]  # object px/frame inside the first chunk (mean step)
     motion_later: Optional[float]  # ... inside the later chunks
+    speed_first: Optional[float] = None  # object px/frame in the first chunk's windows (Theil-Sen fit per window)
+    speed_later: Optional[float] = None  # ... in the later windows
 
     @property
     def motion_kept(self) -> Optional[float]:
@@ -90,10 +101,18 @@ class Seams:
             return None
         return self.motion_later / self.motion_first
 
+    @property
+    def speed_kept(self) -> Optional[float]:
+        """Later windows' object speed over the first chunk's (None when either is undefined or the first is still)."""
+        if self.speed_first is None or self.speed_later is None or self.speed_first < FLOORS["object"]:
+            return None
+        return self.speed_later / self.speed_first
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["boundaries"] = list(self.boundaries)
         d["motion_kept"] = self.motion_kept
+        d["speed_kept"] = self.speed_kept
         return d
 
 
@@ -131,14 +150,74 @@ def background_levels(frames: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def object_steps(centroids: dict[str, np.ndarray]) -> Optional[np.ndarray]:
-    """Per pair: mean over colours of the centroid's move (px) where the colour is seen in both frames; None if no colour."""
-    if not centroids:
+Detection = tuple[str, float, float]  # (colour, cx, cy) of one detected object, px
+
+
+def toy_detections(detection, colours: Optional[Iterable[str]] = None) -> list[list[Detection]]:
+    """Per frame, the toy detector's objects (a VideoDetection) as (colour, cx, cy); only `colours` when given
+    (the prompted ones: a stray blob of another colour is not an object the video is about)."""
+    keep = None if colours is None else set(colours)
+    return [[(o.colour, float(o.cx), float(o.cy)) for o in objs if keep is None or o.colour in keep]
+            for objs in detection.frames]
+
+
+def matched_distances(a: list[Detection], b: list[Detection]) -> np.ndarray:
+    """Distances (px) of a one-to-one matching of a's detections to b's of the same colour with the least total
+    distance (min(n_a, n_b) pairs per colour; the rest are unmatched)."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = []
+    for colour in {c for c, _, _ in a} & {c for c, _, _ in b}:
+        pa = np.array([(x, y) for c, x, y in a if c == colour])
+        pb = np.array([(x, y) for c, x, y in b if c == colour])
+        cost = np.hypot(pa[:, None, 0] - pb[None, :, 0], pa[:, None, 1] - pb[None, :, 1])
+        rows, cols = linear_sum_assignment(cost)
+        out.append(cost[rows, cols])
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def object_steps(objects: list[list[Detection]]) -> Optional[np.ndarray]:
+    """Per pair (i, i+1): the mean matched distance of the objects (matched_distances); NaN where no colour is
+    seen in both frames; None when nothing is detected in any frame."""
+    if not any(objects):
         return None
-    steps = np.stack([np.hypot(*np.diff(c, axis=0).T) for c in centroids.values()])  # [colours, F-1], NaN if missing
-    with warnings.catch_warnings():  # a pair where no colour is seen twice stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(steps, axis=0)
+    steps = np.full(len(objects) - 1, np.nan)
+    for i in range(len(objects) - 1):
+        d = matched_distances(objects[i], objects[i + 1])
+        if d.size:
+            steps[i] = d.mean()
+    return steps
+
+
+MIN_FIT_FRAMES = 3  # a colour seen in fewer frames of a window gives no speed there
+
+
+def windows(layout: Layout, n_frames: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(first chunk's windows, later windows) as [start, stop) frame ranges of `stride` frames each: the first
+    chunk cut from its start, then the frames between boundaries; a shorter tail is dropped."""
+    s = layout.stride
+    first = [(a, a + s) for a in range(0, min(layout.chunk, n_frames) - s + 1, s)]
+    later = [(a, a + s) for a in layout.boundaries(n_frames) if a + s <= n_frames]
+    return first, later
+
+
+def window_speeds(objects: list[list[Detection]], spans: list[tuple[int, int]]) -> list[float]:
+    """|velocity| (px/frame) of every colour in every span, from a Theil-Sen fit of its first (largest) detection
+    per frame; colours seen in fewer than MIN_FIT_FRAMES frames of a span are left out."""
+    from vgen.toyworld.detector import estimate_motion
+
+    out = []
+    for a, b in spans:
+        tracks: dict[str, np.ndarray] = {}
+        for i, frame in enumerate(objects[a:b]):
+            for colour, x, y in frame:
+                track = tracks.setdefault(colour, np.full((b - a, 2), np.nan))
+                if np.isnan(track[i, 0]):
+                    track[i] = (x, y)
+        for track in tracks.values():
+            if np.sum(~np.isnan(track[:, 0])) >= MIN_FIT_FRAMES:
+                out.append(float(np.hypot(*estimate_motion(track)[1])))
+    return out
 
 
 def _inside_chunk(steps: np.ndarray, start: int, stop: int, boundaries: list[int]) -> Optional[float]:
@@ -148,12 +227,12 @@ def _inside_chunk(steps: np.ndarray, start: int, stop: int, boundaries: list[int
 
 
 def seams(frames: np.ndarray, layout: Layout, warp_errors: Optional[np.ndarray] = None,
-          centroids: Optional[dict[str, np.ndarray]] = None) -> Seams:
+          objects: Optional[list[list[Detection]]] = None) -> Seams:
     """Seam measures of uint8 frames [F, H, W, 3] under a chunk layout.
 
-    warp_errors [F-1]: per-pair W_i (vgen.eval.warp.warp_pairs), optional; centroids: colour -> [F, 2]
-    (NaN where missing) from the toy detector (Track.centroids()), optional: with them, the object and
-    background measures and the in-chunk motion.
+    warp_errors [F-1]: per-pair W_i (vgen.eval.warp.warp_pairs), optional; objects: per frame, the detected
+    objects as (colour, cx, cy) (toy_detections), optional: with them, the object and background measures and
+    the in-chunk motion.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.dtype != np.uint8 or len(frames) < 2:
@@ -162,14 +241,19 @@ def seams(frames: np.ndarray, layout: Layout, warp_errors: Optional[np.ndarray] 
     pixels = seam_measure(pixel_changes(frames), bounds, FLOORS["pixels"])
     warp = None if warp_errors is None else seam_measure(np.asarray(warp_errors), bounds, FLOORS["warp"])
     obj = background = None
-    first = later = None
-    if centroids is not None:
+    first = later = speed_first = speed_later = None
+    if objects is not None:
+        if len(objects) != len(frames):
+            raise ValueError(f"objects for {len(objects)} frames, the video has {len(frames)}")
         bg = background_levels(frames)
         background = seam_measure(np.abs(np.diff(bg)), bounds, FLOORS["background"])
-        steps = object_steps(centroids)
+        steps = object_steps(objects)
         if steps is not None:
             obj = seam_measure(steps, bounds, FLOORS["object"])
             first = _inside_chunk(steps, 0, layout.chunk, bounds)
             later_vals = [i for i in range(layout.chunk, len(frames) - 1) if (i + 1) not in bounds]
             later = _mean(steps[later_vals]) if later_vals else None
-    return Seams(layout, tuple(bounds), pixels, warp, obj, background, first, later)
+            first_spans, later_spans = windows(layout, len(frames))
+            speed_first = _mean(np.array(window_speeds(objects, first_spans)))
+            speed_later = _mean(np.array(window_speeds(objects, later_spans)))
+    return Seams(layout, tuple(bounds), pixels, warp, obj, background, first, later, speed_first, speed_later)
