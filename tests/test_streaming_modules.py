@@ -427,3 +427,11 @@ def test_load_rejects_another_unet_shape(tmp_path, tiny_model):
 
     with pytest.raises(ModelLoadError, match="another UNet shape"):
         load_streaming(tmp_path, build_unet3d(width=16))
+
+
+def test_load_names_a_missing_weights_file(tmp_path, tiny_model):
+    cam, apm = fresh(tiny_model)
+    folder = save_streaming(tmp_path, cam, apm)
+    (folder / "apm.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="lists APM but apm.safetensors is missing"):
+        load_streaming(tmp_path, tiny_model["unet"], vae=tiny_model["vae"])

@@ -315,6 +315,10 @@ def load_streaming(folder: str | Path, unet: nn.Module, vae: Optional[nn.Module]
         raise ModelLoadError(f"{src}: streaming weights of format {config.get('format')}, this vgen reads {FORMAT}")
     if config["unet"] != unet_signature(unet):
         raise ModelLoadError(f"{src}: streaming weights were trained for another UNet shape ({config['unet']})")
+    for name in ("cam",) + (("apm",) if config.get("apm") is not None else ()):
+        if not (src / f"{name}.safetensors").is_file():
+            raise ModelLoadError(f"{src}: config.json lists {name.upper()} but {name}.safetensors is missing (drop the "
+                                 f"'{name}' entry from config.json to run without it)")
     cam = CAM.from_unet(unet, **config["cam"])
     cam.load_state_dict(load_file(str(src / "cam.safetensors")))
     apm = None
