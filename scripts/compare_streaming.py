@@ -168,15 +168,18 @@ def ratio(jump: float, step: float, floor: float) -> float:
 
 
 def motion_kept(recs: list[dict], measure: str = "speed") -> tuple[float, float]:
-    """(later chunks' mean motion, its share of the first chunk's; nan when the first chunk's is 0). measure speed:
-    the objects' Theil-Sen speed per window (what the seam check uses); motion: the mean step inside chunks."""
-    first, later = mean(_vals(recs, f"{measure}_first")), mean(_vals(recs, f"{measure}_later"))
+    """(later chunks' mean motion, its share of the first chunk's; nan when the first chunk's is 0), over the videos
+    where both are defined. measure speed: the objects' Theil-Sen speed per window (what the seam check uses);
+    motion: the mean step inside chunks."""
+    both = [r for r in recs if r.get(f"{measure}_first") is not None and r.get(f"{measure}_later") is not None]
+    first, later = mean(_vals(both, f"{measure}_first")), mean(_vals(both, f"{measure}_later"))
     return later, later / first if first == first and first > 0 else float("nan")
 
 
 def summary_row(label: str, recs: list[dict]) -> str:
     """Means per mode (median MAWE too); ratios of the means (jump at boundaries / step inside chunks, with the
-    seam measure's floors); kept = later chunks' in-chunk motion / the first chunk's; rates in %."""
+    seam measure's floors); kept = later windows' object speed / the first chunk's (step k: the same from the mean
+    step); rates in %."""
     from vgen.eval.seams import FLOORS
 
     oj, os_ = mean(_vals(recs, "obj_jump")), mean(_vals(recs, "obj_step"))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from vgen.eval.seams import FLOORS, Layout, layout_from_sidecar, matched_distances, object_steps, seam_measure, seams, toy_detections
+from vgen.eval.seams import (FLOORS, Layout, layout_from_sidecar, link_tracks, matched_distances, object_steps,
+                             seam_measure, seams, toy_detections, windows)
 from vgen.toyworld import detect_video
 
 
@@ -155,4 +156,35 @@ def test_speed_reads_travel_not_wobble():
     assert s.speed_kept == pytest.approx(1.0 / 3, abs=0.08)
     assert s.motion_later > 4  # the wobble alone keeps the step-based motion up
     d = s.to_dict()
-    assert d["speed_kept"] == s.speed_kept and d["speed_first"] == s.speed_first
+    assert d["speed_kept"] == pytest.approx(1.0 / 3, abs=0.08) and d["speed_first"] == pytest.approx(2.0, abs=0.15)
+
+
+def test_speed_follows_each_copy_of_a_duplicated_object():
+    # a red square moving 1 px/frame and a still red copy 30 px away; which one is larger changes from frame to
+    # frame (5 frames in 8 the still one), so "the largest blob" would wander between them. Linked tracks: the
+    # mover's speed 1 and the copy's 0, mean 0.5, in every window
+    n = 40
+    mover = [(8 + t, 16, 4 if t % 8 < 5 else 6) for t in range(n)]
+    still = [(32, 46, 6 if t % 8 < 5 else 4) for t in range(n)]
+    frames = _squares([mover, still])
+    s = seams(frames, Layout(16, 8), objects=toy_detections(detect_video(frames)))
+    assert s.speed_first == pytest.approx(0.5, abs=0.05) and s.speed_later == pytest.approx(0.5, abs=0.05)
+    assert s.object.inside == pytest.approx(0.5, abs=0.05)
+
+
+def test_link_tracks_hand_computed():
+    frames = [[("red", 0.0, 0.0), ("red", 20.0, 0.0)], [("red", 21.0, 0.0), ("red", 1.0, 0.0)],
+              [("red", 2.0, 0.0)], [("red", 3.0, 0.0), ("blue", 9.0, 9.0)]]
+    tracks = link_tracks(frames)
+    assert len(tracks) == 3
+    assert tracks[0][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # the left square, followed through the reordering
+    assert tracks[1][:2, 0].tolist() == [20.0, 21.0] and np.isnan(tracks[1][2:]).all()  # gone at frame 2
+    assert np.isnan(tracks[2][:3]).all() and tracks[2][3].tolist() == [9.0, 9.0]  # blue appears at frame 3
+
+
+def test_windows_cut_the_first_chunk_and_drop_a_short_tail():
+    assert windows(Layout(16, 8), 40) == ([(0, 8), (8, 16)], [(16, 24), (24, 32), (32, 40)])
+    assert windows(Layout(16, 8), 23) == ([(0, 8), (8, 16)], [])  # frames 16-22: a 7-frame tail, dropped
+    assert windows(Layout(16, 8), 25) == ([(0, 8), (8, 16)], [(16, 24)])
+    assert windows(Layout(16, 12), 40) == ([(0, 12)], [(16, 28), (28, 40)])  # frames 12-15 fit no 12-frame window
+    assert windows(Layout(16, 8), 10) == ([(0, 8)], [])

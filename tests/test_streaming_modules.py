@@ -435,3 +435,6 @@ def test_load_names_a_missing_weights_file(tmp_path, tiny_model):
     (folder / "apm.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="lists APM but apm.safetensors is missing"):
         load_streaming(tmp_path, tiny_model["unet"], vae=tiny_model["vae"])
+    (folder / "cam.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="cam.safetensors is missing"):
+        load_streaming(tmp_path, tiny_model["unet"], vae=tiny_model["vae"])

@@ -103,11 +103,12 @@ def score_file(path: str | Path, prompt: Optional[str] = None, min_scene_len: Op
     except VgenError as err:
         result.note = str(err)
     det = None
+    prompted_colours = None
     if result.prompt:
         try:
             from vgen.toyworld import parse_prompt
 
-            parse_prompt(result.prompt)
+            prompted_colours = {s.colour for s in parse_prompt(result.prompt)}
             det = detect_video(video.frames)
             result.score = score_video(det, result.prompt)
         except ValueError as err:
@@ -125,11 +126,7 @@ def score_file(path: str | Path, prompt: Optional[str] = None, min_scene_len: Op
         elif len(video.frames) <= layout.chunk:
             result.seam_note = f"one chunk only ({len(video.frames)} frames, first boundary at {layout.chunk})"
         else:
-            objects = None
-            if det is not None:
-                from vgen.toyworld import parse_prompt
-
-                objects = toy_detections(det, {s.colour for s in parse_prompt(result.prompt)})
+            objects = toy_detections(det, prompted_colours) if det is not None else None
             native_w = pair_w if mawe_size is None else None  # a resized warp error is not in pixels of this video
             result.seams = seams(video.frames, layout, native_w, objects)
     except VgenError as err:
@@ -193,7 +190,8 @@ def legend(results: list[FileScore], clip_note: str = "") -> str:
                      f"= mean W, MSE of frame i+1 vs warped frame i (0-255); flow {flows} at {sizes}; {paper}")
     if any(r.seams for r in results):
         lines.append(f"seams px/obj/bg (about 1 is seamless, higher is worse): change across chunk boundaries over change "
-                     f"inside chunks, for pixels (mean |diff|), the detected object's position and the background grey; "
+                     f"inside chunks, for pixels (mean |diff|), the prompted objects' positions (matched frame to frame) and the "
+                     f"background grey; "
                      f"floors {FLOORS['pixels']:g}/{FLOORS['object']:g} px/{FLOORS['background']:g}")
     if any(r.score for r in results):
         lines.append("all present / all correct (higher is better): every prompted object found / also with its colour, "

@@ -24,9 +24,9 @@ in place by stopping them shows as a later/first ratio well below 1. Two reading
     motion      the mean object step inside chunks (as above): a centroid that wobbles or a blob that flickers
                 counts as motion
     speed       per window of `stride` frames (the first chunk cut into such windows too, so every window has
-                the same length) and per colour, |velocity| of a Theil-Sen fit of the colour's position (its
-                largest blob) over the window's frames, averaged: the objects' travel, robust to a few bad
-                frames; `speed_kept` is the later windows' over the first chunk's
+                the same length), the detections linked frame to frame into tracks by the same matching, and
+                per track |velocity| of a Theil-Sen fit of its positions, averaged: the objects' travel, robust
+                to a few bad frames and to a duplicate; `speed_kept` is the later windows' over the first chunk's
 
 The layout: first boundary `chunk` frames in, then one every `stride` frames (StreamingT2V: chunk F,
 stride F - F_cond), read from a vgen sidecar's method_info or given.
@@ -161,19 +161,43 @@ def toy_detections(detection, colours: Optional[Iterable[str]] = None) -> list[l
             for objs in detection.frames]
 
 
-def matched_distances(a: list[Detection], b: list[Detection]) -> np.ndarray:
-    """Distances (px) of a one-to-one matching of a's detections to b's of the same colour with the least total
-    distance (min(n_a, n_b) pairs per colour; the rest are unmatched)."""
+def match(a: list[Detection], b: list[Detection]) -> list[tuple[int, int, float]]:
+    """(index in a, index in b, distance px) of a one-to-one matching of a's detections to b's of the same colour
+    with the least total distance (min(n_a, n_b) pairs per colour; the rest are unmatched)."""
     from scipy.optimize import linear_sum_assignment
 
     out = []
-    for colour in {c for c, _, _ in a} & {c for c, _, _ in b}:
-        pa = np.array([(x, y) for c, x, y in a if c == colour])
-        pb = np.array([(x, y) for c, x, y in b if c == colour])
+    for colour in sorted({c for c, _, _ in a} & {c for c, _, _ in b}):
+        ia = [i for i, d in enumerate(a) if d[0] == colour]
+        ib = [i for i, d in enumerate(b) if d[0] == colour]
+        pa, pb = np.array([a[i][1:] for i in ia]), np.array([b[i][1:] for i in ib])
         cost = np.hypot(pa[:, None, 0] - pb[None, :, 0], pa[:, None, 1] - pb[None, :, 1])
         rows, cols = linear_sum_assignment(cost)
-        out.append(cost[rows, cols])
-    return np.concatenate(out) if out else np.empty(0)
+        out += [(ia[r], ib[c], float(cost[r, c])) for r, c in zip(rows, cols)]
+    return out
+
+
+def matched_distances(a: list[Detection], b: list[Detection]) -> np.ndarray:
+    """Distances (px) of the matching (match) of a's detections to b's."""
+    return np.array([d for _, _, d in match(a, b)])
+
+
+def link_tracks(objects: list[list[Detection]]) -> list[np.ndarray]:
+    """The detections of consecutive frames linked into tracks by match(): [F, 2] positions each, NaN where the
+    track is not seen. A detection matched to none of the frame before starts a new track; a track not matched in
+    a frame ends there."""
+    tracks: list[np.ndarray] = []
+    live: list[tuple[int, Detection]] = []  # (track, its detection) in the frame before
+    for i, frame in enumerate(objects):
+        linked = {ib: live[ia][0] for ia, ib, _ in match([d for _, d in live], frame)}
+        live = []
+        for ib, det in enumerate(frame):
+            if ib not in linked:
+                tracks.append(np.full((len(objects), 2), np.nan))
+                linked[ib] = len(tracks) - 1
+            tracks[linked[ib]][i] = det[1:]
+            live.append((linked[ib], det))
+    return tracks
 
 
 def object_steps(objects: list[list[Detection]]) -> Optional[np.ndarray]:
@@ -202,19 +226,13 @@ def windows(layout: Layout, n_frames: int) -> tuple[list[tuple[int, int]], list[
 
 
 def window_speeds(objects: list[list[Detection]], spans: list[tuple[int, int]]) -> list[float]:
-    """|velocity| (px/frame) of every colour in every span, from a Theil-Sen fit of its first (largest) detection
-    per frame; colours seen in fewer than MIN_FIT_FRAMES frames of a span are left out."""
+    """|velocity| (px/frame) of every track (link_tracks, within the span) in every span, from a Theil-Sen fit of
+    its positions; tracks seen in fewer than MIN_FIT_FRAMES frames of a span are left out."""
     from vgen.toyworld.detector import estimate_motion
 
     out = []
     for a, b in spans:
-        tracks: dict[str, np.ndarray] = {}
-        for i, frame in enumerate(objects[a:b]):
-            for colour, x, y in frame:
-                track = tracks.setdefault(colour, np.full((b - a, 2), np.nan))
-                if np.isnan(track[i, 0]):
-                    track[i] = (x, y)
-        for track in tracks.values():
+        for track in link_tracks(objects[a:b]):
             if np.sum(~np.isnan(track[:, 0])) >= MIN_FIT_FRAMES:
                 out.append(float(np.hypot(*estimate_motion(track)[1])))
     return out

@@ -315,10 +315,12 @@ def load_streaming(folder: str | Path, unet: nn.Module, vae: Optional[nn.Module]
         raise ModelLoadError(f"{src}: streaming weights of format {config.get('format')}, this vgen reads {FORMAT}")
     if config["unet"] != unet_signature(unet):
         raise ModelLoadError(f"{src}: streaming weights were trained for another UNet shape ({config['unet']})")
-    for name in ("cam",) + (("apm",) if config.get("apm") is not None else ()):
-        if not (src / f"{name}.safetensors").is_file():
-            raise ModelLoadError(f"{src}: config.json lists {name.upper()} but {name}.safetensors is missing (drop the "
-                                 f"'{name}' entry from config.json to run without it)")
+    if not (src / "cam.safetensors").is_file():
+        raise ModelLoadError(f"{src}: cam.safetensors is missing, the streaming weights are incomplete (save them again, "
+                             "or remove the streaming/ folder to run training-free)")
+    if config.get("apm") is not None and not (src / "apm.safetensors").is_file():
+        raise ModelLoadError(f"{src}: config.json lists APM but apm.safetensors is missing (set \"apm\": null in "
+                             "config.json to run with CAM alone)")
     cam = CAM.from_unet(unet, **config["cam"])
     cam.load_state_dict(load_file(str(src / "cam.safetensors")))
     apm = None
