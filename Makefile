@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-streaming eval-vico device-check device-wheels
+.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen probe-i4vgen eval-streaming eval-vico device-check device-wheels
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -19,6 +19,7 @@ help:
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
+	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +74,9 @@ device-wheels:
 
 eval-i4vgen: $(STAMP)
 	$(BIN)/python scripts/compare_i4vgen.py
+
+probe-i4vgen: $(STAMP)
+	$(BIN)/python scripts/probe_i4vgen_stages.py --prompts 48
 
 # long (hours on a CPU): re-running continues where it stopped
 eval-streaming: $(STAMP)
