@@ -197,7 +197,7 @@ def summary_row(label: str, recs: list[dict]) -> str:
 LEGEND = ("obj jump / step: the prompted objects' move (px, detections matched frame to frame) across chunk "
           "boundaries / per frame inside chunks, ratio (lower is better, about 1 is seamless; floor 0.25 px); bg jump / "
           "step: the same for the background grey (0-255, floor 0.5);\nspeed: object px/frame in the later chunks "
-          "(Theil-Sen fit per window of cond_frames frames), kept: that over the first chunk's windows' (higher is better; the seam "
+          "(Theil-Sen fit per window of chunk - cond_frames frames), kept: that over the first chunk's windows' (higher is better; the seam "
           "check's); step k: the same share from the mean step (counts wobble and flicker as motion);\ndrift: fraction "
           "of frames a found object is missing or not its majority shape (lower "
           "is better);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
@@ -326,7 +326,7 @@ def record_seam_check(records: list[dict], args) -> None:
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
              "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR, "trained_dc_lock": dc,
              "measure": "objects matched frame to frame, prompted colours; motion kept from the Theil-Sen speed per "
-                        "window of cond_frames frames",
+                        "window of chunk - cond_frames frames",
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "
                          f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} "
                          f"{mode} videos)"}
