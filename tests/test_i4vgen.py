@@ -445,3 +445,26 @@ def test_holding_the_anchor_in_the_middle_frame_keeps_it_and_moves_through_it(to
     assert len(moving) >= 2
     for o in moving:
         assert o.trajectory[0][axis] < 32.0 - 6.0
+
+
+def test_regeneration_with_given_noise_is_the_fresh_draw_replaced(tiny):
+    """regen_noise=vsds hands NI-VSDS's ε to the re-noising: the result is exactly the regeneration whose fresh
+    draw happened to be that ε, and with eta 0 the generator no longer matters."""
+    from vgen.core.noise import iid_noise
+    from vgen.core.prompts import encode_prompt
+    from vgen.core.schedulers import prepare_scheduler
+
+    m = tiny("tiny-random-unet3d")
+    embeds = encode_prompt(m, "a red circle", "", 5.0)
+    video = torch.randn((1, m.latent_channels, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+
+    def regen(generator, noise=None):
+        sched = prepare_scheduler("ddim", m.scheduler, 4, "cpu")
+        return I.regenerate(m, sched, I.regen_timesteps(sched, 1.0), video, embeds, 5.0, generator, progress=False,
+                            noise=noise)
+
+    eps = iid_noise(video.shape, torch.Generator().manual_seed(7), m.device, m.dtype)
+    fresh = regen(torch.Generator().manual_seed(7))
+    given = regen(torch.Generator().manual_seed(123), noise=eps)
+    assert torch.equal(given, fresh)
+    assert not torch.equal(regen(torch.Generator().manual_seed(123)), fresh)

@@ -197,6 +197,7 @@ class I4VGenConfig:
     regen_hold: str = "none"  # none (official) | first | middle: that frame is held to the anchor image during the
     #                           regeneration (temporal inpainting; ours, the toy carries middle)
     regen_hold_until: float = 0.6  # ... while the next timestep is >= this fraction of T (0: to the last step)
+    regen_noise: str = "fresh"  # fresh: new noise for the re-noising (official) | vsds: NI-VSDS's fixed ε (ours)
     save_candidates: bool = True  # write <stem>_anchor.png and <stem>_candidates.png (scores in the grid)
 
     def check(self) -> None:
@@ -207,6 +208,7 @@ class I4VGenConfig:
         _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
         _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
         _choice("i4vgen.regen_hold", self.regen_hold, REGEN_HOLDS)
+        _choice("i4vgen.regen_noise", self.regen_noise, ("fresh", "vsds"))
         if self.image_steps is not None:
             _at_least("i4vgen.image_steps", self.image_steps, 1)
         if self.image_guidance is not None:

@@ -251,13 +251,16 @@ def regenerate(
     anchor: Optional[torch.Tensor] = None,
     hold: Optional[int] = None,
     release_below: float = 0.0,
+    noise: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """SDEdit of the animated anchor: fresh noise to the first of `timesteps`, then the video model.
 
     With `hold` (a frame index) and `anchor` [1, C, 1, h, w], that frame starts as and after every step follows
     the anchor latent noised with its own share of the fresh noise, until the next timestep is below
-    `release_below` (0: to the end, where it is exactly the anchor)."""
-    noise = iid_noise(video.shape, generator, components.device, components.dtype)
+    `release_below` (0: to the end, where it is exactly the anchor). `noise`: use this instead of fresh noise
+    (i4vgen.regen_noise=vsds: NI-VSDS's fixed ε)."""
+    if noise is None:
+        noise = iid_noise(video.shape, generator, components.device, components.dtype)
     start = torch.as_tensor(timesteps[:1], device=components.device)
     post_step = None
     if hold is not None:
@@ -346,7 +349,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     hold = hold_frame(cfg.regen_hold, job.video.frames)
     video = regenerate(components, scheduler, regen, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress,
                        anchor=anchor.to(components.device, components.dtype), hold=hold,
-                       release_below=cfg.regen_hold_until * scheduler.config.num_train_timesteps)
+                       release_below=cfg.regen_hold_until * scheduler.config.num_train_timesteps,
+                       noise=noise if cfg.regen_noise == "vsds" else None)
     frames = decode_latents(components, video, job.memory.decode_chunk)[0]
 
     files = []
@@ -367,7 +371,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
                     "guidance": vsds_guidance},
         "regeneration": {"steps": len(regen), "from_timestep": int(regen[0]), "timesteps": [int(t) for t in regen],
                          "rule": cfg.regen_rule, "hold": cfg.regen_hold, "hold_frame": hold,
-                         "hold_until": cfg.regen_hold_until if hold is not None else None},
+                         "hold_until": cfg.regen_hold_until if hold is not None else None,
+                         "noise": cfg.regen_noise},
         "files": files,
     }
     return Video(to_uint8(frames), fps=job.video.fps, metadata=metadata)
