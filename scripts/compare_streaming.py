@@ -11,6 +11,8 @@ seeded by --seed, so the same flags give the same rows; a smaller --prompts is a
 Row i uses seed --seed + i in every mode:
     trained           CAM + APM (only when the model ships streaming weights; otherwise skipped, with a note)
     trained-dc        the same with streaming.trained_dc_lock=true (ours: the chunk's latent mean follows the overlap)
+    trained-inpaint   trained-dc with streaming.trained_inpaint=true (ours: the re-covering frames are also held to the
+                      previous chunk's latents, the training-free mode's temporal inpainting, while CAM+APM guide)
     training-free     temporal inpainting of the overlap with shared noise, plain (streaming.dc_lock=false;
                       true with --dc-lock)
     training-free-dc  the same with streaming.dc_lock=true (anchor-aware re-noising; what `vgen generate` does)
@@ -25,9 +27,10 @@ frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_l
 
 --record writes the trained mode's seam check into the model folder's streaming/config.json (passed when
 both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR and the later chunks keep >= MOTION_KEPT_FLOOR of the
-first chunk's motion: seamless by freezing does not pass), from the rows run as the model runs them: trained-dc
-when the model carries streaming.trained_dc_lock=true, else trained. `streaming.mode=auto` trusts the memories only
-when that check passed, and only for jobs with the same trained_dc_lock.
+first chunk's motion: seamless by freezing does not pass), from the rows run as the model runs them: trained-inpaint
+when the model carries streaming.trained_inpaint and trained_dc_lock, trained-dc with trained_dc_lock alone, else
+trained. `streaming.mode=auto` trusts the memories only when that check passed, and only for jobs with the same
+trained_dc_lock and trained_inpaint.
 
 Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over long videos a
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
@@ -51,7 +54,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODES = ("trained", "trained-dc", "training-free", "training-free-dc", "independent")
+MODES = ("trained", "trained-dc", "trained-inpaint", "training-free", "training-free-dc", "independent")
+RUNNER_MODE = {"trained": "trained", "trained-dc": "trained", "trained-inpaint": "trained",
+               "training-free": "training-free", "training-free-dc": "training-free", "independent": "independent"}
 DEFAULT_MODES = ("trained", "training-free", "independent")
 
 
@@ -72,9 +77,10 @@ def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
     return build_job(flags={
         "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
         "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
-        "sampler.eta": args.eta, "streaming.mode": mode.removesuffix("-dc"),
+        "sampler.eta": args.eta, "streaming.mode": RUNNER_MODE[mode],
         "streaming.dc_lock": mode == "training-free-dc" or (mode == "training-free" and args.dc_lock),
-        "streaming.trained_dc_lock": mode == "trained-dc",
+        "streaming.trained_dc_lock": mode in ("trained-dc", "trained-inpaint"),
+        "streaming.trained_inpaint": mode == "trained-inpaint",
         "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
         "output.overwrite": True,  # this script owns its folder: a changed job replaces its old video
     })
@@ -253,7 +259,7 @@ def available_modes(args, cache) -> list[str]:
     from vgen.methods.streaming.runner import streaming_weights
 
     modes = [m for m in MODES if m in args.modes]
-    if {"trained", "trained-dc"} & set(modes):
+    if {"trained", "trained-dc", "trained-inpaint"} & set(modes):
         components = cache.get(make_job(args, "a red circle", args.seed, "training-free", "probe", Path(".")))
         if streaming_weights(components) is None:
             print(f"trained CAM+APM: skipped ('{args.model}' ships no streaming weights; train them with "
@@ -303,18 +309,23 @@ def progress_line(r: dict, first: bool) -> str:
 
 def record_seam_check(records: list[dict], args) -> None:
     """The trained mode's object and background seam ratios (ratio of the means) into streaming/config.json,
-    measured as `vgen generate` runs it on that model: the trained-dc rows when the model carries
-    streaming.trained_dc_lock=true, else the trained rows (the check records which)."""
+    measured as `vgen generate` runs it on that model: the trained-inpaint rows when the model carries
+    streaming.trained_inpaint and trained_dc_lock, trained-dc with trained_dc_lock alone, else the trained rows (the
+    check records which)."""
     from vgen.config import build_job
     from vgen.eval.seams import FLOORS
     from vgen.methods.streaming.runner import MOTION_KEPT_FLOOR, SEAM_FLOOR
 
     carried = build_job(flags={"prompt": "a red circle", "method": "streaming", "model.id": args.model})
-    dc = bool(carried.streaming.trained_dc_lock)
-    mode = "trained-dc" if dc else "trained"
+    dc, inpaint = bool(carried.streaming.trained_dc_lock), bool(carried.streaming.trained_inpaint)
+    mode = {(False, False): "trained", (True, False): "trained-dc", (True, True): "trained-inpaint"}.get((dc, inpaint))
+    if mode is None:
+        print("--record: the model carries streaming.trained_inpaint without trained_dc_lock, which no mode here runs; "
+              "nothing recorded")
+        return
     recs = [r for r in records if r["mode"] == mode and "error" not in r]
     if not recs:
-        print(f"--record: no {mode} video was scored (the model's trained_dc_lock is {str(dc).lower()}); nothing recorded")
+        print(f"--record: no {mode} video was scored (the model runs the trained mode as {mode}); nothing recorded")
         return
     folder = ROOT / "vgen" / "assets" / "toy" if args.model == "toy" else Path(args.model)
     path = folder / "streaming" / "config.json"
@@ -325,6 +336,7 @@ def record_seam_check(records: list[dict], args) -> None:
     check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
              "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR, "trained_dc_lock": dc,
+             "trained_inpaint": inpaint,
              "measure": "objects matched frame to frame, prompted colours; motion kept from the Theil-Sen speed per "
                         "window of chunk - cond_frames frames",
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "

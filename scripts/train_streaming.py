@@ -28,6 +28,8 @@ def main(argv=None) -> None:
                     help="training clips: the toy's long-clip layout (slow) or the short clips' speed with bounces")
     ap.add_argument("--clip-speed", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                     help="with --clip-motion bounce: object speeds in px/frame at 64 px (default the toy's 2 3.5)")
+    ap.add_argument("--new-frame-weight", type=float, default=1.0,
+                    help="loss weight of the chunk's new frames against the re-covering ones (1 = plain mean)")
     ap.add_argument("--save-every", type=int, default=100)
     ap.add_argument("--out", default=None, help="checkpoint folder (default runs/streaming/<stage>)")
     ap.add_argument("--init", default=None,
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     cfg = StreamingTrainConfig(model=a.model, stage=a.stage, out=a.out or f"runs/streaming/{name}", init=a.init,
                                steps=a.steps, batch=a.batch, lr=a.lr, lr_new=a.lr_new,
                                lr_alpha=a.lr_alpha, cond_roundtrip=a.cond_roundtrip, cond_noise=a.cond_noise,
-                               clip_motion=a.clip_motion, clip_speed=a.clip_speed, save_every=a.save_every, seed=a.seed, threads=a.threads,
+                               clip_motion=a.clip_motion, clip_speed=a.clip_speed, new_frame_weight=a.new_frame_weight, save_every=a.save_every, seed=a.seed, threads=a.threads,
                                resume=a.resume, progress=not a.no_progress)
     trainer = train(cfg)
     print(f"checkpoint: {cfg.out}/last.pt (step {trainer.step_count})")

@@ -170,6 +170,19 @@ def test_the_graded_toy_reward_orders_images_as_a_person_would(colour, shape, wr
     assert len(set(np.round(scores, 9))) == len(scores)  # graded: no two of these tie
 
 
+@pytest.mark.parametrize("extra", [("green", "triangle"), ("blue", "square")])
+def test_the_toy_reward_puts_objects_right_above_objects_merely_present(extra):
+    """Every prompted object right, plus an unprompted object or a second copy, beats every object present with one
+    in the wrong shape (a person asked for a red circle and a blue square would pick the first); the clean image
+    beats both."""
+    prompt = "a red circle and a blue square"
+    clean = _render(("red", "circle", 16.0), ("blue", "square", 48.0))
+    crowded = _render(("red", "circle", 12.0), ("blue", "square", 34.0), (*extra, 54.0))
+    wrong_shape = _render(("red", "circle", 16.0), ("blue", "circle", 48.0))
+    wrong, right_plus, best = load_reward("toy")(np.stack([wrong_shape, crowded, clean]), prompt)
+    assert wrong < right_plus < best
+
+
 def test_the_toy_reward_breaks_ties_that_the_detector_verdicts_leave():
     """Two images the detector calls equally right (and a plain verdict-count reward scored 1.0 both) still differ:
     the purer colour wins."""

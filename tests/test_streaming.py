@@ -150,6 +150,29 @@ def test_zero_initialised_memories_start_as_the_base_model(zero_streaming_model,
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dc_lock", [False, True])
+def test_trained_inpaint_with_inert_memories_is_the_training_free_mode(zero_streaming_model, tmp_path, monkeypatch,
+                                                                         dc_lock):
+    """streaming.trained_inpaint holds the re-covering frames as the training-free mode does: with zero-initialised
+    CAM/APM (no effect on the UNet) the two modes give the same chunks, and every chunk after the first re-covers
+    the previous chunk's last latents exactly."""
+    c = _load(zero_streaming_model)
+    job = make_job(PROMPT, **SMALL, **{"video.frames": 8, "streaming.mode": "trained", "streaming.trained_inpaint": True,
+                                       "streaming.trained_dc_lock": dc_lock})
+    video, held = run_streaming(c, job, tmp_path, monkeypatch)
+    monkeypatch.undo()
+    assert video.metadata["trained_inpaint"] is True and video.metadata["mode"] == "trained"
+    (tmp_path / "b").mkdir()
+    free = make_job(PROMPT, **SMALL, **{"video.frames": 8, "streaming.mode": "training-free", "streaming.dc_lock": dc_lock})
+    video_free, reference = run_streaming(c, free, tmp_path / "b", monkeypatch)
+    assert video_free.metadata["trained_inpaint"] is None
+    assert len(held) == len(reference) == 3
+    for (_, a), (_, b) in zip(held, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for (_, before), (_, after) in zip(held, held[1:]):
+        torch.testing.assert_close(after[:, :, :2], before[:, :, -2:])
+
+
 def test_a_trained_anchor_weight_changes_the_three_pass_result(zero_streaming_model, tmp_path, monkeypatch):
     c = _load(zero_streaming_model)
     weights = R.streaming_weights(c)
@@ -192,9 +215,16 @@ def test_auto_uses_memories_only_when_their_seam_check_passed(zero_streaming_mod
     data["seam_check"] = {"passed": True, "object_ratio": 1.5, "background_ratio": 1.2, "trained_dc_lock": True}
     cfg.write_text(_json.dumps(data))
     c = _load(folder)
-    assert R.resolve_mode("auto", c, trained_dc_lock=True) == "trained"
-    assert R.resolve_mode("auto", c, trained_dc_lock=False) == "training-free"
-    assert R.resolve_mode("trained", c, trained_dc_lock=False) == "trained"  # asked for: always
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True}) == "trained"
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": False}) == "training-free"
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "training-free"
+    assert R.resolve_mode("trained", c, {"trained_dc_lock": False}) == "trained"  # asked for: always
+    # ... and one measured with trained_inpaint only for runs with it
+    data["seam_check"] |= {"trained_inpaint": True}
+    cfg.write_text(_json.dumps(data))
+    c = _load(folder)
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "trained"
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True}) == "training-free"
 
 
 def test_trained_dc_lock_moves_only_each_frames_mean_to_the_known_frames(tiny):

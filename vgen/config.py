@@ -245,6 +245,7 @@ class StreamingConfig:
     anchor_guidance: Optional[float] = None  # ω_anchor; None = sampler.guidance (then ordinary two-pass CFG)
     dc_lock: bool = True  # training-free: new frames keep the last known frame's per-channel latent mean every step (false: plain inpainting)
     trained_dc_lock: bool = False  # trained (ours; false = the paper): the chunk's per-channel latent mean follows the previous chunk's overlap
+    trained_inpaint: bool = False  # trained (ours; false = the paper): the re-covering frames are also held to the previous chunk (the training-free mode's temporal inpainting) while CAM+APM guide
     refine: bool = False  # stage 3: randomized-blending refinement of the whole video
     refine_model: Optional[str] = None  # video model that refines (None = the generating model)
     refine_chunk: int = 24  # frames per refinement chunk

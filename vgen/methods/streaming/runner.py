@@ -71,19 +71,27 @@ def seam_check(components: Components) -> Optional[dict]:
     return load_seam_check(components.folder)
 
 
-def memories_trusted(check: Optional[dict], trained_dc_lock: bool) -> bool:
+TRAINED_OPTIONS = ("trained_dc_lock", "trained_inpaint")  # ours; a seam check vouches only for the same values
+
+
+def trained_options(cfg: Any) -> dict[str, bool]:
+    """The job's trained-mode options a seam check was measured with (streaming.trained_dc_lock, trained_inpaint)."""
+    return {key: bool(getattr(cfg, key)) for key in TRAINED_OPTIONS}
+
+
+def memories_trusted(check: Optional[dict], options: dict[str, bool]) -> bool:
     """Whether a recorded seam check vouches for the trained mode as this job would run it: it passed, and it was
-    measured with the same streaming.trained_dc_lock (absent = false, the paper's)."""
+    measured with the same trained-mode options (absent = false, the paper's)."""
     return (check is not None and check.get("passed") is True
-            and bool(check.get("trained_dc_lock", False)) == bool(trained_dc_lock))
+            and all(bool(check.get(key, False)) == bool(options.get(key, False)) for key in TRAINED_OPTIONS))
 
 
-def resolve_mode(asked: str, components: Components, trained_dc_lock: bool = False) -> str:
+def resolve_mode(asked: str, components: Components, options: Optional[dict[str, bool]] = None) -> str:
     """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR, MOTION_KEPT_FLOOR) with
-    this job's trained_dc_lock, else training-free."""
+    this job's trained-mode options, else training-free."""
     has_weights = streaming_weights(components) is not None
     if asked == "auto":
-        return "trained" if has_weights and memories_trusted(seam_check(components), trained_dc_lock) else "training-free"
+        return "trained" if has_weights and memories_trusted(seam_check(components), options or {}) else "training-free"
     if asked == "trained" and not has_weights:
         raise ConfigError(
             f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
@@ -218,7 +226,7 @@ def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, wei
 def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo:
     cfg, s = job.streaming, job.sampler
     F, Fc = cfg.chunk, cfg.cond_frames
-    mode = resolve_mode(cfg.mode, components, cfg.trained_dc_lock)
+    mode = resolve_mode(cfg.mode, components, trained_options(cfg))
     weights = streaming_weights(components) if mode == "trained" else None
     n = chunk_count(job.video.frames, F, Fc)
     w_text = s.guidance
@@ -226,7 +234,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     if cfg.mode == "auto" and mode != "trained" and streaming_weights(components) is not None:
         check = seam_check(components)
         why = ("have not passed the seam check" if check is None or check.get("passed") is not True else
-               f"passed the seam check only with streaming.trained_dc_lock={str(bool(check.get('trained_dc_lock'))).lower()}")
+               "passed the seam check only with " + ", ".join(f"streaming.{key}={str(bool(check.get(key))).lower()}"
+                                                              for key in TRAINED_OPTIONS))
         ctx.log(f"streaming: the model's trained memories {why}; auto uses training-free "
                 "(streaming.mode=trained forces them)")
     ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
@@ -257,7 +266,11 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
             kwargs: dict[str, Any] = {}
             if k > 0 and mode == "trained":  # fresh noise, as in training: CAM carries the past
                 kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
-                if cfg.trained_dc_lock:  # ours: shared noise for the re-covering frames, the chunk's DC follows
+                if cfg.trained_inpaint:  # ours: the re-covering frames also held to the previous chunk's latents
+                    noise[:, :, :Fc] = memory.noise
+                    kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc,
+                                                          cfg.trained_dc_lock)
+                elif cfg.trained_dc_lock:  # ours: shared noise for the re-covering frames, the chunk's DC follows
                     noise[:, :, :Fc] = memory.noise
                     kwargs["post_step"] = lock_overlap_dc(scheduler, list(scheduler.timesteps), memory, Fc)
             elif k > 0 and mode == "training-free":
@@ -293,6 +306,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
         "unet_passes_per_step": passes_per_step(mode, prompt.guided, w_text, w_anchor, weights),
         "dc_lock": cfg.dc_lock if mode == "training-free" else None,
         "trained_dc_lock": cfg.trained_dc_lock if mode == "trained" else None,
+        "trained_inpaint": cfg.trained_inpaint if mode == "trained" else None,
         "seam_check": seam_check(components),
     }
     if cfg.refine:

@@ -53,6 +53,8 @@ class StreamingTrainConfig:
     # bounce: the short clips' speed, objects bouncing off the border
     clip_speed: Optional[tuple] = None  # bounce: (low, high) px/frame at 64 px (None = the toy's 2-3.5)
     p_drop: float = 0.05  # drop text / anchor / both, each with this probability
+    new_frame_weight: float = 1.0  # loss weight of the chunk's new frames against the re-covering ones (1: the paper's
+    # plain mean); more asks CAM to continue the motion rather than re-cover what it is shown
     anchor_tokens: int = 16
     head_dim: int = 16
     seed: int = 0
@@ -201,7 +203,7 @@ class StreamingTrainer:
             tokens = torch.where(batch["drop_anchor"][:, None, None], null, real)
         pred = streaming_unet_forward(self.base.unet, noisy, t, text, cam=self.cam, cond_pixels=cond,
                                       apm=self.apm, anchor_tokens=tokens)
-        return torch.nn.functional.mse_loss(pred, noise)
+        return frame_weighted_mse(pred, noise, self.cfg.cond_frames, self.cfg.new_frame_weight)
 
     def step(self) -> dict[str, float]:
         for m in self.modules.values():
@@ -247,6 +249,15 @@ class StreamingTrainer:
 
         dtype = torch.float16 if _folder_is_half(Path(folder)) else None
         return save_streaming(folder, self.cam, self.apm, dtype=dtype)
+
+
+def frame_weighted_mse(pred: torch.Tensor, target: torch.Tensor, cond_frames: int, new_weight: float) -> torch.Tensor:
+    """Mean squared error over [B, C, F, h, w] with the frames from `cond_frames` on weighted `new_weight` and the
+    weights normalised to mean 1 (new_weight 1: the plain mean)."""
+    weights = torch.ones(pred.shape[2], dtype=pred.dtype, device=pred.device)
+    weights[cond_frames:] = new_weight
+    weights = weights / weights.mean()
+    return ((pred - target) ** 2 * weights[None, None, :, None, None]).mean()
 
 
 def to_model_pixels_batch(frames: torch.Tensor) -> torch.Tensor:
