@@ -336,7 +336,7 @@ def record_seam_check(records: list[dict], args) -> None:
     check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
              "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR, "trained_dc_lock": dc,
-             "trained_inpaint": inpaint,
+             "trained_inpaint": inpaint, "cam_scale": float(carried.streaming.cam_scale),
              "measure": "objects matched frame to frame, prompted colours; motion kept from the Theil-Sen speed per "
                         "window of chunk - cond_frames frames",
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "

@@ -225,6 +225,13 @@ def test_auto_uses_memories_only_when_their_seam_check_passed(zero_streaming_mod
     c = _load(folder)
     assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "trained"
     assert R.resolve_mode("auto", c, {"trained_dc_lock": True}) == "training-free"
+    # ... and one measured at a cam_scale only for runs at it (absent: the paper's 1.0)
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True, "cam_scale": 1.0}) == "trained"
+    data["seam_check"] |= {"cam_scale": 0.5}
+    cfg.write_text(_json.dumps(data))
+    c = _load(folder)
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True, "cam_scale": 0.5}) == "trained"
+    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "training-free"
 
 
 def test_trained_dc_lock_moves_only_each_frames_mean_to_the_known_frames(tiny):

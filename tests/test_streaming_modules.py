@@ -273,6 +273,10 @@ def test_merger_equals_einsum_reference():
     attn = torch.einsum("bnhwfg,bgndhw->bfndhw", scores.softmax(-1), v).reshape(b, f, c, h, w)
     ref = x.reshape(b, f, c, h, w) + lin(attn, merger.p_out)
     torch.testing.assert_close(out, ref.reshape(b * f, c, h, w), atol=1e-5, rtol=1e-5)
+    # streaming.cam_scale: what the merger adds, scaled
+    ref_half = x.reshape(b, f, c, h, w) + 0.5 * lin(attn, merger.p_out)
+    torch.testing.assert_close(merger(x, cond, b, 0.5), ref_half.reshape(b * f, c, h, w), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merger(x, cond, b, 0.0), x)
 
 
 def test_frame_positions():
@@ -438,3 +442,14 @@ def test_load_names_a_missing_weights_file(tmp_path, tiny_model):
     (folder / "cam.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="cam.safetensors is missing"):
         load_streaming(tmp_path, tiny_model["unet"], vae=tiny_model["vae"])
+
+
+def test_frame_weighted_loss_is_the_plain_mean_at_one_and_weighs_new_frames_by_hand():
+    from vgen.methods.streaming.train import frame_weighted_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 6, 3, 3, generator=g), torch.randn(2, 4, 6, 3, 3, generator=g)
+    torch.testing.assert_close(frame_weighted_mse(pred, target, 2, 1.0), F.mse_loss(pred, target))
+    per_frame = ((pred - target) ** 2).mean(dim=(0, 1, 3, 4))  # 6 frames: 2 re-covering, 4 new at weight 4
+    expected = (per_frame[:2].sum() + 4 * per_frame[2:].sum()) / (2 + 4 * 4)
+    torch.testing.assert_close(frame_weighted_mse(pred, target, 2, 4.0), expected)

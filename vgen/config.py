@@ -246,6 +246,7 @@ class StreamingConfig:
     dc_lock: bool = True  # training-free: new frames keep the last known frame's per-channel latent mean every step (false: plain inpainting)
     trained_dc_lock: bool = False  # trained (ours; false = the paper): the chunk's per-channel latent mean follows the previous chunk's overlap
     trained_inpaint: bool = False  # trained (ours; false = the paper): the re-covering frames are also held to the previous chunk (the training-free mode's temporal inpainting) while CAM+APM guide
+    cam_scale: float = 1.0  # trained: what CAM adds to the UNet is multiplied by this (1 = the paper; as a ControlNet's conditioning scale)
     refine: bool = False  # stage 3: randomized-blending refinement of the whole video
     refine_model: Optional[str] = None  # video model that refines (None = the generating model)
     refine_chunk: int = 24  # frames per refinement chunk
@@ -264,6 +265,7 @@ class StreamingConfig:
             )
         if self.anchor_guidance is not None:
             _at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
+        _at_least("streaming.cam_scale", self.cam_scale, 0)
         _at_least("streaming.refine_overlap", self.refine_overlap, 0)
         if self.refine_overlap >= self.refine_chunk:
             raise ConfigError(

@@ -144,8 +144,9 @@ class TemporalCrossAttention(nn.Module):
         nn.init.zeros_(self.p_out.weight)
         nn.init.zeros_(self.p_out.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, batch: int) -> torch.Tensor:
-        """x [B*F, c, h, w] (base skip), cond [B*F_cond, c, h, w] (CAM feature) -> [B*F, c, h, w]."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, batch: int, scale: float = 1.0) -> torch.Tensor:
+        """x [B*F, c, h, w] (base skip), cond [B*F_cond, c, h, w] (CAM feature) -> [B*F, c, h, w]; `scale` multiplies
+        what is added (1: the paper; as a ControlNet's conditioning scale)."""
         _, c, h, w = x.shape
         query_in = self.p_in(to_frame_tokens(self.norm(x), batch))  # [B*h*w, F, c]
         cond_in = to_frame_tokens(self.cond_norm(cond), batch)  # [B*h*w, F_cond, c]
@@ -157,7 +158,7 @@ class TemporalCrossAttention(nn.Module):
                    for proj, t in ((self.to_q, query_in), (self.to_k, cond_in), (self.to_v, cond_in)))
         attn = F.scaled_dot_product_attention(q, k, v)  # [n, heads, F, d]
         out = self.p_out(attn.transpose(1, 2).reshape(n, -1, c))
-        return x + from_frame_tokens(out, batch, h, w)
+        return x + scale * from_frame_tokens(out, batch, h, w)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,12 +235,12 @@ class CAM(nn.Module):
         skips, mid = self.encoder(noisy.to(self.dtype), timestep, text_embeds.to(self.dtype), added)
         return CAMFeatures(skips, mid, b)
 
-    def merge_skips(self, skips: Skips, feats: CAMFeatures) -> Skips:
-        """The base UNet's skip features with CAM's injected (a `merge_skips` hook of unet3d_forward)."""
-        return tuple(m(x, c, feats.batch) for m, x, c in zip(self.skip_mergers, skips, feats.skips))
+    def merge_skips(self, skips: Skips, feats: CAMFeatures, scale: float = 1.0) -> Skips:
+        """The base UNet's skip features with CAM's injected, times `scale` (a `merge_skips` hook of unet3d_forward)."""
+        return tuple(m(x, c, feats.batch, scale) for m, x, c in zip(self.skip_mergers, skips, feats.skips))
 
-    def merge_mid(self, x: torch.Tensor, feats: CAMFeatures) -> torch.Tensor:
-        return self.mid_merger(x, feats.mid, feats.batch)
+    def merge_mid(self, x: torch.Tensor, feats: CAMFeatures, scale: float = 1.0) -> torch.Tensor:
+        return self.mid_merger(x, feats.mid, feats.batch, scale)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Without refinement only one chunk is ever in memory; decoded frames go to the mp
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -71,19 +72,25 @@ def seam_check(components: Components) -> Optional[dict]:
     return load_seam_check(components.folder)
 
 
-TRAINED_OPTIONS = ("trained_dc_lock", "trained_inpaint")  # ours; a seam check vouches only for the same values
+TRAINED_OPTIONS = ("trained_dc_lock", "trained_inpaint", "cam_scale")  # a seam check vouches only for the same values
+TRAINED_DEFAULTS = {"trained_dc_lock": False, "trained_inpaint": False, "cam_scale": 1.0}  # the paper's (absent = these)
 
 
-def trained_options(cfg: Any) -> dict[str, bool]:
-    """The job's trained-mode options a seam check was measured with (streaming.trained_dc_lock, trained_inpaint)."""
-    return {key: bool(getattr(cfg, key)) for key in TRAINED_OPTIONS}
+def trained_options(cfg: Any) -> dict[str, Any]:
+    """The job's trained-mode options a seam check was measured with (streaming.trained_dc_lock, trained_inpaint,
+    cam_scale)."""
+    return {key: getattr(cfg, key) for key in TRAINED_OPTIONS}
 
 
-def memories_trusted(check: Optional[dict], options: dict[str, bool]) -> bool:
+def memories_trusted(check: Optional[dict], options: dict[str, Any]) -> bool:
     """Whether a recorded seam check vouches for the trained mode as this job would run it: it passed, and it was
-    measured with the same trained-mode options (absent = false, the paper's)."""
+    measured with the same trained-mode options (an absent one: the paper's value)."""
+    def value(source: dict, key: str) -> Any:
+        v = source.get(key, TRAINED_DEFAULTS[key])
+        return float(v) if key == "cam_scale" else bool(v)
+
     return (check is not None and check.get("passed") is True
-            and all(bool(check.get(key, False)) == bool(options.get(key, False)) for key in TRAINED_OPTIONS))
+            and all(value(check, key) == value(options, key) for key in TRAINED_OPTIONS))
 
 
 def resolve_mode(asked: str, components: Components, options: Optional[dict[str, bool]] = None) -> str:
@@ -115,7 +122,7 @@ class Memory:
 
 
 def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, w_text: float, w_anchor: float,
-                  weights: Any, memory: Memory) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                  weights: Any, memory: Memory, cam_scale: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The multi-conditional guided noise of a conditioned chunk: three UNet passes when ω_text != ω_anchor,
     two (ordinary CFG between (∅, ∅) and (τ, a)) when they are equal, one without guidance."""
     from vgen.methods.streaming.unet_forward import streaming_unet_forward
@@ -138,7 +145,7 @@ def cam_apm_guide(components: Components, scheduler: Any, prompt: PromptEmbeds, 
     def guide(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = scheduler.scale_model_input(torch.cat([latents] * len(texts)), t)
         out = streaming_unet_forward(components.unet, x, t, text, cam=cam, cond_pixels=cond_pixels, apm=apm,
-                                     anchor_tokens=tokens)
+                                     anchor_tokens=tokens, cam_scale=cam_scale)
         if len(texts) == 1:
             return out
         if len(texts) == 2:
@@ -234,8 +241,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     if cfg.mode == "auto" and mode != "trained" and streaming_weights(components) is not None:
         check = seam_check(components)
         why = ("have not passed the seam check" if check is None or check.get("passed") is not True else
-               "passed the seam check only with " + ", ".join(f"streaming.{key}={str(bool(check.get(key))).lower()}"
-                                                              for key in TRAINED_OPTIONS))
+               "passed the seam check only with " + ", ".join(
+                   f"streaming.{key}={json.dumps(check.get(key, TRAINED_DEFAULTS[key]))}" for key in TRAINED_OPTIONS))
         ctx.log(f"streaming: the model's trained memories {why}; auto uses training-free "
                 "(streaming.mode=trained forces them)")
     ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
@@ -265,7 +272,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
             noise = iid_noise(shape, ctx.generator, components.device, components.dtype)
             kwargs: dict[str, Any] = {}
             if k > 0 and mode == "trained":  # fresh noise, as in training: CAM carries the past
-                kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory)
+                kwargs["guide"] = cam_apm_guide(components, scheduler, prompt, w_text, w_anchor, weights, memory,
+                                                cfg.cam_scale)
                 if cfg.trained_inpaint:  # ours: the re-covering frames also held to the previous chunk's latents
                     noise[:, :, :Fc] = memory.noise
                     kwargs["post_step"] = inpaint_overlap(scheduler, list(scheduler.timesteps), memory, Fc,
@@ -307,6 +315,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
         "dc_lock": cfg.dc_lock if mode == "training-free" else None,
         "trained_dc_lock": cfg.trained_dc_lock if mode == "trained" else None,
         "trained_inpaint": cfg.trained_inpaint if mode == "trained" else None,
+        "cam_scale": cfg.cam_scale if mode == "trained" else None,
         "seam_check": seam_check(components),
     }
     if cfg.refine:

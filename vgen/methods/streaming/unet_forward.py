@@ -156,12 +156,14 @@ def streaming_unet_forward(
     apm: Any = None,
     anchor_tokens: Optional[torch.Tensor] = None,
     cross_attention_kwargs: Optional[dict] = None,
+    cam_scale: float = 1.0,
 ) -> torch.Tensor:
     """The StreamingT2V UNet call: base UNet + CAM (short-term) + APM (long-term memory).
 
     latents [B, C, F, h, w] (the chunk), text_embeds [B, L, D];
     cam + cond_pixels [B or 1, F_cond, 3, H, W] in [-1, 1]: the last frames of the previous chunk. CAM's
-      encoder copy runs on latents[:, :, :F_cond] with the same timestep and the text tokens only.
+      encoder copy runs on latents[:, :, :F_cond] with the same timestep and the text tokens only; what it adds
+      to the UNet's skips and mid is multiplied by `cam_scale` (1: the paper).
     apm + anchor_tokens [B, k, D] (``apm.anchor_tokens(pixels)``): appended to the text of the base UNet,
       whose spatial cross-attention layers mix them in (installed for this call unless already installed).
     Either memory may be left out; with neither this is ``unet3d_forward``. B may be a CFG batch.
@@ -171,8 +173,8 @@ def streaming_unet_forward(
         if cond_pixels is None:
             raise ValueError("CAM needs cond_pixels: the conditioning frames [B, F_cond, 3, H, W]")
         feats = cam.features(latents[:, :, : cond_pixels.shape[1]], timestep, text_embeds, cond_pixels)
-        merge_skips = lambda skips: cam.merge_skips(skips, feats)  # noqa: E731
-        merge_mid = lambda x: cam.merge_mid(x, feats)  # noqa: E731
+        merge_skips = lambda skips: cam.merge_skips(skips, feats, cam_scale)  # noqa: E731
+        merge_mid = lambda x: cam.merge_mid(x, feats, cam_scale)  # noqa: E731
     if apm is None:
         return unet3d_forward(unet, latents, timestep, text_embeds, merge_skips, merge_mid, cross_attention_kwargs)
     if anchor_tokens is None:
