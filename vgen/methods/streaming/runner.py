@@ -5,6 +5,8 @@
               frames re-cover the conditioning frames and are dropped: total = F + (F - F_cond)·(n - 1)
                 trained        CAM (short-term memory) + APM (anchor, long-term memory), guided by
                                ε(∅,∅) + ω_text[ε(τ,∅) - ε(∅,∅)] + ω_anchor[ε(τ,a) - ε(τ,∅)]
+                               (ours, off in the paper: trained_inpaint also holds the re-covering frames as
+                               training-free does, cam_scale scales what CAM adds, trained_dc_lock the mean)
                 training-free  any video model: at every step the first F_cond frames are replaced by the
                                previous chunk's clean latents re-noised to that step (inpainting along
                                time), with the noise they were drawn from shared
@@ -93,7 +95,7 @@ def memories_trusted(check: Optional[dict], options: dict[str, Any]) -> bool:
             and all(value(check, key) == value(options, key) for key in TRAINED_OPTIONS))
 
 
-def resolve_mode(asked: str, components: Components, options: Optional[dict[str, bool]] = None) -> str:
+def resolve_mode(asked: str, components: Components, options: Optional[dict[str, Any]] = None) -> str:
     """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR, MOTION_KEPT_FLOOR) with
     this job's trained-mode options, else training-free."""
     has_weights = streaming_weights(components) is not None
