@@ -80,6 +80,8 @@ class StreamingTrainer:
             raise ValueError("cond_frames must be smaller than chunk")
         if cfg.clip_motion not in CLIP_MOTIONS:
             raise ValueError(f"clip_motion must be one of {', '.join(CLIP_MOTIONS)}, got {cfg.clip_motion!r}")
+        if cfg.new_frame_weight <= 0:
+            raise ValueError(f"new_frame_weight must be positive, got {cfg.new_frame_weight}")
         if cfg.clip_speed is not None and cfg.clip_motion != "bounce":
             raise ValueError("clip_speed needs clip_motion='bounce' (the slow layout sets its own speeds)")
         self.cfg = cfg
