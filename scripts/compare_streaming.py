@@ -29,8 +29,8 @@ frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_l
 both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR and the later chunks keep >= MOTION_KEPT_FLOOR of the
 first chunk's motion: seamless by freezing does not pass), from the rows run as the model runs them: trained-inpaint
 when the model carries streaming.trained_inpaint and trained_dc_lock, trained-dc with trained_dc_lock alone, else
-trained. `streaming.mode=auto` trusts the memories only when that check passed, and only for jobs with the same
-trained_dc_lock and trained_inpaint.
+trained (the model's streaming.cam_scale is recorded too). `streaming.mode=auto` trusts the memories only when that
+check passed, and only for jobs with the same trained_dc_lock, trained_inpaint and cam_scale.
 
 Caveat: a toy object moving at 2-3.5 px/frame crosses the 64-px frame in ~20-30 frames, so over long videos a
 prompted motion and a kept object pull against each other; the per-size table separates the rows.
