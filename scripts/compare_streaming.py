@@ -141,6 +141,7 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
     return {
         **seam_rec, "bg_start_end": abs(float(bg[-1] - bg[0])) if len(bg) else None,
         "drift_found": (sum(o.drift for o in first_obj) / len(first_obj)) if first_obj else None,
+        "drift_inside": drift_inside(det, first_obj),
         "frames_read": len(video.frames), "scene_cuts": cuts.cuts, "cut_frames": list(cuts.cut_frames),
         "scene_params": cuts.params, "mawe": warp.mawe, "warp_error": warp.warp_error, "flow_std": warp.flow_std,
         "flow": warp.flow, "identity_drift": score.identity_drift, "all_present": score.all_present,
@@ -148,6 +149,13 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
         "window_rate": windows.rate, "last_window_kept": windows.last_kept, "first_lost": windows.first_lost,
         "windows": len(windows.kept),
     }
+
+
+def drift_inside(det, found) -> float | None:
+    """Mean Track.drift_inside over the found prompted objects that are ever away from the border; None if none."""
+    values = [det.tracks[o.detected_colour].drift_inside(det.width, det.height) for o in found]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def mean(values) -> float:
@@ -161,7 +169,7 @@ def median(values) -> float:
 
 
 SUMMARY_HEADER = (f"{'mode':<20} {'n':>3} {'obj jump':>8} {'step':>5} {'ratio':>5} {'bg jump':>7} {'step':>5} "
-                  f"{'ratio':>5} {'speed':>5} {'kept':>5} {'step k':>6} {'drift':>6} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
+                  f"{'ratio':>5} {'speed':>5} {'kept':>5} {'step k':>6} {'drift':>6} {'in':>5} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
                   f"{'cuts':>5} {'MAWE':>6} {'MAWE md':>7}")
 
 
@@ -194,7 +202,8 @@ def summary_row(label: str, recs: list[dict]) -> str:
     step_kept = motion_kept(recs, "motion")[1]
     return (f"{label:<20} {len(recs):>3} {oj:>8.2f} {os_:>5.2f} {ratio(oj, os_, FLOORS['object']):>5.1f} {bj:>7.2f} "
             f"{bs:>5.2f} {ratio(bj, bs, FLOORS['background']):>5.1f} {later:>5.2f} {kept:>5.0%} {step_kept:>6.0%} "
-            f"{mean(_vals(recs, 'drift_found')):>6.3f} {mean(_vals(recs, 'bg_start_end')):>8.1f} "
+            f"{mean(_vals(recs, 'drift_found')):>6.3f} {mean(_vals(recs, 'drift_inside')):>5.3f} "
+            f"{mean(_vals(recs, 'bg_start_end')):>8.1f} "
             f"{mean(r['colour_shape'] for r in recs):>7.0%} {mean(r['last_window_kept'] for r in recs):>7.0%} "
             f"{mean(r['scene_cuts'] for r in recs):>5.2f} {mean(r['mawe'] for r in recs):>6.2f} "
             f"{median(r['mawe'] for r in recs):>7.2f}")
@@ -206,7 +215,8 @@ LEGEND = ("obj jump / step: the prompted objects' move (px, detections matched f
           "(Theil-Sen fit per window of chunk - cond_frames frames), kept: that over the first chunk's windows' (higher is better; the seam "
           "check's); step k: the same share from the mean step (counts wobble and flicker as motion);\ndrift: fraction "
           "of frames a found object is missing or not its majority shape (lower "
-          "is better);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
+          "is better); in: the same over the frames where it is away from the border (not leaving the frame; "
+          "toyworld Track.drift_inside);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
           "object present with its colour and shape over the whole video; last ok: ... in the last window (higher is "
           "better);\ncuts: scene cuts per video (lower is better); MAWE mean / median (lower is better; native size, "
           "OpenCV flow: not comparable with the paper's 720x720 RAFT numbers)")

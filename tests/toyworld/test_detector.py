@@ -153,6 +153,29 @@ def test_identity_drift_counts_shape_changes_and_gaps():
     assert json.loads(json.dumps(score.to_dict()))["objects"][0]["trajectory"][2] == [None, None]
 
 
+def test_drift_inside_leaves_out_an_object_leaving_the_frame():
+    """A square crossing the right edge: clipped, then gone. drift() counts those frames, drift_inside() does not;
+    a shape change and a gap in the middle of the frame count in both."""
+    video = grey(24)
+    for f in range(24):
+        draw(video[f], "red", "square", 20 + 3 * f, 30, 6)  # centre x 20 ... 89: past the edge (63) from f 15
+    (track,) = detect_video(video).tracks.values()
+    border = track.at_border(64, 64)
+    # side 13 (area 169): reach 0.75 * 13 + 1 = 10.75 px; centre x 20 + 3f within it of x 63 from f 11 on; the frames
+    # where it is gone take the last sighting's place, at the edge
+    assert not border[:11].any() and border[11:].all()
+    assert track.drift() > 0.2
+    assert track.drift_inside(64, 64) == 0.0
+
+    middle = grey(10)
+    for f in range(10):
+        if f != 4:  # one gap
+            draw(middle[f], "red", "circle" if f < 7 else "diamond", 32, 32, 8)
+    (track,) = detect_video(middle).tracks.values()
+    assert not track.at_border(64, 64).any()
+    assert track.drift_inside(64, 64) == pytest.approx(0.4) == track.drift()  # frames 4, 7, 8, 9
+
+
 def test_score_image_ignores_motion():
     frame = draw(grey()[0], "red", "triangle", 20, 20, 8)
     draw(frame, "blue", "diamond", 45, 40, 9)

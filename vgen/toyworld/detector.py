@@ -21,6 +21,7 @@ STILL_SPEED = 0.3  # px/frame at 64x64 (scaled by width); slower objects count a
 PRESENT_FRACTION = 0.5  # a track is present when seen in at least this fraction of frames
 MAX_FIT_FRAMES = 64  # the robust motion fit uses at most this many (evenly spaced) frames
 CHUNK_FRAMES = 32  # frames classified per vectorised call (bounds memory on long videos)
+BORDER_REACH = 0.75  # x sqrt(area): the centre-to-tip half extent of the toy's widest shapes (triangle, diamond: 0.71)
 
 
 def read_video(video) -> np.ndarray:
@@ -72,6 +73,33 @@ class Track:
         """Fraction of frames where the object is missing or not its majority shape."""
         major = self.majority_shape
         return sum(o is None or o.shape != major for o in self.observations) / max(len(self.observations), 1)
+
+    def at_border(self, width: int, height: int) -> np.ndarray:
+        """[F] bool: frames where the object, or where it is missing its nearest sighting (the earlier on a tie),
+        lies within BORDER_REACH·sqrt(median area) + 1 px of the frame's edge, i.e. touches it or is leaving.
+
+        A moving object that reaches the edge is clipped (its shape reads wrong) and then gone: that is leaving
+        the frame, not losing its identity. All True when the object is never seen."""
+        seen = np.array([o is not None for o in self.observations])
+        if not seen.any():
+            return np.ones(len(self.observations), dtype=bool)
+        reach = BORDER_REACH * float(np.sqrt(np.median([o.area for o in self.observations if o is not None]))) + 1.0
+        idx = np.flatnonzero(seen)
+        frames = np.arange(len(self.observations))
+        nearest = idx[np.abs(frames[:, None] - idx[None, :]).argmin(axis=1)]  # argmin: the earlier on a tie
+        cents = self.centroids()[nearest]
+        edge = np.minimum.reduce([cents[:, 0], cents[:, 1], width - 1 - cents[:, 0], height - 1 - cents[:, 1]])
+        return edge < reach
+
+    def drift_inside(self, width: int, height: int) -> float | None:
+        """drift() over the frames away from the border only (see at_border): identity lost where the object is
+        whole in view. None when it is never away from the border."""
+        inside = ~self.at_border(width, height)
+        if not inside.any():
+            return None
+        major = self.majority_shape
+        bad = np.array([o is None or o.shape != major for o in self.observations])
+        return float(bad[inside].mean())
 
 
 @dataclass
