@@ -3,7 +3,7 @@
     .venv/bin/python scripts/compare_streaming.py [--model toy] [--prompts 24] [--frames 240] [--steps 20]
         [--guidance 5] [--eta 1] [--seed 0] [--window 16] [--min-scene-len N] [--flow dis|farneback]
         [--modes trained training-free [training-free-dc] independent] [--dc-lock] [--record]
-        [--out DIR [--resume | --rescore]] [--json records.json] [--shard I/N]
+        [--out DIR [--resume | --rescore]] [--json records.json] [--shard I/N] [--threads 1]
     .venv/bin/python scripts/compare_streaming.py --report a.json b.json   # the tables of earlier runs, merged
 
 Prompts: half single-object, half two-object held-out captions with their motions (vgen.toyworld.eval_prompts,
@@ -385,6 +385,8 @@ def main() -> None:
                          "modes without a video are left out")
     ap.add_argument("--json", default=None, help="write the per-video records here (after every row)")
     ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows i with i %% N == I only")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads per process (1: two shards on a 2-core machine ran several times slower with 2 threads each)")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
                     help="print the tables of these --json files (merged) and run nothing")
     args = ap.parse_args()
@@ -403,9 +405,12 @@ def main() -> None:
         sys.exit("compare_streaming: the toy model is missing (vgen/assets/toy); train it first (scripts/train_toy.py) "
                  "or pass --model <folder>")
 
+    import torch
+
     from vgen.eval.files import check_metric_packages
     from vgen.jobs import ModelCache
 
+    torch.set_num_threads(args.threads)
     check_metric_packages()
     cache = ModelCache()
     modes = available_modes(args, cache)

@@ -76,14 +76,33 @@ def main() -> None:
     i4.ni_vsds = original_vsds
     print(f"\n{len(prompts)} prompts ({', '.join(map(str, args.objects))} objects), seeds {args.seed}..{args.seed + len(prompts) - 1}, "
           f"toy settings{' + ' + ' '.join(args.overrides) if args.overrides else ''}")
-    print(f"{'stage':<16} {'all present':>11} {'obj c+s':>8} {'extra/video':>11}")
+    print(f"{'stage':<16} {'all present':>11} {'obj c+s':>8} {'extra/video':>11} {'motion ok':>9} {'along px':>8}")
     for stage, scores in rows.items():
         objs = [o for s in scores for o in s.objects]
         present = sum(s.all_present for s in scores) / len(scores)
         cs = sum(o.present and o.colour_ok and o.shape_ok for o in objs) / len(objs)
         extra = sum(len(s.extra_objects) for s in scores) / len(scores)
-        print(f"{stage:<16} {present:>11.1%} {cs:>8.1%} {extra:>11.2f}")
-    print("anchor = the chosen candidate image (one frame); NI-VSDS video = the animated anchor before regeneration")
+        moving = [o for o in objs if o.spec.motion not in (None, "still")]
+        ok = sum(bool(o.motion_ok) for o in moving) / len(moving) if moving and stage != "anchor" else float("nan")
+        along = [a for o in moving if o.present and (a := along_prompt(o)) is not None]
+        along = sum(along) / len(along) if along and stage != "anchor" else float("nan")
+        print(f"{stage:<16} {present:>11.1%} {cs:>8.1%} {extra:>11.2f} {ok:>9.1%} {along:>8.1f}")
+    print("anchor = the chosen candidate image (one frame); NI-VSDS video = the animated anchor before regeneration;\n"
+          "motion ok: prompted moving objects moving the prompted way; along px: their net move from the first to the "
+          "last frame they are seen in, along the prompted direction (present ones)")
+
+
+def along_prompt(score) -> float | None:
+    """Net displacement of a detected object along its prompted direction (px), first to last sighting."""
+    import numpy as np
+
+    from vgen.toyworld.scene import MOTION_VECTORS
+
+    points = np.array(score.trajectory, dtype=np.float64)
+    points = points[~np.isnan(points).any(axis=1)]
+    if len(points) < 2:
+        return None
+    return float((points[-1] - points[0]) @ np.array(MOTION_VECTORS[score.spec.motion], dtype=np.float64))
 
 
 if __name__ == "__main__":
