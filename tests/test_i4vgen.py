@@ -198,47 +198,6 @@ def test_the_toy_reward_breaks_ties_that_the_detector_verdicts_leave():
     assert I.reward_summary(scores, I.best_candidate(scores))["ties"] == 0
 
 
-def _render_moving(motion, x, y=32.0, shape="square", colour="red"):
-    from vgen.toyworld import BackgroundSpec, ObjectLayout, ObjectSpec, Scene, render_image
-
-    return render_image(Scene((ObjectLayout(ObjectSpec(colour, shape, motion), x, y, 16.0, 0.0),),
-                              BackgroundSpec(grey=110), 64))
-
-
-@pytest.mark.parametrize("motion, x, expected", [
-    # square side 16 (half 8), frame edges at -0.5 and 63.5; need 4 x 2.75 = 11 px behind, 3 x 2.75 = 8.25 ahead
-    ("right", 12.0, (12 - 8 + 0.5) / 11),    # 4.5 px behind it
-    ("right", 32.0, 1.0),
-    ("right", 52.0, (63.5 - 52 - 8) / 8.25),  # 3.5 px ahead of it
-    ("left", 12.0, (12 - 8 + 0.5) / 8.25),    # moving left: the left edge is ahead
-    ("left", 52.0, (63.5 - 52 - 8) / 11),
-])
-def test_motion_room_is_the_hand_computed_fit_as_a_middle_frame(motion, x, expected):
-    from vgen.methods.rewards import motion_room
-
-    assert motion_room(_render_moving(motion, x), f"a red square moving {motion}") == pytest.approx(expected, abs=0.02)
-    y_motion = {"right": "down", "left": "up"}[motion]  # the same room along y
-    assert motion_room(_render_moving(y_motion, 32.0, y=x), f"a red square moving {y_motion}") == pytest.approx(
-        expected, abs=0.02)
-
-
-def test_the_toy_motion_reward_adds_room_below_colour_and_shape():
-    """toy-motion = toy + ROOM_WEIGHT x room: a centred square beats one at the edge it moves towards; a still prompt
-    gets the full room; a right square at the edge still beats a wrong shape in the middle."""
-    from vgen.methods.rewards import ROOM_WEIGHT
-
-    images = np.stack([_render_moving("right", 52.0), _render_moving("right", 32.0),
-                       _render_moving("right", 32.0, shape="circle")])
-    toy = load_reward("toy")(images, "a red square moving right")
-    room = load_reward("toy-motion")(images, "a red square moving right")
-    edge, centre, wrong_shape = room
-    assert centre > edge > wrong_shape
-    assert abs(toy[0] - toy[1]) < 0.01  # the plain toy reward cannot tell the two squares apart
-    assert room[1] - toy[1] == pytest.approx(ROOM_WEIGHT)
-    still = load_reward("toy-motion")(images[:1], "a red square staying still")
-    assert still[0] - load_reward("toy")(images[:1], "a red square staying still")[0] == pytest.approx(ROOM_WEIGHT)
-
-
 def test_shape_fit_is_above_a_half_exactly_where_the_detector_calls_the_shape():
     from vgen.methods.rewards import shape_fit
     from vgen.toyworld.segment import SHAPE_PROTOTYPES, classify_shape

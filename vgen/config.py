@@ -179,7 +179,7 @@ class I4VGenConfig:
     image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
     candidates: int = 0  # N anchor images sampled; 0 = the video length (official)
     candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
-    reward: str = "toy"  # toy (graded toy-world detector) | toy-motion (+ room to move as a middle frame) | clip | imagereward
+    reward: str = "toy"  # toy (graded toy-world detector) | clip (CLIPModel) | imagereward
     reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
     image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
     image_guidance: Optional[float] = None  # anchor guidance (None = sampler.guidance)
@@ -204,7 +204,7 @@ class I4VGenConfig:
         _choice("i4vgen.candidate_model", self.candidate_model, ("auto", "video", "image"))
         _at_least("i4vgen.candidates", self.candidates, 0)
         _at_least("i4vgen.candidate_batch", self.candidate_batch, 0)
-        _choice("i4vgen.reward", self.reward, ("toy", "toy-motion", "clip", "imagereward"))
+        _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
         _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
         _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
         _choice("i4vgen.regen_hold", self.regen_hold, REGEN_HOLDS)

@@ -35,11 +35,6 @@ SHAPE_WEIGHT = 2.0
 # the chosen anchors' per-object colour+shape 50.0%, the best candidate's 68.3%; with the verdict at 0.5 and both
 # penalties at 0.05, 67.5%, every object present in 93.8%).
 CORRECT_WEIGHT = 0.5
-# toy-motion (ours): + ROOM_WEIGHT x the mean room factor of the prompted moving objects. An anchor is held as the
-# clip's middle frame; in the toy world a clip's path stays in the frame, so an object that sits at frame 4 of 8 with
-# little room behind it (or ahead) can only have moved slowly: the video model, shown it, moves it slowly.
-ROOM_WEIGHT = 0.1
-ROOM_FRAMES = 8  # the toy world's clip length, whose middle frame (4) the anchor becomes
 
 
 def shape_fit(features, shape: str) -> float:
@@ -126,50 +121,17 @@ def toy_score(image: np.ndarray, prompt: str) -> float:
     return toy_reading(image, prompt).score
 
 
-def motion_room(image: np.ndarray, prompt: str) -> float:
-    """Mean over the prompted moving objects found in the image of how well it fits as the middle frame of a toy
-    clip of the prompted motion, in [0, 1] (1 when no prompted object moves or none is found).
-
-    Per object, along its prompted direction: min(1, room behind / need behind) * min(1, room ahead / need ahead),
-    room = px from the object's edge (centroid -+ sqrt(area) / 2) to the frame's edge, need = the world's mean speed
-    times the frames before (4) / after (3) the middle frame of an 8-frame clip, scaled with the image width."""
-    from vgen.toyworld import detect_video, score_video
-    from vgen.toyworld.scene import MOTION_VECTORS, REFERENCE_SIZE, SPEED_RANGE
-
-    det = detect_video(image[None])
-    score = score_video(det, prompt, judge_motion=False)
-    height, width = image.shape[:2]
-    speed = 0.5 * (SPEED_RANGE[0] + SPEED_RANGE[1]) * width / REFERENCE_SIZE
-    before, after = ROOM_FRAMES // 2, ROOM_FRAMES - 1 - ROOM_FRAMES // 2
-    factors = []
-    for o in score.objects:
-        if o.spec.motion in (None, "still") or not o.present:
-            continue
-        seen = det.tracks[o.detected_colour].observations[0]
-        half = 0.5 * float(np.sqrt(seen.area))
-        dx, dy = MOTION_VECTORS[o.spec.motion]
-        centre, size = (seen.cx, width) if dx else (seen.cy, height)
-        low, high = centre - half + 0.5, size - 0.5 - (centre + half)  # px to the edge at 0 / at size
-        behind, ahead = (low, high) if (dx or dy) > 0 else (high, low)
-        factors.append(min(1.0, max(behind, 0.0) / (before * speed)) * min(1.0, max(ahead, 0.0) / (after * speed)))
-    return float(np.mean(factors)) if factors else 1.0
-
-
-def toy_reward(room: bool = False) -> Reward:
-    """toy_score per image; with room (reward toy-motion, ours) + ROOM_WEIGHT * motion_room."""
+def toy_reward() -> Reward:
     from vgen.toyworld import parse_prompt
-
-    name = "toy-motion" if room else "toy"
 
     def score(images: np.ndarray, prompt: str) -> np.ndarray:
         try:
             parse_prompt(prompt)
         except ValueError as err:
             raise ConfigError(
-                f"i4vgen.reward={name} needs a toy-world prompt ({err}); use i4vgen.reward=clip for other prompts"
+                f"i4vgen.reward=toy needs a toy-world prompt ({err}); use i4vgen.reward=clip for other prompts"
             ) from None
-        return np.array([toy_score(image, prompt) + (ROOM_WEIGHT * motion_room(image, prompt) if room else 0.0)
-                         for image in images], dtype=np.float64)
+        return np.array([toy_score(image, prompt) for image in images], dtype=np.float64)
 
     return score
 
@@ -236,10 +198,10 @@ def imagereward_reward(model_id: Optional[str] = None, device: str = "cpu") -> R
 @lru_cache(maxsize=4)
 def load_reward(name: str, model_id: Optional[str] = None, device: str = "cpu") -> Reward:
     """The reward function, built once per (name, weights, device): a batch loads CLIP once."""
-    if name in ("toy", "toy-motion"):
-        return toy_reward(room=name == "toy-motion")
+    if name == "toy":
+        return toy_reward()
     if name == "clip":
         return clip_reward(model_id, device)
     if name == "imagereward":
         return imagereward_reward(model_id, device)
-    raise ConfigError(f"unknown reward '{name}'; choose one of: toy, toy-motion, clip, imagereward")
+    raise ConfigError(f"unknown reward '{name}'; choose one of: toy, clip, imagereward")
