@@ -169,7 +169,7 @@ def median(values) -> float:
 
 
 SUMMARY_HEADER = (f"{'mode':<20} {'n':>3} {'obj jump':>8} {'step':>5} {'ratio':>5} {'bg jump':>7} {'step':>5} "
-                  f"{'ratio':>5} {'speed':>5} {'kept':>5} {'step k':>6} {'drift':>6} {'in':>5} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
+                  f"{'ratio':>5} {'speed':>5} {'kept':>5} {'step k':>6} {'drift':>6} {'in':>5} {'all':>5} {'bg 0-end':>8} {'col+shp':>7} {'last ok':>7} "
                   f"{'cuts':>5} {'MAWE':>6} {'MAWE md':>7}")
 
 
@@ -203,6 +203,7 @@ def summary_row(label: str, recs: list[dict]) -> str:
     return (f"{label:<20} {len(recs):>3} {oj:>8.2f} {os_:>5.2f} {ratio(oj, os_, FLOORS['object']):>5.1f} {bj:>7.2f} "
             f"{bs:>5.2f} {ratio(bj, bs, FLOORS['background']):>5.1f} {later:>5.2f} {kept:>5.0%} {step_kept:>6.0%} "
             f"{mean(_vals(recs, 'drift_found')):>6.3f} {mean(_vals(recs, 'drift_inside')):>5.3f} "
+            f"{mean(_vals(recs, 'identity_drift')):>5.3f} "
             f"{mean(_vals(recs, 'bg_start_end')):>8.1f} "
             f"{mean(r['colour_shape'] for r in recs):>7.0%} {mean(r['last_window_kept'] for r in recs):>7.0%} "
             f"{mean(r['scene_cuts'] for r in recs):>5.2f} {mean(r['mawe'] for r in recs):>6.2f} "
@@ -216,7 +217,8 @@ LEGEND = ("obj jump / step: the prompted objects' move (px, detections matched f
           "check's); step k: the same share from the mean step (counts wobble and flicker as motion);\ndrift: fraction "
           "of frames a found object is missing or not its majority shape (lower "
           "is better); in: the same over the frames where it is away from the border (not leaving the frame; "
-          "toyworld Track.drift_inside);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
+          "toyworld Track.drift_inside); all: over every prompted object, one never found counting 1 (the detector's "
+          "identity_drift);\nbg 0-end: |background grey at the last frame - at frame 0| (lower is better); col+shp: every "
           "object present with its colour and shape over the whole video; last ok: ... in the last window (higher is "
           "better);\ncuts: scene cuts per video (lower is better); MAWE mean / median (lower is better; native size, "
           "OpenCV flow: not comparable with the paper's 720x720 RAFT numbers)")
