@@ -142,6 +142,7 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
         **seam_rec, "bg_start_end": abs(float(bg[-1] - bg[0])) if len(bg) else None,
         "drift_found": (sum(o.drift for o in first_obj) / len(first_obj)) if first_obj else None,
         "drift_inside": drift_inside(det, first_obj),
+        "object_drift": [o.drift if o.present else None for o in score.objects],  # per prompted object, None: not found
         "frames_read": len(video.frames), "scene_cuts": cuts.cuts, "cut_frames": list(cuts.cut_frames),
         "scene_params": cuts.params, "mawe": warp.mawe, "warp_error": warp.warp_error, "flow_std": warp.flow_std,
         "flow": warp.flow, "identity_drift": score.identity_drift, "all_present": score.all_present,
@@ -241,6 +242,7 @@ def print_tables(records: list[dict], modes: list[str], args) -> None:
         recs = [r for r in ok if r["mode"] == mode]
         if recs:
             print(summary_row(mode, recs))
+    print_paired_drift(ok, modes)
     print(LEGEND)
     print("\nby prompt size")
     print(SUMMARY_HEADER)
@@ -249,6 +251,22 @@ def print_tables(records: list[dict], modes: list[str], args) -> None:
             recs = [r for r in ok if r["mode"] == mode and r["objects"] == k]
             if recs:
                 print(summary_row(f"{k} obj {mode}", recs))
+
+
+def paired_drift(records: list[dict], modes: list[str]) -> tuple[int, dict[str, float]]:
+    """Identity drift per mode over the prompted objects that every mode found (same row, same object): the
+    found-only mean charges a mode for the objects it keeps and the others lose. (objects, {mode: mean drift})."""
+    drift = {(r["mode"], r["row"], k): d for r in records for k, d in enumerate(r.get("object_drift") or [])}
+    keys = {(row, k) for _, row, k in drift}
+    shared = sorted(key for key in keys if all(drift.get((m, *key)) is not None for m in modes))
+    return len(shared), {m: mean(drift[(m, *key)] for key in shared) for m in modes}
+
+
+def print_paired_drift(records: list[dict], modes: list[str]) -> None:
+    count, by_mode = paired_drift(records, modes)
+    if count and len(modes) > 1:
+        print(f"drift over the {count} prompted objects every mode found: "
+              + ", ".join(f"{m} {v:.3f}" for m, v in by_mode.items()))
 
 
 def print_times(records: list[dict], modes: list[str], metric_s: dict[str, float]) -> None:

@@ -1,5 +1,7 @@
 """The seam measure (vgen.eval.seams) on hand-made clips whose every move is known."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -188,3 +190,21 @@ def test_windows_cut_the_first_chunk_and_drop_a_short_tail():
     assert windows(Layout(16, 8), 25) == ([(0, 8), (8, 16)], [(16, 24)])
     assert windows(Layout(16, 12), 40) == ([(0, 12)], [(16, 28), (28, 40)])  # frames 12-15 fit no 12-frame window
     assert windows(Layout(16, 8), 10) == ([(0, 8)], [])
+
+
+def test_paired_drift_counts_only_objects_every_mode_found():
+    """compare_streaming's paired drift: an object one mode keeps and another loses is left out of both means."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_streaming", Path(__file__).resolve().parents[1] / "scripts" / "compare_streaming.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    records = [
+        {"mode": "a", "row": 0, "object_drift": [0.1, 0.9]},  # a keeps object 1 (badly), b loses it
+        {"mode": "b", "row": 0, "object_drift": [0.3, None]},
+        {"mode": "a", "row": 1, "object_drift": [0.2]},
+        {"mode": "b", "row": 1, "object_drift": [0.0]},
+    ]
+    count, by_mode = module.paired_drift(records, ["a", "b"])
+    assert count == 2
+    assert by_mode["a"] == pytest.approx((0.1 + 0.2) / 2) and by_mode["b"] == pytest.approx((0.3 + 0.0) / 2)
