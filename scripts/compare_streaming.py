@@ -406,7 +406,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the per-video records here (after every row)")
     ap.add_argument("--shard", default="0/1", metavar="I/N", help="run rows i with i %% N == I only")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads per process (1: two shards on a 2-core machine ran several times slower with 2 threads each)")
+                    help="torch CPU threads per process (1: two shards on a 2-core machine ran several times "
+                         "slower with 2 threads each)")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
                     help="print the tables of these --json files (merged) and run nothing")
     args = ap.parse_args()

@@ -196,7 +196,8 @@ def test_paired_drift_counts_only_objects_every_mode_found():
     """compare_streaming's paired drift: an object one mode keeps and another loses is left out of both means."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("compare_streaming", Path(__file__).resolve().parents[1] / "scripts" / "compare_streaming.py")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_streaming.py"
+    spec = importlib.util.spec_from_file_location("compare_streaming", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     records = [
