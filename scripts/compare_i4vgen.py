@@ -29,6 +29,14 @@ Columns, from the exact toy detector (score_video) per video, pooled per method 
   anchor       mean reward of the chosen anchor image (graded toy reward: ~1 = every object right, no extras)
   ties         mean number of other candidates tying with the chosen one (0: the reward chose)
   vs vanilla   per method, motion ok and disp px as a ratio to vanilla's (the target: within 15%, >= 0.85)
+The displacement read three ways (the "motion" table), over the found prompted objects:
+  world px     the toy world's own mean net displacement for the same objects (scenes laid out as in training;
+               0 for a still object): what a model true to its training world would show
+  jumps        share of tracks with a frame-to-frame step over twice the world's top speed (7 px at 64 px): a
+               teleport or an identity swap, which raises disp px without being motion
+  smooth px    disp px over the tracks without a jump
+  along px     signed net move along the prompted direction, objects the prompt says move (negative: backwards)
+None of these is comparable with the paper's dynamic degree (RAFT flow on real video, a share of moving videos).
 Times are the runners' wall time (scoring excluded), summed per method, and their ratio to vanilla.
 """
 
@@ -149,6 +157,47 @@ def largest_step(trajectory) -> float | None:
     return float(steps.max()) if len(steps) else None
 
 
+def jump_limit(frame_px: int) -> float:
+    """A frame-to-frame move larger than this (px) is not toy-world motion: twice the world's top speed (3.5 px/frame
+    at 64 px), scaled to the frame. A track with such a step teleported or swapped identity."""
+    from vgen.toyworld.scene import REFERENCE_SIZE, SPEED_RANGE
+
+    return 2 * SPEED_RANGE[1] * frame_px / REFERENCE_SIZE
+
+
+def along_prompt(trajectory, motion: str) -> float | None:
+    """Signed net move (px) of the observed centroids along the prompted direction: how far the object went the way
+    the prompt says (negative: the other way); None for a still prompt or fewer than two observations."""
+    import numpy as np
+
+    from vgen.toyworld.scene import MOTION_VECTORS
+
+    if motion not in MOTION_VECTORS or motion == "still":
+        return None
+    points = np.array([[np.nan if v is None else v for v in p] for p in trajectory], dtype=np.float64)
+    points = points[~np.isnan(points).any(axis=1)]
+    return float(np.dot(points[-1] - points[0], MOTION_VECTORS[motion])) if len(points) >= 2 else None
+
+
+def world_displacement(prompt: str, frames: int, size: int, draws: int = 64, seed: int = 0) -> list[float]:
+    """Per prompted object, the mean net displacement (px) the toy world itself gives it over `frames` frames at
+    `size` px: the reference a model trained on that world should match (scenes laid out as in training)."""
+    import numpy as np
+
+    from vgen.toyworld.captions import parse_prompt
+    from vgen.toyworld.scene import sample_scene
+
+    specs = parse_prompt(prompt)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(len(specs))
+    for _ in range(draws):
+        scene = sample_scene(rng, specs, frames, size)
+        for k, layout in enumerate(scene.objects):
+            path = layout.centres(frames)
+            total[k] += np.hypot(*(path[-1] - path[0]))
+    return [float(x) for x in total / draws]
+
+
 def measure(frames, prompt: str) -> dict:
     """Per-video numbers from the toy detector."""
     from vgen.toyworld import score_video
@@ -164,6 +213,7 @@ def measure(frames, prompt: str) -> dict:
             "motion_ok": o.motion_ok,
             "displacement_px": displacement(o.trajectory) if o.present else None,
             "largest_step_px": largest_step(o.trajectory) if o.present else None,
+            "along_px": along_prompt(o.trajectory, o.spec.motion) if o.present else None,
             "trajectory": [[None if v != v else round(float(v), 2) for v in p] for p in o.trajectory],  # strict JSON
             "prompted_moving": o.spec.motion not in (None, "still"),
         })
@@ -188,8 +238,25 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def summarize(records: list[dict]) -> dict:
+def object_motion(record: dict, world: list[float] | None = None) -> list[dict]:
+    """Per found prompted object of a record: net displacement, whether a step jumped (jump_limit), the move along
+    the prompted direction (None for still prompts) and the toy world's own displacement for it (when given).
+    Computed from the stored trajectories, so earlier records read the same way."""
+    limit = jump_limit(record.get("frame_px") or 64)
+    out = []
+    for k, o in enumerate(record["objects"]):
+        if not o["present"] or o["displacement_px"] is None:
+            continue
+        step = o.get("largest_step_px")
+        out.append({"disp": o["displacement_px"], "jump": step is not None and step > limit,
+                    "along": along_prompt(o["trajectory"], o["spec"].split()[-1]),
+                    "world": world[k] if world else None})
+    return out
+
+
+def summarize(records: list[dict], worlds: dict[int, list[float]] | None = None) -> dict:
     objs = [o for r in records for o in r["objects"]]
+    moves = [m for r in records for m in object_motion(r, (worlds or {}).get(r["index"]))]
     anchors = [r["anchor"]["reward"] for r in records if r.get("anchor")]
     ties = [r["anchor"].get("ties") for r in records if r.get("anchor")]
     return {
@@ -201,20 +268,25 @@ def summarize(records: list[dict]) -> dict:
         "disp_px": mean(o["displacement_px"] for o in objs),
         "disp_moving_px": mean(o["displacement_px"] for o in objs if o["prompted_moving"]),
         "largest_step_px": mean(o.get("largest_step_px") for o in objs),
+        "jump_rate": mean(m["jump"] for m in moves),
+        "smooth_disp_px": mean(m["disp"] for m in moves if not m["jump"]),
+        "along_px": mean(m["along"] for m in moves),
+        "world_px": mean(m["world"] for m in moves),
         "anchor_reward": mean(anchors) if anchors else None,
         "anchor_ties": mean(ties) if ties else None,
         "seconds": sum(r["seconds"] for r in records),
     }
 
 
-def summary_rows(records: list[dict], labels: list[str], objects: list[int]) -> list[dict]:
+def summary_rows(records: list[dict], labels: list[str], objects: list[int],
+                 worlds: dict[int, list[float]] | None = None) -> list[dict]:
     rows = []
     for label in labels:
         mine = [r for r in records if r["method"] == label]
         for k in ["all", *objects]:
             part = mine if k == "all" else [r for r in mine if r["objects_n"] == k]
             if part:
-                rows.append({"method": label, "objects": k, **summarize(part)})
+                rows.append({"method": label, "objects": k, **summarize(part, worlds)})
     return rows
 
 
@@ -238,6 +310,52 @@ def print_rates(rows: list[dict]) -> None:
               f"{num(r['anchor_ties'], 2):>6}")
 
 
+def print_motion(rows: list[dict]) -> None:
+    """The displacement read three ways, over the found prompted objects: against the toy world's own motion for
+    the same objects, with the tracks that jump (a step > twice the world's top speed) set apart, and along the
+    prompted direction (moving prompts only)."""
+    w = max(len(r["method"]) for r in rows) + 2
+    print(f"{'motion':<{w}}{'objs':>4}{'disp px':>9}{'world px':>9}{'jumps':>7}{'smooth px':>10}{'along px':>9}")
+    for r in rows:
+        print(f"{r['method']:<{w}}{r['objects']!s:>4}{num(r['disp_px']):>9}{num(r['world_px']):>9}"
+              f"{pct(r['jump_rate']):>7}{num(r['smooth_disp_px']):>10}{num(r['along_px']):>9}")
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def motion_verdicts(records: list[dict]) -> dict[str, int]:
+    """Prompted moving objects by what the detector saw them do: the prompted way, still, sideways, backwards or
+    not found. A frozen video shows as 'still'."""
+    counts = {"right way": 0, "still": 0, "sideways": 0, "backwards": 0, "missing": 0}
+    for r in records:
+        for o in r["objects"]:
+            prompted = o["spec"].split()[-1]
+            if prompted not in OPPOSITE:
+                continue
+            if not o["present"] or o["motion"] is None:
+                counts["missing"] += 1
+            elif o["motion"] == prompted:
+                counts["right way"] += 1
+            elif o["motion"] == "still":
+                counts["still"] += 1
+            else:
+                counts["backwards" if o["motion"] == OPPOSITE[prompted] else "sideways"] += 1
+    return counts
+
+
+def print_verdicts(records: list[dict], labels: list[str], objects: list[int]) -> None:
+    keys = list(motion_verdicts([]))
+    w = max(len("moving prompts"), *(len(label) for label in labels)) + 1
+    print(f"{'moving prompts':<{w + 1}}{'objs':>4}" + "".join(f"{k:>11}" for k in keys))
+    for label in labels:
+        mine = [r for r in records if r["method"] == label]
+        for k in ["all", *objects]:
+            part = mine if k == "all" else [r for r in mine if r["objects_n"] == k]
+            counts = motion_verdicts(part)
+            print(f"{label:<{w + 1}}{k!s:>4}" + "".join(f"{counts[key]:>11}" for key in keys))
+
+
 def print_times(rows: list[dict]) -> None:
     totals = [r for r in rows if r["objects"] == "all"]
     base = totals[0]["seconds"]
@@ -251,8 +369,9 @@ def print_times(rows: list[dict]) -> None:
 def print_ratios(rows: list[dict]) -> None:
     """Motion against vanilla's, per object count: the target is within 15% (ratio >= 0.85)."""
     base = {r["objects"]: r for r in rows if r["method"] == "vanilla"}
-    w = max(len(r["method"]) for r in rows) + 2
-    print(f"{'vs vanilla':<{w}}{'objs':>4}{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'all corr':>9}{'all pres':>9}")
+    w = max(len("vs vanilla"), *(len(r["method"]) for r in rows)) + 2
+    print(f"{'vs vanilla':<{w}}{'objs':>4}{'motion ok':>10}{'disp px':>9}{'moving px':>10}{'smooth':>8}{'along':>7}"
+          f"{'all corr':>9}{'all pres':>9}")
     for r in rows:
         b = base.get(r["objects"])
         if r["method"] == "vanilla" or b is None:
@@ -260,7 +379,8 @@ def print_ratios(rows: list[dict]) -> None:
         ratio = lambda key: "-" if not b[key] or b[key] != b[key] or r[key] != r[key] else f"{r[key] / b[key]:.2f}"
         diff = lambda key: f"{100 * (r[key] - b[key]):+.1f}"
         print(f"{r['method']:<{w}}{r['objects']!s:>4}{ratio('motion_ok'):>10}{ratio('disp_px'):>9}"
-              f"{ratio('disp_moving_px'):>10}{diff('all_correct'):>9}{diff('all_present'):>9}")
+              f"{ratio('disp_moving_px'):>10}{ratio('smooth_disp_px'):>8}{ratio('along_px'):>7}"
+              f"{diff('all_correct'):>9}{diff('all_present'):>9}")
 
 
 def print_legend(args) -> None:
@@ -415,10 +535,17 @@ def report(args, records: list[dict], labels: list[str]) -> None:
         print("no prompt finished by every method yet")
         return
     frame_px = records[0].get("frame_px", "?")
-    rows = summary_rows(records, labels, args.objects)
+    size = records[0].get("frame_px") or 64
+    worlds = {i: world_displacement(p, args.frames, size, seed=args.seed + i)
+              for i, p in sorted({(r["index"], r["prompt"]) for r in records})}
+    rows = summary_rows(records, labels, args.objects, worlds)
     print(f"\nmodel={args.model} frames={args.frames} ({frame_px} px wide) steps={args.steps} {args.scheduler} "
           f"guidance={args.guidance} seed={args.seed} overrides={args.overrides} prompts done={len(complete)}")
     print_rates(rows)
+    print()
+    print_motion(rows)
+    print()
+    print_verdicts(records, labels, args.objects)
     print()
     print_ratios(rows)
     print()
@@ -427,7 +554,9 @@ def report(args, records: list[dict], labels: list[str]) -> None:
     print_legend(args)
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
-        Path(args.json).write_text(json.dumps({"settings": settings, "summary": rows, "videos": records}, indent=1))
+        strict = [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]  # NaN: none
+        Path(args.json).write_text(json.dumps({"settings": settings, "summary": strict, "videos": records}, indent=1,
+                                              allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -481,3 +481,58 @@ def test_regeneration_with_given_noise_is_the_fresh_draw_replaced(tiny):
     given = regen(torch.Generator().manual_seed(123), noise=eps)
     assert torch.equal(given, fresh)
     assert not torch.equal(regen(torch.Generator().manual_seed(123)), fresh)
+
+
+def _compare_script():
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_i4vgen.py"
+    spec = importlib.util.spec_from_file_location("compare_i4vgen", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_i4vgen_reads_motion_along_the_prompt_and_sets_jumps_apart():
+    """Hand-made tracks: 3 px/frame right, missing frames skipped; a teleport of 20 px is a jump (the world's top speed
+    is 3.5 px/frame at 64 px, so 7 px is the limit there and 14 px at 128)."""
+    C = _compare_script()
+    right = [[10 + 3 * i, 30] for i in range(8)]
+    right[3] = [None, None]
+    assert C.along_prompt(right, "right") == pytest.approx(21.0)
+    assert C.along_prompt(right, "left") == pytest.approx(-21.0)
+    assert C.along_prompt(right, "down") == pytest.approx(0.0)
+    assert C.along_prompt(right, "still") is None
+    assert C.jump_limit(64) == pytest.approx(7.0) and C.jump_limit(128) == pytest.approx(14.0)
+    teleport = [[10, 30]] * 4 + [[30, 30]] * 4
+    record = {"index": 0, "frame_px": 64, "objects": [
+        {"present": True, "spec": "red circle right", "trajectory": right, "displacement_px": 21.0,
+         "largest_step_px": 6.0, "colour_shape_ok": True, "motion_ok": True, "prompted_moving": True},
+        {"present": True, "spec": "blue square still", "trajectory": teleport, "displacement_px": 20.0,
+         "largest_step_px": 20.0, "colour_shape_ok": True, "motion_ok": False, "prompted_moving": False},
+        {"present": False, "spec": "green diamond up", "trajectory": [[None, None]] * 8, "displacement_px": None,
+         "largest_step_px": None, "colour_shape_ok": False, "motion_ok": False, "prompted_moving": True}]}
+    moves = C.object_motion(record, [19.0, 0.0, 18.0])
+    assert [(m["jump"], m["along"], m["world"]) for m in moves] == [(False, pytest.approx(21.0), 19.0), (True, None, 0.0)]
+    summary = C.summarize([{**record, "all_present": False, "all_correct": False, "anchor": None, "seconds": 1.0}],
+                          {0: [19.0, 0.0, 18.0]})
+    assert summary["jump_rate"] == 0.5 and summary["smooth_disp_px"] == 21.0 and summary["along_px"] == 21.0
+    assert summary["world_px"] == pytest.approx(9.5)
+
+
+def test_the_world_reference_moves_a_still_object_zero_and_a_moving_one_at_the_worlds_speed():
+    """The toy world draws speeds of 2-3.5 px/frame at 64 px (capped to fit the frame): 7 frame steps give 14-24.5."""
+    C = _compare_script()
+    still, moving = C.world_displacement("a red circle staying still and a blue square moving up", 8, 64, draws=16)
+    assert still == 0.0
+    assert 14.0 <= moving <= 24.5
+    assert C.world_displacement("a red circle moving left", 8, 128, draws=16)[0] >= 28.0  # speeds scale with the frame
+
+
+def test_compare_i4vgen_counts_what_each_prompted_moving_object_did():
+    C = _compare_script()
+    obj = lambda spec, present, motion: {"spec": spec, "present": present, "motion": motion}
+    record = {"objects": [obj("red circle right", True, "right"), obj("blue square up", True, "still"),
+                          obj("green diamond left", True, "right"), obj("purple triangle down", True, "left"),
+                          obj("orange circle down", False, None), obj("yellow square still", True, "left")]}
+    assert C.motion_verdicts([record]) == {"right way": 1, "still": 1, "sideways": 1, "backwards": 1, "missing": 1}
