@@ -321,17 +321,16 @@ def print_motion(rows: list[dict]) -> None:
               f"{pct(r['jump_rate']):>7}{num(r['smooth_disp_px']):>10}{num(r['along_px']):>9}")
 
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-
-
 def motion_verdicts(records: list[dict]) -> dict[str, int]:
     """Prompted moving objects by what the detector saw them do: the prompted way, still, sideways, backwards or
     not found. A frozen video shows as 'still'."""
+    from vgen.toyworld.scene import MOTION_VECTORS
+
     counts = {"right way": 0, "still": 0, "sideways": 0, "backwards": 0, "missing": 0}
     for r in records:
         for o in r["objects"]:
             prompted = o["spec"].split()[-1]
-            if prompted not in OPPOSITE:
+            if prompted not in MOTION_VECTORS or prompted == "still":
                 continue
             if not o["present"] or o["motion"] is None:
                 counts["missing"] += 1
@@ -340,7 +339,8 @@ def motion_verdicts(records: list[dict]) -> dict[str, int]:
             elif o["motion"] == "still":
                 counts["still"] += 1
             else:
-                counts["backwards" if o["motion"] == OPPOSITE[prompted] else "sideways"] += 1
+                backwards = tuple(-v for v in MOTION_VECTORS[prompted]) == MOTION_VECTORS[o["motion"]]
+                counts["backwards" if backwards else "sideways"] += 1
     return counts
 
 
