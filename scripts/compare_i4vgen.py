@@ -137,12 +137,19 @@ def preload(jobs: dict[str, list], cache) -> None:
             cache.get(runs[0], image_model_config(runs[0]))
 
 
+def observed(trajectory):
+    """The frames where the object was seen, as an [n, 2] array (missing frames are NaN, or None in stored records)."""
+    import numpy as np
+
+    points = np.array([[np.nan if v is None else v for v in p] for p in trajectory], dtype=np.float64)
+    return points[~np.isnan(points).any(axis=1)]
+
+
 def displacement(trajectory) -> float | None:
     """Net |last - first| of the observed centroids (px); None with fewer than two observations."""
     import numpy as np
 
-    points = np.array(trajectory, dtype=np.float64)
-    points = points[~np.isnan(points).any(axis=1)]
+    points = observed(trajectory)
     return float(np.hypot(*(points[-1] - points[0]))) if len(points) >= 2 else None
 
 
@@ -174,8 +181,7 @@ def along_prompt(trajectory, motion: str) -> float | None:
 
     if motion not in MOTION_VECTORS or motion == "still":
         return None
-    points = np.array([[np.nan if v is None else v for v in p] for p in trajectory], dtype=np.float64)
-    points = points[~np.isnan(points).any(axis=1)]
+    points = observed(trajectory)
     return float(np.dot(points[-1] - points[0], MOTION_VECTORS[motion])) if len(points) >= 2 else None
 
 
@@ -213,7 +219,6 @@ def measure(frames, prompt: str) -> dict:
             "motion_ok": o.motion_ok,
             "displacement_px": displacement(o.trajectory) if o.present else None,
             "largest_step_px": largest_step(o.trajectory) if o.present else None,
-            "along_px": along_prompt(o.trajectory, o.spec.motion) if o.present else None,
             "trajectory": [[None if v != v else round(float(v), 2) for v in p] for p in o.trajectory],  # strict JSON
             "prompted_moving": o.spec.motion not in (None, "still"),
         })
@@ -534,9 +539,8 @@ def report(args, records: list[dict], labels: list[str]) -> None:
     if not records:
         print("no prompt finished by every method yet")
         return
-    frame_px = records[0].get("frame_px", "?")
-    size = records[0].get("frame_px") or 64
-    worlds = {i: world_displacement(p, args.frames, size, seed=args.seed + i)
+    frame_px = records[0].get("frame_px") or 64
+    worlds = {i: world_displacement(p, args.frames, frame_px, seed=args.seed + i)
               for i, p in sorted({(r["index"], r["prompt"]) for r in records})}
     rows = summary_rows(records, labels, args.objects, worlds)
     print(f"\nmodel={args.model} frames={args.frames} ({frame_px} px wide) steps={args.steps} {args.scheduler} "
