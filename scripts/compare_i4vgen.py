@@ -38,6 +38,9 @@ The displacement read three ways (the "motion" table), over the found prompted o
   along px     signed net move along the prompted direction, objects the prompt says move (negative: backwards)
 None of these is comparable with the paper's dynamic degree (RAFT flow on real video, a share of moving videos).
 Times are the runners' wall time (scoring excluded), summed per method, and their ratio to vanilla.
+Against vanilla, same prompts and seeds: how many prompts each method turned all present / all correct and how many
+it lost, with the exact sign (McNemar) test's p; and a 95% interval per difference or ratio from a paired bootstrap
+over prompts (--draws): an interval that holds 0 (a ratio's: 1) is within what the seeds alone could do.
 """
 
 from __future__ import annotations
@@ -259,28 +262,45 @@ def object_motion(record: dict, world: list[float] | None = None) -> list[dict]:
     return out
 
 
-def summarize(records: list[dict], worlds: dict[int, list[float]] | None = None) -> dict:
-    objs = [o for r in records for o in r["objects"]]
-    moves = [m for r in records for m in object_motion(r, (worlds or {}).get(r["index"]))]
-    anchors = [r["anchor"]["reward"] for r in records if r.get("anchor")]
-    ties = [r["anchor"].get("ties") for r in records if r.get("anchor")]
-    return {
-        "videos": len(records),
-        "obj_colour_shape": mean(o["colour_shape_ok"] for o in objs),
-        "all_present": mean(r["all_present"] for r in records),
-        "all_correct": mean(r["all_correct"] for r in records),
-        "motion_ok": mean(o["motion_ok"] for o in objs),
-        "disp_px": mean(o["displacement_px"] for o in objs),
-        "disp_moving_px": mean(o["displacement_px"] for o in objs if o["prompted_moving"]),
-        "largest_step_px": mean(o.get("largest_step_px") for o in objs),
-        "jump_rate": mean(m["jump"] for m in moves),
-        "smooth_disp_px": mean(m["disp"] for m in moves if not m["jump"]),
-        "along_px": mean(m["along"] for m in moves),
-        "world_px": mean(m["world"] for m in moves),
-        "anchor_reward": mean(anchors) if anchors else None,
-        "anchor_ties": mean(ties) if ties else None,
-        "seconds": sum(r["seconds"] for r in records),
+def record_parts(record: dict, world: list[float] | None = None) -> dict[str, tuple[float, int]]:
+    """Per summary key, this record's (sum, count) of the values it adds to the pooled mean (None values skipped):
+    a pooled mean over any set of records is the sum of their sums over the sum of their counts."""
+    objs = record["objects"]
+    moves = object_motion(record, world)
+    anchor = record.get("anchor")
+    values = {
+        "obj_colour_shape": [o["colour_shape_ok"] for o in objs],
+        "all_present": [record["all_present"]],
+        "all_correct": [record["all_correct"]],
+        "motion_ok": [o["motion_ok"] for o in objs],
+        "disp_px": [o["displacement_px"] for o in objs],
+        "disp_moving_px": [o["displacement_px"] for o in objs if o["prompted_moving"]],
+        "largest_step_px": [o.get("largest_step_px") for o in objs],
+        "jump_rate": [m["jump"] for m in moves],
+        "smooth_disp_px": [m["disp"] for m in moves if not m["jump"]],
+        "along_px": [m["along"] for m in moves],
+        "world_px": [m["world"] for m in moves],
+        "anchor_reward": [anchor["reward"]] if anchor else [],
+        "anchor_ties": [anchor.get("ties")] if anchor else [],
     }
+    parts = {}
+    for key, vals in values.items():
+        vals = [float(v) for v in vals if v is not None]
+        parts[key] = (sum(vals), len(vals))
+    return parts
+
+
+POOLED_KEYS = tuple(record_parts({"objects": [], "all_present": False, "all_correct": False}))
+
+
+def summarize(records: list[dict], worlds: dict[int, list[float]] | None = None) -> dict:
+    parts = [record_parts(r, (worlds or {}).get(r["index"])) for r in records]
+    out = {"videos": len(records)}
+    for key in POOLED_KEYS:
+        total, count = sum(p[key][0] for p in parts), sum(p[key][1] for p in parts)
+        out[key] = total / count if count else (None if key.startswith("anchor") else float("nan"))
+    out["seconds"] = sum(r["seconds"] for r in records)
+    return out
 
 
 def summary_rows(records: list[dict], labels: list[str], objects: list[int],
@@ -394,8 +414,21 @@ def print_legend(args) -> None:
             print(f"{label} = i4vgen with {' '.join(extra)}")
 
 
+def sign_test_p(won: int, lost: int) -> float:
+    """Exact two-sided McNemar (sign) test on the prompts that flipped: the chance of a split at least this uneven
+    if a flip were equally likely either way, 2·P(X <= min(won, lost)), X ~ Binomial(won + lost, 1/2), at most 1."""
+    from math import comb
+
+    n = won + lost
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, k) for k in range(min(won, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def print_paired(records: list[dict], labels: list[str]) -> None:
-    """Per prompt, against vanilla: how often all-correct / all-present flips each way."""
+    """Per prompt, against vanilla: how often all-correct / all-present flips each way, and the sign test's p
+    (below 0.05: unlikely to be the seeds' luck)."""
     base = {r["index"]: r for r in records if r["method"] == "vanilla"}
     for label in labels[1:]:
         mine = [r for r in records if r["method"] == label]
@@ -403,8 +436,70 @@ def print_paired(records: list[dict], labels: list[str]) -> None:
         for key in ("all_correct", "all_present"):
             won = sum(r[key] and not base[r["index"]][key] for r in mine)
             lost = sum(base[r["index"]][key] and not r[key] for r in mine)
-            parts.append(f"{key.replace('_', '-')} +{won} / -{lost}")
+            parts.append(f"{key.replace('_', '-')} +{won} / -{lost} (p {sign_test_p(won, lost):.2g})")
         print(f"{label} vs vanilla, same prompt and seed: {', '.join(parts)}")
+
+
+# Against vanilla: (summary key, label, "diff" in points or "ratio"); the issue's targets are read from these.
+PAIRED_STATS = (("obj_colour_shape", "obj c+s", "diff"), ("all_present", "all pres", "diff"),
+                ("all_correct", "all corr", "diff"), ("motion_ok", "motion ok", "ratio"),
+                ("disp_px", "disp px", "ratio"), ("smooth_disp_px", "smooth", "ratio"))
+
+
+def paired_intervals(records: list[dict], label: str, draws: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """Per PAIRED_STATS key: (value, low, high) of `label` against vanilla, the interval from a paired bootstrap over
+    prompts (each draw resamples prompt indices with replacement and takes both methods' videos of those prompts).
+    Differences in percentage points, ratios as method / vanilla."""
+    import numpy as np
+
+    base = {r["index"]: r for r in records if r["method"] == "vanilla"}
+    mine = {r["index"]: r for r in records if r["method"] == label}
+    index = sorted(set(base) & set(mine))
+    keys = [key for key, _, _ in PAIRED_STATS]
+
+    def table(by_index):  # [2, prompts, keys]: each prompt's (sum, count) per key
+        parts = [record_parts(by_index[i]) for i in index]
+        return np.array([[[p[k][j] for k in keys] for p in parts] for j in (0, 1)], dtype=np.float64)
+
+    a, b = table(mine), table(base)
+    kinds = np.array([kind == "diff" for _, _, kind in PAIRED_STATS])
+
+    def compare(counts):  # counts: how often each prompt is drawn -> one value per key
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ma = (counts @ a[0]) / (counts @ a[1])
+            mb = (counts @ b[0]) / (counts @ b[1])
+            return np.where(kinds, 100 * (ma - mb), np.where(mb > 0, ma / mb, np.nan))
+
+    point = compare(np.ones(len(index)))
+    rng = np.random.default_rng(seed)
+    draws_counts = np.stack([np.bincount(rng.integers(0, len(index), len(index)), minlength=len(index))
+                             for _ in range(draws)]).astype(np.float64)
+    samples = np.stack([compare(c) for c in draws_counts])
+    tail = 100 * (1 - level) / 2
+    result = {}
+    for j, key in enumerate(keys):
+        values = samples[:, j][~np.isnan(samples[:, j])]
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+        result[key] = (float(point[j]), float(low), float(high))
+    return result
+
+
+def print_intervals(records: list[dict], labels: list[str], draws: int) -> dict[str, dict]:
+    """Every method against vanilla with its 95% interval: a difference whose interval holds 0 (or a ratio whose
+    interval holds 1) is within what the seeds alone could do."""
+    print(f"vs vanilla, 95% interval (paired bootstrap over prompts, {draws} draws): differences in points, ratios x")
+    w = max(len(label) for label in labels) + 2
+    print(f"{'method':<{w}}" + "".join(f"{name:>22}" for _, name, _ in PAIRED_STATS))
+    found = {}
+    for label in labels[1:]:
+        found[label] = intervals = paired_intervals(records, label, draws)
+        cells = []
+        for key, _, kind in PAIRED_STATS:
+            v, lo, hi = intervals[key]
+            cells.append(f"{v:+.1f} [{lo:+.1f}, {hi:+.1f}]" if kind == "diff" else f"{v:.2f} [{lo:.2f}, {hi:.2f}]")
+        print(f"{label:<{w}}" + "".join(f"{c:>22}" for c in cells))
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,6 +525,7 @@ def parse_args():
     ap.add_argument("--shard", default="0/1", metavar="I/N", help="run prompts i with i %% N == I (N processes, one --out)")
     ap.add_argument("--report", action="store_true", help="only print the tables from what <out> holds; run nothing")
     ap.add_argument("--json", default=None, help="also write settings, the summary and per-video records here")
+    ap.add_argument("--draws", type=int, default=1000, help="paired bootstrap draws for the 95%% intervals vs vanilla")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every job, e.g. i4vgen.warm_step_size=1")
     args = ap.parse_args()
     if args.prompts < 1:
@@ -555,12 +651,16 @@ def report(args, records: list[dict], labels: list[str]) -> None:
     print()
     print_times(rows)
     print_paired(records, labels)
+    print()
+    intervals = print_intervals(records, labels, args.draws)
     print_legend(args)
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "json"}
         strict = [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows]  # NaN: none
-        Path(args.json).write_text(json.dumps({"settings": settings, "summary": strict, "videos": records}, indent=1,
-                                              allow_nan=False))
+        paired = {label: {key: [None if x != x else round(x, 6) for x in triple] for key, triple in found.items()}
+                  for label, found in intervals.items()}
+        Path(args.json).write_text(json.dumps({"settings": settings, "summary": strict, "vs_vanilla_95": paired,
+                                               "videos": records}, indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":

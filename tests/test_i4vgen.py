@@ -536,3 +536,38 @@ def test_compare_i4vgen_counts_what_each_prompted_moving_object_did():
                           obj("green diamond left", True, "right"), obj("purple triangle down", True, "left"),
                           obj("orange circle down", False, None), obj("yellow square still", True, "left")]}
     assert C.motion_verdicts([record]) == {"right way": 1, "still": 1, "sideways": 1, "backwards": 1, "missing": 1}
+
+
+@pytest.mark.parametrize("won, lost", [(0, 0), (3, 0), (15, 6), (6, 15), (20, 20), (1, 30)])
+def test_the_sign_test_is_scipys_exact_two_sided_binomial_test(won, lost):
+    from scipy.stats import binomtest
+
+    C = _compare_script()
+    expected = 1.0 if won + lost == 0 else binomtest(min(won, lost), won + lost, 0.5).pvalue
+    assert C.sign_test_p(won, lost) == pytest.approx(expected, rel=1e-12)
+    assert C.sign_test_p(3, 0) == pytest.approx(0.25)  # by hand: 2 * (1/2)^3
+
+
+def _flag_record(method, index, present, disp=10.0):
+    obj = {"spec": "red circle right", "present": True, "colour_shape_ok": present, "motion_ok": True, "motion": "right",
+           "displacement_px": disp, "largest_step_px": 2.0, "prompted_moving": True,
+           "trajectory": [[10.0, 30.0], [10.0 + disp, 30.0]]}
+    return {"method": method, "index": index, "objects_n": 1, "all_present": present, "all_correct": present,
+            "objects": [obj], "anchor": None, "seconds": 1.0, "frame_px": 64}
+
+
+def test_the_paired_bootstrap_interval_matches_the_closed_form_for_paired_proportions():
+    """400 prompts: the method wins 60, loses 30, 150 both yes, 160 both no. The paired difference is (60 - 30)/400
+    = 7.5 points with standard error sqrt(b + c - (b - c)^2 / n) / n = 2.34 points: 95% about [2.9, 12.1]."""
+    C = _compare_script()
+    pattern = [(True, False)] * 60 + [(False, True)] * 30 + [(True, True)] * 150 + [(False, False)] * 160
+    records = []
+    for i, (mine, base) in enumerate(pattern):
+        records += [_flag_record("i4vgen", i, mine, disp=12.0), _flag_record("vanilla", i, base, disp=10.0)]
+    found = C.paired_intervals(records, "i4vgen", draws=2000, seed=1)
+    value, low, high = found["all_present"]
+    se = np.sqrt(60 + 30 - 30**2 / 400) / 400 * 100
+    assert value == pytest.approx(7.5)
+    assert low == pytest.approx(7.5 - 1.96 * se, abs=0.6) and high == pytest.approx(7.5 + 1.96 * se, abs=0.6)
+    assert found["disp_px"] == pytest.approx((1.2, 1.2, 1.2))  # every pair moves 12 px against 10: no spread
+    assert found["motion_ok"] == pytest.approx((1.0, 1.0, 1.0))
