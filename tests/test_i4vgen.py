@@ -117,10 +117,36 @@ def test_ni_vsds_and_regeneration_timesteps_follow_the_official_rule(steps):
     else:
         assert len(vsds) == 31 and vsds[0] == 981 and vsds[-1] == 381
     assert [int(t) for t in I.regen_timesteps(_ddim(steps), 1.0)] == by_hand  # p_re = 1: the whole schedule
-    # t_regen is a fraction of T: 0.96 -> the first timestep <= 960
-    assert int(I.regen_timesteps(_ddim(steps), 0.96)[0]) == max(t for t in by_hand if t <= 960)
-    # the old reading (a fraction of the steps) stays reachable
-    assert len(I.regen_timesteps(_ddim(steps), 0.5, "steps")) == round(steps * 0.5)
+    # the public code's get_timesteps(steps, strength=p_re): t_start = steps - min(int(steps * p_re), steps)
+    for p_re in (0.8, 0.78, 0.5):
+        t_start = steps - min(int(steps * p_re), steps)
+        assert [int(t) for t in I.regen_timesteps(_ddim(steps), p_re)] == by_hand[t_start:], p_re
+    # ours: t_regen a fraction of T, 0.96 -> the first timestep <= 960
+    assert int(I.regen_timesteps(_ddim(steps), 0.96, "T")[0]) == max(t for t in by_hand if t <= 960)
+
+
+def test_a_regeneration_of_no_steps_is_a_clear_error():
+    from vgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="0 of the 20 sampler steps"):
+        I.regen_timesteps(_ddim(20), 0.04)
+    assert len(I.regen_timesteps(_ddim(20), 0.05)) == 1
+
+
+def test_the_paper_preset_runs_the_public_codes_timesteps_and_step_sizes():
+    """configs/i4vgen-paper.yaml (AnimateDiff, 25 DDIM steps): NI-VSDS on 961 ... 361 with α 10, 10, 10 then 1, and
+    the regeneration over the whole schedule from 961 (p_re = 1), as pipeline_animation.py."""
+    from vgen.config import build_job
+
+    job = build_job(str(Path(__file__).resolve().parents[1] / "configs" / "i4vgen-paper.yaml"), {"prompt": "a cat"})
+    cfg = job.i4vgen
+    sched = _ddim(job.sampler.steps)
+    by_hand = [(24 - i) * 40 + 1 for i in range(25)]
+    vsds = I.official_vsds_timesteps(sched, cfg.vsds_fraction) if cfg.vsds_schedule == "sampler" else None
+    assert vsds == by_hand[:16]
+    assert I.vsds_step_sizes(len(vsds), cfg.warm_iterations, cfg.warm_step_size, cfg.step_size) == [10.0] * 3 + [1.0] * 13
+    assert [int(t) for t in I.regen_timesteps(sched, cfg.t_regen, cfg.regen_rule)] == by_hand
+    assert cfg.regen_hold == "none" and cfg.regen_noise == "fresh" and cfg.vsds_guidance is None
 
 
 @pytest.mark.parametrize("kind", ["v_prediction", "sample", "epsilon"])

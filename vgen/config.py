@@ -192,8 +192,8 @@ class I4VGenConfig:
     step_size: float = 1.0  # α after the warm-up
     warm_step_size: float = 10.0  # α of the first warm_iterations updates (public AnimateDiff code)
     warm_iterations: int = 3
-    t_regen: float = 1.0  # regeneration re-noises to t_regen*T, mapped onto the sampler's schedule (p_re = 1.0)
-    regen_rule: str = "T"  # T: sampler timesteps <= t_regen*T | steps: the last round(t_regen*steps) steps (old vgen)
+    t_regen: float = 1.0  # p_re: the regeneration runs the last int(t_regen*steps) sampler steps (1.0: all, official)
+    regen_rule: str = "steps"  # steps: as above (official) | T: the sampler timesteps <= t_regen*T (ours)
     regen_hold: str = "none"  # none (official) | first | middle: that frame is held to the anchor image during the
     #                           regeneration (temporal inpainting; ours, the toy carries middle)
     regen_hold_until: float = 0.6  # ... while the next timestep is >= this fraction of T (0: to the last step)

@@ -6,8 +6,8 @@
                    int(0.6·steps) + 1 timesteps (961 ... 361 with 25 DDIM steps):
                    v_t = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·ε
                    v  <- v - α_i·w(t)·(ε̂_CFG(v_t, c, t) - ε),   w(t) = 1 - ᾱ_t   (no backprop)
-    3. regenerate  add fresh noise to v up to the first sampler timestep <= t_regen·T (p_re = 1: the schedule's
-                   first), then denoise it with the video model
+    3. regenerate  add fresh noise to v up to the first of the sampler's last int(t_regen·steps) timesteps (p_re = 1:
+                   the schedule's first), then denoise it with the video model
                    (regen_hold, ours: one frame, the first or the middle, held to the anchor by temporal inpainting
                    while t >= regen_hold_until·T, so the regenerated video keeps the anchor's objects and the late
                    steps fit the held frame to the others; off in the public code)
@@ -26,7 +26,7 @@ from vgen.core.inpaint import hold_frames
 from vgen.core.noise import iid_noise
 from vgen.core.progress import progress_bar
 from vgen.core.prompts import PromptEmbeds, encode_prompt
-from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, strength_timesteps, to_uint8
+from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, to_uint8
 from vgen.core.schedulers import make_scheduler, prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.jobs import RunContext
@@ -210,20 +210,27 @@ def ni_vsds(
 # 3. regeneration
 
 
-def regen_timesteps(scheduler: Any, t_regen: float, rule: str = "T") -> list:
+def regen_timesteps(scheduler: Any, t_regen: float, rule: str = "steps") -> list:
     """The tail of the sampler's schedule regeneration runs.
 
-    rule T (default): from the first timestep <= t_regen·T, T = num_train_timesteps (t_regen = 1: the whole
-    schedule, 961 ... 1 for 25 DDIM steps, as the public code's p_re = 1). rule steps: the last
-    round(t_regen·steps) steps (vgen's earlier reading of t_regen as a fraction of the sampling steps).
+    rule steps (default, the public code's get_timesteps with strength p_re = t_regen): the last int(t_regen·steps)
+    sampler steps (1.0: the whole schedule, 961 ... 1 for 25 DDIM steps; LaVie's 0.8 with 20 steps: 751 ... 1).
+    rule T (ours): from the first timestep <= t_regen·T, T = num_train_timesteps. The two agree at 1.0 and, on
+    1000-step leading DDIM schedules, at 0.8 for 20, 25 and 50 steps; elsewhere T can start a step higher or lower.
     """
-    if rule == "steps":
-        return strength_timesteps(scheduler, t_regen)
     if not 0.0 < t_regen <= 1.0:
         raise ConfigError(f"i4vgen.t_regen must be in (0, 1], got {t_regen}")
-    limit = t_regen * scheduler.config.num_train_timesteps
     steps = list(scheduler.timesteps)
-    start = next((i for i, t in enumerate(steps) if float(t) <= limit), len(steps) - 1)
+    if rule == "steps":
+        count = len(steps) // getattr(scheduler, "order", 1)
+        keep = min(int(count * t_regen), count)
+        if keep == 0:
+            raise ConfigError(f"i4vgen.t_regen {t_regen} regenerates int({t_regen}·{count}) = 0 of the {count} sampler steps; "
+                              f"raise it to at least {1 / count:.3g}")
+        start = (count - keep) * getattr(scheduler, "order", 1)
+    else:
+        limit = t_regen * scheduler.config.num_train_timesteps
+        start = next((i for i, t in enumerate(steps) if float(t) <= limit), len(steps) - 1)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return steps[start:]
