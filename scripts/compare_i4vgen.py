@@ -11,7 +11,8 @@ every process, and --report, reads all the record files. Prompts run interleaved
 over the object counts, so a partial run is still balanced; the table is printed from whatever is done.
 
 --prompts prompts in all, split evenly over --objects: held-out compositions and single objects from
-vgen.toyworld.eval_prompts (deterministic for --seed); prompt i gets seed --seed + i under every method. Each
+vgen.toyworld.eval_prompts (deterministic for --seed; --offset K skips the sequence's first K, so settings tuned
+on one run can be checked on prompts they were not tuned on); prompt i gets seed --seed + i under every method. Each
 prompt is sampled by the vanilla runner and the i4vgen runner (anchor candidates drawn by the video model on single
 frames by default, picked by the reward; NI-VSDS; regeneration), in turn, in this process, models
 loaded once. key=value overrides go to every job (i4vgen.* keys only matter to I4VGen, e.g.
@@ -68,15 +69,16 @@ def split_counts(total: int, objects: list[int]) -> dict[int, int]:
     return {k: base + (i < extra) for i, k in enumerate(objects)}
 
 
-def choose_prompts(total: int, objects: list[int], seed: int) -> list[tuple[int, str]]:
-    """(object count, prompt) pairs, deterministic for the seed, interleaved over the object counts."""
+def choose_prompts(total: int, objects: list[int], seed: int, offset: int = 0) -> list[tuple[int, str]]:
+    """(object count, prompt) pairs, deterministic for the seed, interleaved over the object counts. The sequence
+    does not depend on `total` (a longer run extends a shorter one), so `offset` skips the first prompts of it."""
     from vgen.toyworld import eval_prompts
 
-    groups = [[(k, p) for p in eval_prompts(k, n, seed=seed)] for k, n in split_counts(total, objects).items() if n]
+    groups = [[(k, p) for p in eval_prompts(k, n, seed=seed)] for k, n in split_counts(offset + total, objects).items() if n]
     out = []
     for i in range(max(len(g) for g in groups)):
         out += [g[i] for g in groups if i < len(g)]
-    return out
+    return out[offset:]
 
 
 def method_overrides(variants: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -95,7 +97,7 @@ def build_jobs(args, prompts) -> dict[str, list]:
     for label, (method, extra) in method_overrides(args.variants).items():
         jobs[label] = [
             build_job(
-                flags={"prompt": prompt, "method": method, "model.id": args.model, "seed": args.seed + i,
+                flags={"prompt": prompt, "method": method, "model.id": args.model, "seed": args.seed + args.offset + i,
                        "sampler.steps": args.steps, "sampler.guidance": args.guidance,
                        "sampler.scheduler": args.scheduler, "video.frames": args.frames,
                        "runtime.device": args.device, "runtime.dtype": args.dtype, "i4vgen.save_candidates": False},
@@ -509,6 +511,8 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="toy", help="video model")
     ap.add_argument("--prompts", type=int, default=102, help="prompts in all, split evenly over --objects")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="skip the sequence's first prompts: tune settings on --offset 0, report on --offset 102")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--frames", type=int, default=8)
@@ -530,6 +534,8 @@ def parse_args():
     args = ap.parse_args()
     if args.prompts < 1:
         ap.error("--prompts must be >= 1")
+    if args.offset < 0:
+        ap.error("--offset must be >= 0")
     index, _, count = args.shard.partition("/")
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
         ap.error(f"--shard must be I/N with 0 <= I < N, got '{args.shard}'")
@@ -544,8 +550,8 @@ def records_file(out: Path, args) -> Path:
     return out / f"records.shard{args.shard_index}of{args.shard_count}.jsonl"
 
 
-SETTING_KEYS = ("model", "prompts", "objects", "steps", "frames", "guidance", "scheduler", "seed", "device", "dtype",
-                "variants", "overrides")
+SETTING_KEYS = ("model", "prompts", "offset", "objects", "steps", "frames", "guidance", "scheduler", "seed", "device",
+                "dtype", "variants", "overrides")
 
 
 def load_done(out: Path, settings: dict) -> list[dict]:
@@ -553,7 +559,7 @@ def load_done(out: Path, settings: dict) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "settings.json"
     if saved.exists():
-        old = json.loads(saved.read_text())
+        old = {"offset": 0, **json.loads(saved.read_text())}  # runs from before --offset started at 0
         if old != settings:
             changed = sorted(k for k in settings if old.get(k) != settings[k])
             sys.exit(f"compare_i4vgen: {out} holds a run with other settings ({', '.join(changed)}); use another --out")
@@ -579,7 +585,7 @@ def main() -> None:
     from vgen.errors import VgenError
     from vgen.jobs import ModelCache
 
-    prompts = choose_prompts(args.prompts, args.objects, args.seed)
+    prompts = choose_prompts(args.prompts, args.objects, args.seed, args.offset)
     try:
         jobs = build_jobs(args, prompts)
     except VgenError as err:
@@ -602,7 +608,8 @@ def main() -> None:
         sys.exit(f"compare_i4vgen: {err}")
     frame_px = None
     with tempfile.TemporaryDirectory(prefix="compare_i4vgen-") as tmp, open(records_file(out, args), "a") as sink:
-        for i, (n_obj, prompt) in enumerate(prompts):
+        for j, (n_obj, prompt) in enumerate(prompts):
+            i = args.offset + j  # the prompt's place in the sequence: its record index, seed and shard
             if i % args.shard_count != args.shard_index:
                 continue
             line = []
@@ -610,7 +617,7 @@ def main() -> None:
                 if (label, i) in done:
                     continue
                 try:
-                    video, seconds = run_one(jobs[label][i], cache, Path(tmp) / f"{i}-{len(line)}")
+                    video, seconds = run_one(jobs[label][j], cache, Path(tmp) / f"{i}-{len(line)}")
                 except VgenError as err:
                     sys.exit(f"compare_i4vgen: {label}: {err}")
                 frame_px = video.frames.shape[2]
@@ -640,7 +647,8 @@ def report(args, records: list[dict], labels: list[str]) -> None:
               for i, p in sorted({(r["index"], r["prompt"]) for r in records})}
     rows = summary_rows(records, labels, args.objects, worlds)
     print(f"\nmodel={args.model} frames={args.frames} ({frame_px} px wide) steps={args.steps} {args.scheduler} "
-          f"guidance={args.guidance} seed={args.seed} overrides={args.overrides} prompts done={len(complete)}")
+          f"guidance={args.guidance} seed={args.seed} overrides={args.overrides} prompts done={len(complete)}"
+          + (f" (from prompt {args.offset})" if args.offset else ""))
     print_rates(rows)
     print()
     print_motion(rows)

@@ -597,3 +597,19 @@ def test_the_paired_bootstrap_interval_matches_the_closed_form_for_paired_propor
     assert low == pytest.approx(7.5 - 1.96 * se, abs=0.6) and high == pytest.approx(7.5 + 1.96 * se, abs=0.6)
     assert found["disp_px"] == pytest.approx((1.2, 1.2, 1.2))  # every pair moves 12 px against 10: no spread
     assert found["motion_ok"] == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_compare_i4vgen_offset_continues_the_same_prompt_sequence_with_the_same_seeds():
+    """--offset K runs prompts K.. of the sequence a longer run has, with the seeds that run gives them, so settings
+    tuned on the first prompts are checked on others."""
+    from types import SimpleNamespace
+
+    C = _compare_script()
+    whole = C.choose_prompts(12, [1, 2, 3], 0)
+    assert C.choose_prompts(6, [1, 2, 3], 0) == whole[:6]
+    assert C.choose_prompts(6, [1, 2, 3], 0, offset=6) == whole[6:]
+    args = SimpleNamespace(variants=[], model="tiny-random-unet3d", seed=3, offset=6, steps=2, guidance=5.0,
+                           scheduler="ddim", frames=2, device="cpu", dtype="float32", overrides=[])
+    jobs = C.build_jobs(args, whole[6:])
+    assert [job.seed for job in jobs["vanilla"]] == [3 + 6 + j for j in range(6)]
+    assert [job.prompt for job in jobs["i4vgen"]] == [p for _, p in whole[6:]]
