@@ -243,11 +243,6 @@ def anchor_info(video) -> dict | None:
 # tables
 
 
-def mean(values) -> float:
-    values = [float(v) for v in values if v is not None]
-    return sum(values) / len(values) if values else float("nan")
-
-
 def object_motion(record: dict, world: list[float] | None = None) -> list[dict]:
     """Per found prompted object of a record: net displacement, whether a step jumped (jump_limit), the move along
     the prompted direction (None for still prompts) and the toy world's own displacement for it (when given).
