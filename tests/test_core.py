@@ -49,6 +49,43 @@ def test_attention_processors_are_restored_even_on_error(tiny):
     assert {k: type(v) for k, v in unet.attn_processors.items()} == {k: type(v) for k, v in before.items()}
 
 
+@pytest.mark.parametrize("cross, residual", [(False, False), (True, False), (False, True)])
+def test_one_key_attention_is_diffusers_attention_with_one_key(cross, residual):
+    """Against diffusers' own AttnProcessor2_0: the same output for one key (self-attention over one frame, or a
+    cross-attention to one token), and the fallback's for more keys."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from vgen.core.attention import OneKeyAttention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=12 if cross else None, heads=2, dim_head=8,
+                     residual_connection=residual, rescale_output_factor=2.0 if residual else 1.0)
+    x = torch.randn(5, 3 if cross else 1, 16)
+    context = torch.randn(5, 1, 12) if cross else None
+    mine = OneKeyAttention(AttnProcessor2_0())
+    torch.testing.assert_close(mine(attn, x, context), AttnProcessor2_0()(attn, x, context), atol=1e-6, rtol=1e-5)
+    longer = torch.randn(5, 4, 12) if cross else None
+    x_long = x if cross else torch.randn(5, 4, 16)
+    torch.testing.assert_close(mine(attn, x_long, longer), AttnProcessor2_0()(attn, x_long, longer))
+
+
+def test_one_frame_temporal_attention_leaves_a_one_frame_unet3d_output_unchanged(tiny):
+    from vgen.core.attention import OneKeyAttention, one_frame_temporal_attention
+
+    unet = tiny("tiny-random-unet3d").unet
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, unet.config.in_channels, 1, 16, 16, generator=g)
+    text = torch.randn(3, 7, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        before = unet(x, 500, encoder_hidden_states=text).sample
+        with one_frame_temporal_attention(unet) as installed:
+            assert installed and all(isinstance(p, OneKeyAttention) for p in installed.values())
+            assert {layer.role for layer in attention_layers(unet) if layer.name in installed} == {"temporal"}
+            after = unet(x, 500, encoder_hidden_states=text).sample
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(p, OneKeyAttention) for p in unet.attn_processors.values())
+
+
 def test_decode_chunk_size_does_not_change_frames(tiny):
     c = tiny("tiny-random-unet3d")
     latents = torch.randn(2, 4, 5, 16, 16, generator=torch.Generator().manual_seed(0))

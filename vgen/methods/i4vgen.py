@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vgen.config import JobConfig, ModelConfig
+from vgen.core.attention import one_frame_temporal_attention
 from vgen.core.inpaint import hold_frames
 from vgen.core.noise import iid_noise
 from vgen.core.progress import progress_bar
@@ -109,13 +110,14 @@ def sample_candidates(
     noise = iid_noise(shape, generator, image.device, image.dtype)
     batch = batch or n
     latents = []
-    for start in range(0, n, batch):
-        x = noise[start : start + batch]
-        sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device)
-        embeds = encode_prompt(image, prompt, negative, guidance, batch=x.shape[0])
-        x = denoise(image, sched, x * sched.init_noise_sigma, embeds, guidance, generator=generator, eta=eta,
-                    progress=progress, description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}")
-        latents.append(x)
+    with one_frame_temporal_attention(image.unet):  # exact: a frame attends only to itself
+        for start in range(0, n, batch):
+            x = noise[start : start + batch]
+            sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device)
+            embeds = encode_prompt(image, prompt, negative, guidance, batch=x.shape[0])
+            x = denoise(image, sched, x * sched.init_noise_sigma, embeds, guidance, generator=generator, eta=eta,
+                        progress=progress, description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}")
+            latents.append(x)
     latents = torch.cat(latents)
     images = to_uint8(decode_latents(image, latents)[:, 0])
     return latents, images
