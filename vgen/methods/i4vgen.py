@@ -323,6 +323,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         image = components
     reward = load_reward(cfg.reward, cfg.reward_model, str(components.device))
     n = candidate_count(job)
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+    regen = regen_timesteps(scheduler, cfg.t_regen, cfg.regen_rule)  # a t_regen that runs no step fails here, early
 
     # 1. anchor image: best of N
     latents, images = sample_candidates(
@@ -341,7 +343,6 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
 
     # 2. NI-VSDS: animate the anchor
     prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
-    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
     if cfg.vsds_schedule == "sampler":
         timesteps = official_vsds_timesteps(scheduler, cfg.vsds_fraction)
     else:
@@ -353,8 +354,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     noise = iid_noise(video.shape, ctx.generator, components.device, components.dtype)
     video = ni_vsds(components, video, noise, vsds_prompt, vsds_guidance, timesteps, step_sizes, ctx.progress)
 
-    # 3. regeneration
-    regen = regen_timesteps(scheduler, cfg.t_regen, cfg.regen_rule)
+    # 3. regeneration (on `regen`, the tail of the schedule chosen above)
     hold = hold_frame(cfg.regen_hold, job.video.frames)
     video = regenerate(components, scheduler, regen, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress,
                        anchor=anchor.to(components.device, components.dtype), hold=hold,
