@@ -411,21 +411,11 @@ def print_legend(args) -> None:
             print(f"{label} = i4vgen with {' '.join(extra)}")
 
 
-def sign_test_p(won: int, lost: int) -> float:
-    """Exact two-sided McNemar (sign) test on the prompts that flipped: the chance of a split at least this uneven
-    if a flip were equally likely either way, 2·P(X <= min(won, lost)), X ~ Binomial(won + lost, 1/2), at most 1."""
-    from math import comb
-
-    n = won + lost
-    if n == 0:
-        return 1.0
-    tail = sum(comb(n, k) for k in range(min(won, lost) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def print_paired(records: list[dict], labels: list[str]) -> None:
     """Per prompt, against vanilla: how often all-correct / all-present flips each way, and the sign test's p
     (below 0.05: unlikely to be the seeds' luck)."""
+    from vgen.eval.stats import sign_test_p
+
     base = {r["index"]: r for r in records if r["method"] == "vanilla"}
     for label in labels[1:]:
         mine = [r for r in records if r["method"] == label]

@@ -110,6 +110,8 @@ def main() -> None:
             print(f"[{n_obj} obj {k + 1}/{args.n}] " + " ".join(f"{name} {row[name]['all_present']!s:>5}" for name in runs)
                   + f"  {prompt}", flush=True)
 
+    from vgen.eval.stats import sign_test_p
+
     print(f"\nmodel={args.model} DDIM {args.steps} steps, {args.frames} frames, guidance {args.guidance}; "
           f"same seed per prompt; variants: " + "; ".join(f"{n}: {' '.join(o)}" for n, o in variants.items()))
     names = list(runs)
@@ -127,8 +129,8 @@ def main() -> None:
         wins = sum(r[name]["all_present"] and not r["base"]["all_present"] for r in records)
         losses = sum(r["base"]["all_present"] and not r[name]["all_present"] for r in records)
         moved = [r[name]["info"]["weakest"].get("moved") for r in records if r[name].get("info", {}).get("weakest")]
-        print(f"{name}: all-present gained on {wins} prompts, lost on {losses}; weakest key token moved in "
-              f"{sum(bool(m) for m in moved)}/{len(moved)} runs")
+        print(f"{name}: all-present gained on {wins} prompts, lost on {losses} (sign test p {sign_test_p(wins, losses):.2g}); "
+              f"weakest key token moved in {sum(bool(m) for m in moved)}/{len(moved)} runs")
 
 
 if __name__ == "__main__":
