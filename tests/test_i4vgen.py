@@ -128,7 +128,7 @@ def test_ni_vsds_and_regeneration_timesteps_follow_the_official_rule(steps):
 def test_a_regeneration_of_no_steps_is_a_clear_error():
     from vgen.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="0 of the 20 sampler steps"):
+    with pytest.raises(ConfigError, match=r"i4vgen.t_regen 0.04 runs int\(0.04·20\) = 0 of the 20 sampler steps"):
         I.regen_timesteps(_ddim(20), 0.04)
     assert len(I.regen_timesteps(_ddim(20), 0.05)) == 1
 
@@ -356,7 +356,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     (["--model", "tiny-random-unet3d", "i4vgen.t_start=0.2"], "t_end <= t_start"),
     (["--model", "tiny-random-unet3d", "i4vgen.candidate_model=frames"], "choose one of: auto, video, image"),
     (["--model", "tiny-random-unet3d", "i4vgen.regen_rule=x"], "choose one of: T, steps"),
-    (["--model", "tiny-random-unet3d", "i4vgen.t_regen=0.2"], "regenerates int(0.2·2) = 0 of the 2 sampler steps"),
+    (["--model", "tiny-random-unet3d", "i4vgen.t_regen=0.2"], "i4vgen.t_regen 0.2 runs int(0.2·2) = 0 of the 2 sampler steps"),
 ])
 def test_i4vgen_user_errors_are_one_line(tmp_path, args, message):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--steps", "2", "--frames", "2", "--out", tmp_path, *args)

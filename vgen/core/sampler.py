@@ -138,12 +138,21 @@ def denoise(
     return latents
 
 
-def strength_timesteps(scheduler: Any, strength: float) -> list:
-    """The tail of scheduler.timesteps that SDEdit runs for a strength in (0, 1] (1 = from pure noise)."""
+def strength_timesteps(scheduler: Any, strength: float, floor: bool = False, key: str = "strength") -> list:
+    """The tail of scheduler.timesteps that SDEdit runs for a strength in (0, 1] (1 = from pure noise): the last
+    round(strength·steps) steps, at least one; with `floor`, diffusers' img2img rule (get_timesteps), the last
+    int(strength·steps), where none is an error naming `key`."""
     if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"strength must be in (0, 1], got {strength}")
+        raise ConfigError(f"{key} must be in (0, 1], got {strength}")
     total = len(scheduler.timesteps)
-    start = total - min(max(int(round(total * strength)), 1), total)
+    if floor:
+        keep = min(int(total * strength), total)
+        if keep == 0:
+            raise ConfigError(f"{key} {strength} runs int({strength}·{total}) = 0 of the {total} sampler steps; "
+                              f"raise it to at least {1 / total:.3g}")
+    else:
+        keep = min(max(int(round(total * strength)), 1), total)
+    start = total - keep
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return list(scheduler.timesteps[start:])

@@ -27,7 +27,7 @@ from vgen.core.inpaint import hold_frames
 from vgen.core.noise import iid_noise
 from vgen.core.progress import progress_bar
 from vgen.core.prompts import PromptEmbeds, encode_prompt
-from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, to_uint8
+from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, strength_timesteps, to_uint8
 from vgen.core.schedulers import make_scheduler, prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.jobs import RunContext
@@ -220,19 +220,13 @@ def regen_timesteps(scheduler: Any, t_regen: float, rule: str = "steps") -> list
     rule T (ours): from the first timestep <= t_regen·T, T = num_train_timesteps. The two agree at 1.0 and, on
     1000-step leading DDIM schedules, at 0.8 for 20, 25 and 50 steps; elsewhere T can start a step higher or lower.
     """
+    if rule == "steps":
+        return strength_timesteps(scheduler, t_regen, floor=True, key="i4vgen.t_regen")
     if not 0.0 < t_regen <= 1.0:
         raise ConfigError(f"i4vgen.t_regen must be in (0, 1], got {t_regen}")
     steps = list(scheduler.timesteps)
-    if rule == "steps":
-        count = len(steps) // getattr(scheduler, "order", 1)
-        keep = min(int(count * t_regen), count)
-        if keep == 0:
-            raise ConfigError(f"i4vgen.t_regen {t_regen} regenerates int({t_regen}·{count}) = 0 of the {count} sampler steps; "
-                              f"raise it to at least {1 / count:.3g}")
-        start = (count - keep) * getattr(scheduler, "order", 1)
-    else:
-        limit = t_regen * scheduler.config.num_train_timesteps
-        start = next((i for i, t in enumerate(steps) if float(t) <= limit), len(steps) - 1)
+    limit = t_regen * scheduler.config.num_train_timesteps
+    start = next((i for i, t in enumerate(steps) if float(t) <= limit), len(steps) - 1)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return steps[start:]
