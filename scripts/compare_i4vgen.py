@@ -17,6 +17,11 @@ prompt is sampled by the vanilla runner and the i4vgen runner (anchor candidates
 frames by default, picked by the reward; NI-VSDS; regeneration), in turn, in this process, models
 loaded once. key=value overrides go to every job (i4vgen.* keys only matter to I4VGen, e.g.
 i4vgen.candidates=8); each --variant "k=v k=v" is one more I4VGen method (i4vgen+1, +2, ...) on top of them.
+Oracle variants (toy world only) measure what the later stages could make of a perfect start: `oracle=anchor` gives
+I4VGen the toy world's own scene for the prompt (laid out as in training, drawn from the prompt's seed) as its only
+candidate, so NI-VSDS and the regeneration start from an anchor with every object right; `oracle=clip` also gives
+the regeneration that scene's whole moving clip in place of NI-VSDS's video. If even these miss a target, no better
+reward, candidate count or NI-VSDS setting can reach it; only the regeneration (or the model) is left.
 
 Columns, from the exact toy detector (score_video) per video, pooled per method and object count:
   obj c+s      prompted objects found in the right colour and shape (pooled over objects)
@@ -47,6 +52,7 @@ over prompts (--draws): an interval that holds 0 (a ratio's: 1) is within what t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -81,11 +87,21 @@ def choose_prompts(total: int, objects: list[int], seed: int, offset: int = 0) -
     return out[offset:]
 
 
-def method_overrides(variants: list[str]) -> dict[str, tuple[str, list[str]]]:
-    """label -> (runner, extra overrides): vanilla, i4vgen, then i4vgen+1, +2, ... one per variant."""
-    out = {"vanilla": ("vanilla", []), "i4vgen": ("i4vgen", [])}
+ORACLES = ("anchor", "clip")
+
+
+def method_overrides(variants: list[str]) -> dict[str, tuple[str, list[str], str | None]]:
+    """label -> (runner, extra overrides, oracle): vanilla, i4vgen, then i4vgen+1, +2, ... one per variant. A
+    variant's `oracle=anchor|clip` is the script's, not a job key (see oracle_start)."""
+    out = {"vanilla": ("vanilla", [], None), "i4vgen": ("i4vgen", [], None)}
     for n, v in enumerate(variants, 1):
-        out[f"i4vgen+{n}"] = ("i4vgen", v.split())
+        tokens = v.split()
+        oracles = [t.partition("=")[2] for t in tokens if t.startswith("oracle=")]
+        if len(oracles) > 1 or any(o not in ORACLES for o in oracles):
+            raise SystemExit(f"compare_i4vgen: a variant takes at most one oracle=, one of {', '.join(ORACLES)}; "
+                             f"got '{v}'")
+        out[f"i4vgen+{n}"] = ("i4vgen", [t for t in tokens if not t.startswith("oracle=")],
+                              oracles[0] if oracles else None)
     return out
 
 
@@ -94,7 +110,7 @@ def build_jobs(args, prompts) -> dict[str, list]:
     from vgen.config import build_job
 
     jobs = {}
-    for label, (method, extra) in method_overrides(args.variants).items():
+    for label, (method, extra, _) in method_overrides(args.variants).items():
         jobs[label] = [
             build_job(
                 flags={"prompt": prompt, "method": method, "model.id": args.model, "seed": args.seed + args.offset + i,
@@ -112,8 +128,9 @@ def build_jobs(args, prompts) -> dict[str, list]:
 # running and scoring
 
 
-def run_one(job, cache, stem: Path):
-    """(video, seconds) from the job's runner in this process; a second model comes through the cache."""
+def run_one(job, cache, stem: Path, oracle: str | None = None):
+    """(video, seconds) from the job's runner in this process; a second model comes through the cache. With
+    `oracle`, I4VGen starts from the toy world's own scene for the prompt (oracle_start)."""
     import torch
 
     from vgen.core.sampler import resolve_size
@@ -124,12 +141,69 @@ def run_one(job, cache, stem: Path):
     h, w = resolve_size(components, job.video.height, job.video.width)
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=stem,
                      progress=False, load_model=lambda cfg: cache.get(job, cfg))
+    start_from = oracle_start(oracle, oracle_clip(job.prompt, job.seed, job.video.frames, h, w),
+                              oracle_frame(job)) if oracle else contextlib.nullcontext()
     sync = torch.cuda.synchronize if components.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    video = load_runner(job.method)(job, components, ctx)
+    with start_from:
+        video = load_runner(job.method)(job, components, ctx)
     sync()
     return video, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# oracle rows: what I4VGen's later stages make of a perfect start
+
+
+def oracle_clip(prompt: str, seed: int, frames: int, height: int, width: int):
+    """The toy world's own clip for the prompt (a scene laid out as in training, drawn from `seed`), uint8
+    [F, H, W, 3]: every prompted object present, right in colour and shape, moving the prompted way."""
+    import numpy as np
+
+    from vgen.toyworld import render_video
+    from vgen.toyworld.captions import parse_prompt
+    from vgen.toyworld.scene import sample_scene
+
+    if height != width:
+        raise SystemExit(f"compare_i4vgen: the oracle rows need square frames (the toy world's), got {height}x{width}")
+    scene = sample_scene(np.random.default_rng(seed), parse_prompt(prompt), frames, width)
+    return render_video(scene, frames)
+
+
+def oracle_frame(job) -> int:
+    """The clip's frame that stands in for the anchor image: the one the regeneration holds, else the middle."""
+    from vgen.methods.i4vgen import hold_frame
+
+    held = hold_frame(job.i4vgen.regen_hold, job.video.frames)
+    return job.video.frames // 2 if held is None else held
+
+
+@contextlib.contextmanager
+def oracle_start(kind: str, clip, frame: int):
+    """While the runner runs, I4VGen's earlier stages are replaced by the toy world's own answer: `anchor` makes
+    the clip's frame `frame` the only candidate (a perfect anchor image; NI-VSDS and the regeneration as
+    configured), `clip` also makes the whole clip NI-VSDS's output (a perfect animated video; only the
+    regeneration runs). An upper bound for what a better anchor, or a better NI-VSDS, could give; the rows' times
+    leave out what was skipped."""
+    import vgen.methods.i4vgen as I
+    from vgen.core.sampler import encode_frames
+
+    saved = I.sample_candidates, I.ni_vsds
+
+    def one_candidate(image, prompt, negative, n, **kwargs):
+        return encode_frames(image, clip[frame : frame + 1]), clip[frame : frame + 1]
+
+    def animated(components, video, *args, **kwargs):
+        return encode_frames(components, clip).to(video.dtype)
+
+    I.sample_candidates = one_candidate
+    if kind == "clip":
+        I.ni_vsds = animated
+    try:
+        yield
+    finally:
+        I.sample_candidates, I.ni_vsds = saved
 
 
 def preload(jobs: dict[str, list], cache) -> None:
@@ -406,9 +480,12 @@ def print_ratios(rows: list[dict]) -> None:
 
 
 def print_legend(args) -> None:
-    for label, (_, extra) in method_overrides(args.variants).items():
-        if extra:
-            print(f"{label} = i4vgen with {' '.join(extra)}")
+    for label, (_, extra, oracle) in method_overrides(args.variants).items():
+        if extra or oracle:
+            start = {None: "", "anchor": ", from the toy world's own scene as the anchor (oracle; time leaves out the "
+                     "candidates)", "clip": ", regenerating the toy world's own clip (oracle; time leaves out the "
+                     "candidates and NI-VSDS)"}[oracle]
+            print(f"{label} = i4vgen{' with ' + ' '.join(extra) if extra else ''}{start}")
 
 
 def print_paired(records: list[dict], labels: list[str]) -> None:
@@ -576,6 +653,7 @@ def main() -> None:
     except VgenError as err:
         sys.exit(f"compare_i4vgen: {err}")
     labels = list(jobs)
+    oracles = {label: oracle for label, (_, _, oracle) in method_overrides(args.variants).items()}
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in SETTING_KEYS}
     records = load_done(out, settings)
@@ -602,7 +680,7 @@ def main() -> None:
                 if (label, i) in done:
                     continue
                 try:
-                    video, seconds = run_one(jobs[label][j], cache, Path(tmp) / f"{i}-{len(line)}")
+                    video, seconds = run_one(jobs[label][j], cache, Path(tmp) / f"{i}-{len(line)}", oracles[label])
                 except VgenError as err:
                     sys.exit(f"compare_i4vgen: {label}: {err}")
                 frame_px = video.frames.shape[2]

@@ -615,3 +615,53 @@ def test_compare_i4vgen_offset_continues_the_same_prompt_sequence_with_the_same_
     jobs = C.build_jobs(args, whole[6:])
     assert [job.seed for job in jobs["vanilla"]] == [3 + 6 + j for j in range(6)]
     assert [job.prompt for job in jobs["i4vgen"]] == [p for _, p in whole[6:]]
+
+
+def _oracle_run(variant: str, prompt: str, seed: int = 5):
+    """compare_i4vgen's oracle row for one toy prompt, run as the script runs it (8 frames, DDIM 20)."""
+    from types import SimpleNamespace
+
+    from vgen.jobs import ModelCache
+
+    C = _compare_script()
+    args = SimpleNamespace(variants=[variant], model="toy", seed=seed, offset=0, steps=20, guidance=5.0,
+                           scheduler="ddim", frames=8, device="cpu", dtype="float32", overrides=[])
+    job = C.build_jobs(args, [(2, prompt)])["i4vgen+1"][0]
+    video, _ = C.run_one(job, ModelCache(), Path("/tmp/oracle"), C.method_overrides([variant])["i4vgen+1"][2])
+    return C, job, video
+
+
+def test_the_oracle_clip_regenerated_by_one_step_is_read_as_the_toy_worlds_own_clip():
+    """oracle=clip hands the regeneration the toy world's own clip for the prompt; regenerated over the last step
+    only (t_regen 0.05 of 20 steps) it must come back as that clip: the detector finds every object right in
+    colour, shape and prompted motion, and the frames stay within a few grey levels of the renderer's."""
+    from vgen.toyworld import score_video
+
+    prompt = "a red circle moving right and a blue square moving down"
+    C, job, video = _oracle_run("oracle=clip i4vgen.t_regen=0.05", prompt)
+    assert video.metadata["regeneration"]["timesteps"] == [1]
+    score = score_video(video.frames, prompt)
+    assert score.all_correct and not score.extra_objects
+    clip = C.oracle_clip(prompt, job.seed, 8, 64, 64)
+    assert np.abs(video.frames.astype(float) - clip.astype(float)).mean() < 6.0
+
+
+def test_the_oracle_anchor_is_the_only_candidate_and_the_rest_of_i4vgen_runs_on_it():
+    """oracle=anchor makes the toy world's scene (the frame the regeneration holds) I4VGen's only candidate: the
+    sidecar's one reward is the toy reward of that rendered frame, and NI-VSDS still runs (its timesteps are there)."""
+    from vgen.methods.rewards import load_reward
+
+    prompt = "a green triangle moving left"
+    C, job, video = _oracle_run("oracle=anchor", prompt)
+    frame = C.oracle_frame(job)
+    assert frame == 4  # the toy holds the middle frame
+    expected = load_reward("toy", None, "cpu")(C.oracle_clip(prompt, job.seed, 8, 64, 64)[frame][None], prompt)
+    assert video.metadata["anchor"]["scores"] == [round(float(expected[0]), 6)]
+    assert len(video.metadata["ni_vsds"]["timesteps"]) == 13
+
+
+def test_a_bad_oracle_in_a_variant_is_one_clear_error():
+    C = _compare_script()
+    with pytest.raises(SystemExit, match="oracle="):
+        C.method_overrides(["oracle=perfect"])
+    assert C.method_overrides(["oracle=clip i4vgen.t_regen=0.9"])["i4vgen+1"] == ("i4vgen", ["i4vgen.t_regen=0.9"], "clip")
