@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen probe-i4vgen eval-streaming eval-vico device-check device-wheels
+.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -20,6 +20,7 @@ help:
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
+	@echo "make eval-i4vgen-oracle - I4VGen started from the toy world's own anchor / clip: what a perfect stage could give"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +76,14 @@ device-wheels:
 # prompts 102-203 of the sequence: the toy's I4VGen settings were chosen on 0-101 (--offset 0 to tune on those)
 eval-i4vgen: $(STAMP)
 	$(BIN)/python scripts/compare_i4vgen.py --offset 102 --out runs/compare_i4vgen-heldout
+
+# upper bounds on the same prompts: a perfect anchor (NI-VSDS and regeneration run on it), a perfect animated clip
+# (only the regeneration runs), each with the toy's t_regen and the public code's p_re 1
+eval-i4vgen-oracle: $(STAMP)
+	$(BIN)/python scripts/compare_i4vgen.py --offset 102 --out runs/compare_i4vgen-oracle \
+		--variant "oracle=anchor" --variant "oracle=clip" --variant "oracle=anchor i4vgen.t_regen=1.0" \
+		--variant "oracle=clip i4vgen.t_regen=1.0" \
+		--variant "oracle=anchor i4vgen.warm_step_size=10 i4vgen.t_regen=1.0 i4vgen.regen_hold=none"
 
 probe-i4vgen: $(STAMP)
 	$(BIN)/python scripts/probe_i4vgen_stages.py --prompts 48
