@@ -141,8 +141,14 @@ def run_one(job, cache, stem: Path, oracle: str | None = None):
     h, w = resolve_size(components, job.video.height, job.video.width)
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=stem,
                      progress=False, load_model=lambda cfg: cache.get(job, cfg))
-    start_from = oracle_start(oracle, oracle_clip(job.prompt, job.seed, job.video.frames, h, w),
-                              oracle_frame(job)) if oracle else contextlib.nullcontext()
+    start_from = contextlib.nullcontext()
+    if oracle:
+        key = (job.model.id, job.prompt, job.seed, job.video.frames, h, w)
+        if key not in WORLD_STARTS:  # one inversion per prompt, shared by every oracle variant
+            clip = oracle_clip(job.prompt, job.seed, job.video.frames, h, w)
+            WORLD_STARTS.clear()
+            WORLD_STARTS[key] = clip, oracle_latents(components, clip)
+        start_from = oracle_start(oracle, *WORLD_STARTS[key], oracle_frame(job))
     sync = torch.cuda.synchronize if components.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
@@ -171,6 +177,32 @@ def oracle_clip(prompt: str, seed: int, frames: int, height: int, width: int):
     return render_video(scene, frames)
 
 
+INVERSION_STEPS = 50
+WORLD_STARTS: dict = {}  # the last prompt's (clip, latents)
+
+
+def oracle_latents(components, clip, steps: int = INVERSION_STEPS):
+    """Latents [1, C, F, h, w] that decode to the clip. The VAE's encoding alone does not: the toy VAE's round trip
+    of the world's own clips keeps every object but blurs a third of their shapes (diamonds and squares read as
+    circles; colour+shape 69.6% of objects on the 102 held-out prompts), so the encoding is refined by `steps` Adam
+    steps on the decoder's reconstruction error (98% right after 50 on 30 of them)."""
+    import torch
+
+    from vgen.core.sampler import encode_frames
+
+    vae, scale = components.vae, components.vae.config.scaling_factor
+    latents = (encode_frames(components, clip)[0].transpose(0, 1) / scale).float()
+    target = torch.from_numpy(clip).to(latents.device).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    with torch.enable_grad(), components.placed(vae):
+        latents.requires_grad_(True)
+        optimizer = torch.optim.Adam([latents], lr=0.05)
+        for _ in range(steps):
+            loss = (vae.decode(latents.to(vae.dtype)).sample.float() - target).pow(2).mean()
+            (latents.grad,) = torch.autograd.grad(loss, latents)  # the VAE's own weights get no .grad
+            optimizer.step()
+    return (latents.detach() * scale).transpose(0, 1).unsqueeze(0).to(components.dtype)
+
+
 def oracle_frame(job) -> int:
     """The clip's frame that stands in for the anchor image: the one the regeneration holds, else the middle."""
     from vgen.methods.i4vgen import hold_frame
@@ -180,22 +212,21 @@ def oracle_frame(job) -> int:
 
 
 @contextlib.contextmanager
-def oracle_start(kind: str, clip, frame: int):
-    """While the runner runs, I4VGen's earlier stages are replaced by the toy world's own answer: `anchor` makes
-    the clip's frame `frame` the only candidate (a perfect anchor image; NI-VSDS and the regeneration as
-    configured), `clip` also makes the whole clip NI-VSDS's output (a perfect animated video; only the
-    regeneration runs). An upper bound for what a better anchor, or a better NI-VSDS, could give; the rows' times
-    leave out what was skipped."""
+def oracle_start(kind: str, clip, latents, frame: int):
+    """While the runner runs, I4VGen's earlier stages are replaced by the toy world's own answer (`latents`: the
+    clip's, from oracle_latents, in the video model's latent space): `anchor` makes the clip's frame `frame` the
+    only candidate (a perfect anchor image; NI-VSDS and the regeneration as configured), `clip` also makes the
+    whole clip NI-VSDS's output (a perfect animated video; only the regeneration runs). An upper bound for what a
+    better anchor, or a better NI-VSDS, could give; the rows' times leave out what was skipped (and the inversion)."""
     import vgen.methods.i4vgen as I
-    from vgen.core.sampler import encode_frames
 
     saved = I.sample_candidates, I.ni_vsds
 
-    def one_candidate(image, prompt, negative, n, **kwargs):
-        return encode_frames(image, clip[frame : frame + 1]), clip[frame : frame + 1]
+    def one_candidate(image, prompt, negative, n, **kwargs):  # the video model's latents, as its own candidates are
+        return latents[:, :, frame : frame + 1], clip[frame : frame + 1]
 
     def animated(components, video, *args, **kwargs):
-        return encode_frames(components, clip).to(video.dtype)
+        return latents.to(video.dtype)
 
     I.sample_candidates = one_candidate
     if kind == "clip":
