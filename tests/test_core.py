@@ -95,6 +95,21 @@ def test_decode_chunk_size_does_not_change_frames(tiny):
     torch.testing.assert_close(one, all_, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("strength", [0.3, 0.35, 0.45, 0.8, 1.0])
+def test_strength_timesteps_with_floor_is_diffusers_img2img_rule_for_a_second_order_scheduler(strength):
+    """Against diffusers' own StableDiffusionImg2ImgPipeline.get_timesteps on Heun (order 2: two timesteps per step)."""
+    from types import SimpleNamespace
+
+    from diffusers import HeunDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    ours, theirs = HeunDiscreteScheduler(), HeunDiscreteScheduler()
+    for s in (ours, theirs):
+        s.set_timesteps(10)
+    expected, _ = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=theirs), 10, strength, "cpu")
+    assert strength_timesteps(ours, strength, floor=True) == list(expected)
+    assert ours.begin_index == theirs.begin_index
+
+
 def test_strength_timesteps_takes_the_tail(tiny):
     s = make_scheduler("ddim", tiny("tiny-random-unet3d").scheduler)
     s.set_timesteps(10)

@@ -141,10 +141,12 @@ def denoise(
 def strength_timesteps(scheduler: Any, strength: float, floor: bool = False, key: str = "strength") -> list:
     """The tail of scheduler.timesteps that SDEdit runs for a strength in (0, 1] (1 = from pure noise): the last
     round(strength·steps) steps, at least one; with `floor`, diffusers' img2img rule (get_timesteps), the last
-    int(strength·steps), where none is an error naming `key`."""
+    int(strength·steps), where none is an error naming `key`. Steps are the scheduler's num_inference_steps, each
+    `order` entries of its timesteps (Heun: order 2, 2n - 1 timesteps), as in get_timesteps."""
     if not 0.0 < strength <= 1.0:
         raise ConfigError(f"{key} must be in (0, 1], got {strength}")
-    total = len(scheduler.timesteps)
+    order = getattr(scheduler, "order", 1)
+    total = getattr(scheduler, "num_inference_steps", None) or len(scheduler.timesteps) // order
     if floor:
         keep = min(int(total * strength), total)
         if keep == 0:
@@ -152,7 +154,7 @@ def strength_timesteps(scheduler: Any, strength: float, floor: bool = False, key
                               f"raise it to at least {1 / total:.3g}")
     else:
         keep = min(max(int(round(total * strength)), 1), total)
-    start = total - keep
+    start = (total - keep) * order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return list(scheduler.timesteps[start:])
