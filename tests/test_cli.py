@@ -181,3 +181,26 @@ def test_same_seed_same_frames_different_seed_different(tmp_path):
     a, b, c = (read_video(p).frames for p in paths)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+# ---- bad numbers never make a video (issue 37): the cases a new user tried, through the console script ----
+
+NON_FINITE = [
+    (["--guidance", "nan"], "config key 'sampler.guidance' must be a finite number, got nan"),
+    (["--guidance", "inf"], "config key 'sampler.guidance' must be a finite number, got inf"),
+    (["sampler.eta=inf"], "config key 'sampler.eta' must be a finite number, got inf"),
+    (["--method", "vico", "vico.lr=nan"], "config key 'vico.lr' must be a finite number, got nan"),
+    (["--method", "vico", "vico.lr=inf"], "config key 'vico.lr' must be a finite number, got inf"),
+    (["--method", "zs2", "zs2.lam=nan"], "config key 'zs2.lam' must be a finite number, got nan"),
+    (["--method", "vico", "vico.thresholds=[0.9, .nan, 0.2]"], "config key 'vico.thresholds' must hold finite numbers"),
+]
+
+
+@pytest.mark.parametrize("args,message", NON_FINITE, ids=[" ".join(a) for a, _ in NON_FINITE])
+def test_non_finite_numbers_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "out"
+    r = vgen("generate", "a cat", *FAST, "--out", out, *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}") and r.stdout == "", r.stderr
+    assert not out.exists()  # refused before the output folder is made, so before any model loads

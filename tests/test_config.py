@@ -151,3 +151,28 @@ def test_a_sidecar_loads_as_its_config(tmp_path):
     assert "output" not in cfg or "dir" not in cfg.output  # the re-run names its own file
     job = build_job(str(side))
     assert (job.prompt, job.method, job.seed, job.sampler.steps, job.output.name) == ("a red circle", "zs2", 3, 7, None)
+
+
+def test_non_finite_values_in_a_config_file_name_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: i4vgen\nsampler: {guidance: 5.0}\ni4vgen: {image_guidance: -.inf}\n")
+    with pytest.raises(ConfigError, match=r"^config key 'i4vgen.image_guidance' must be a finite number, got -inf$"):
+        build_job(str(cfg), {"prompt": "x"})
+
+
+@pytest.mark.parametrize("override", ["video.frames=-1", "sampler.steps=0", "sampler.eta=-0.5"])
+def test_range_checks_still_hold(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        build_job(flags={"prompt": "x"}, overrides=[override])
+
+
+def test_range_checks_fail_on_nan_even_without_the_finite_check():
+    # the comparisons themselves are NaN-safe (`not v >= low`): a check called directly still refuses NaN
+    from vgen.config import I4VGenConfig, StreamingConfig, VicoConfig, ZS2Config
+
+    for section, key in [(ZS2Config, "lam"), (ZS2Config, "momentum"), (VicoConfig, "tau"), (VicoConfig, "lr"),
+                         (I4VGenConfig, "step_size"), (I4VGenConfig, "t_regen"), (StreamingConfig, "cam_scale")]:
+        cfg = section()
+        setattr(cfg, key, float("nan"))
+        with pytest.raises(ConfigError, match=key):
+            cfg.check()

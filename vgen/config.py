@@ -11,6 +11,7 @@ importable without torch.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -103,7 +104,7 @@ class ZS2Config:
             raise ConfigError(f"config key 'zs2.momentum' must be in [0, 1], got {self.momentum}")
         if not 0.0 <= self.step_start <= self.step_end <= 1.0:
             raise ConfigError(
-                f"config keys zs2.step_start/step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
+                f"config keys zs2.step_start and zs2.step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
             )
         _at_least("zs2.frame_chunk", self.frame_chunk, 0)
         if not 0.0 < self.strength <= 1.0:
@@ -146,10 +147,8 @@ class VicoConfig:
         _choice("vico.graph", self.graph, ("default", "full"))
         _choice("vico.flow", self.flow, ("soft", "hard", "rollout"))
         _choice("vico.objective", self.objective, ("hinge", "min"))
-        if self.tau <= 0:
-            raise ConfigError(f"config key 'vico.tau' must be > 0, got {self.tau}")
-        if self.adam_eps <= 0:
-            raise ConfigError(f"config key 'vico.adam_eps' must be > 0, got {self.adam_eps}")
+        _above("vico.tau", self.tau, 0)
+        _above("vico.adam_eps", self.adam_eps, 0)
         _at_least("vico.sigma", self.sigma, 0)
         _at_least("vico.lr", self.lr, 0)
         _at_least("vico.max_iterations", self.max_iterations, 1)
@@ -219,7 +218,7 @@ class I4VGenConfig:
             raise ConfigError(f"config key 'i4vgen.vsds_fraction' must be in [0, 1], got {self.vsds_fraction}")
         if not 0.0 <= self.t_end <= self.t_start <= 1.0:
             raise ConfigError(
-                f"config keys i4vgen.t_end/t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"
+                f"config keys i4vgen.t_end and i4vgen.t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"
             )
         _at_least("i4vgen.iterations", self.iterations, 0)
         _at_least("i4vgen.step_size", self.step_size, 0)
@@ -259,7 +258,7 @@ class StreamingConfig:
         _choice("streaming.mode", self.mode, STREAMING_MODES)
         _at_least("streaming.chunk", self.chunk, 2)
         _at_least("streaming.cond_frames", self.cond_frames, 1)
-        if self.cond_frames >= self.chunk:
+        if not self.cond_frames < self.chunk:
             raise ConfigError(
                 f"config key 'streaming.cond_frames' ({self.cond_frames}) must be smaller than streaming.chunk ({self.chunk})"
             )
@@ -267,7 +266,7 @@ class StreamingConfig:
             _at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
         _at_least("streaming.cam_scale", self.cam_scale, 0)
         _at_least("streaming.refine_overlap", self.refine_overlap, 0)
-        if self.refine_overlap >= self.refine_chunk:
+        if not self.refine_overlap < self.refine_chunk:
             raise ConfigError(
                 f"config key 'streaming.refine_overlap' ({self.refine_overlap}) must be smaller than "
                 f"streaming.refine_chunk ({self.refine_chunk})"
@@ -576,8 +575,32 @@ def _choice(key: str, value: str, choices: Iterable[str]) -> None:
 
 
 def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
+    if not value >= low:  # NaN fails every comparison: written so that it fails this one
         raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+
+
+def _above(key: str, value: float, low: float) -> None:
+    if not value > low:
+        raise ConfigError(f"config key '{key}' must be > {low}, got {value}")
+
+
+def check_finite(node: Any, key: str = "") -> None:
+    """Every number in the job is finite: NaN and ±inf pass range checks written as comparisons, make a
+    video of noise, and turn into null in the strict-JSON sidecar. Walks values, not annotations, so a key
+    added to any section (a float, a list of floats, a mapping such as a scheduler's config) is covered."""
+    if is_dataclass(node):
+        for f in fields(node):
+            check_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            check_finite(value, f"{key}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config key '{key}' must hold finite numbers, got {list(node)}")
+            check_finite(value, key)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {node}")
 
 
 def validate(job: JobConfig) -> None:
@@ -596,6 +619,7 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"config key 'runtime.device' is '{device}'; choose one of: {', '.join(DEVICES)}, cuda:N")
     if not job.model.id.strip():
         raise ConfigError("config key 'model.id' is empty; give a hub id, a local folder or a built-in name")
+    check_finite(job)
     _at_least("video.frames", job.video.frames, 1)
     _at_least("video.fps", job.video.fps, 1)
     _at_least("sampler.steps", job.sampler.steps, 1)
