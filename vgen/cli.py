@@ -6,6 +6,7 @@ they need when they run. Every user error ends as one ``error: ...`` line and a 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -492,10 +493,17 @@ def _plain_argument_placeholders(command) -> None:
             param.display_type_rich = lambda ctx: None
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command, built once per process (~30 ms): tests call main() hundreds of times in process."""
     command = typer.main.get_command(app)
     _plain_argument_placeholders(command)
+    return command
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
+    command = _command()
     usage_errors = _click_exception_types()
     try:
         code = command.main(args=argv, prog_name="vgen", standalone_mode=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -408,21 +409,32 @@ def leaf_keys(update: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _coerce_lists(update: Any, base: DictConfig) -> Any:
-    """A string for a list-valued key ("cat,dog", as the configs document) becomes the list [cat, dog]."""
+def _coerce_lists(update: Any, base: DictConfig, source: str = "") -> Any:
+    """A string for a list-valued key ("cat,dog", as the configs document) becomes the list [cat, dog].
+    A mapping where a list goes, or anything but a mapping where a section goes, is refused here, naming
+    the key: OmegaConf's own errors for those name no key, or are not its errors at all (a TypeError)."""
     if not isinstance(update, (DictConfig, dict)):
         return update
     node = OmegaConf.to_container(update) if isinstance(update, DictConfig) else dict(update)
+    where = f" (in {source})" if source else ""
 
-    def walk(part: dict, schema_node: Any) -> None:
+    def walk(part: dict, schema_node: Any, prefix: str) -> None:
         for key, value in part.items():
             sub = schema_node._get_node(key) if isinstance(schema_node, DictConfig) and key in schema_node else None
             if isinstance(value, dict) and isinstance(sub, DictConfig):
-                walk(value, sub)
+                walk(value, sub, f"{prefix}{key}.")
             elif isinstance(value, str) and isinstance(sub, ListConfig):
                 part[key] = [item.strip() for item in value.split(",") if item.strip()]
+            elif isinstance(value, dict) and isinstance(sub, ListConfig):
+                raise ConfigError(f"bad value for config key '{prefix}{key}'{where}: expected a list, got the mapping {value}")
+            elif value is not None and not isinstance(value, dict) and isinstance(sub, DictConfig):
+                keys = ", ".join(_valid_keys(sub))
+                raise ConfigError(
+                    f"bad value for config key '{prefix}{key}'{where}: it is a section of keys ({keys}), "
+                    f"got {value!r}; set one as {prefix}{key}.KEY=VALUE"
+                )
 
-    walk(node, base)
+    walk(node, base, "")
     return node
 
 
@@ -431,7 +443,7 @@ def _merge_layers(layers: Iterable[Layer]) -> DictConfig:
     the whole config); only when that fails, layer by layer, so the error names the layer that caused it."""
     layers = list(layers)
     base = _schema()
-    updates = [_coerce_lists(layer.update, base) for layer in layers]  # list keys are fixed by the schema
+    updates = [_coerce_lists(layer.update, base, layer.source) for layer in layers]  # list keys are fixed by the schema
     try:
         cfg = OmegaConf.merge(base, *updates)
     except OmegaConfBaseException:
@@ -584,6 +596,37 @@ def _above(key: str, value: float, low: float) -> None:
         raise ConfigError(f"config key '{key}' must be > {low}, got {value}")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _list_item_type(annotation: Any) -> Optional[type]:
+    """X of list[X] or Optional[list[X]]; None for any other annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is list and typing.get_args(annotation):
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def check_list_items(node: Any, key: str = "") -> None:
+    """The items of every list key are of the list's type: OmegaConf's merge lets a nested list ([[a]]) into
+    a list[str] or list[float] key, which then fails deep in a method (or in `config show`) as a TypeError."""
+    for f in fields(node):
+        value, dotted = getattr(node, f.name), f"{key}.{f.name}" if key else f.name
+        if is_dataclass(value):
+            check_list_items(value, dotted)
+            continue
+        item_type = _list_item_type(_hints(type(node)).get(f.name))
+        if item_type not in (int, float, str) or not isinstance(value, list):
+            continue
+        allowed = (int, float) if item_type is float else (item_type,)
+        if any(isinstance(item, bool) or not isinstance(item, allowed) for item in value):
+            raise ConfigError(f"config key '{dotted}' must be a list of {item_type.__name__}, got {value}")
+
+
 def check_finite(node: Any, key: str = "") -> None:
     """Every number in the job is finite: NaN and ±inf pass range checks written as comparisons, make a
     video of noise, and turn into null in the strict-JSON sidecar. Walks values, not annotations, so a key
@@ -619,6 +662,7 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"config key 'runtime.device' is '{device}'; choose one of: {', '.join(DEVICES)}, cuda:N")
     if not job.model.id.strip():
         raise ConfigError("config key 'model.id' is empty; give a hub id, a local folder or a built-in name")
+    check_list_items(job)
     check_finite(job)
     _at_least("video.frames", job.video.frames, 1)
     _at_least("video.fps", job.video.fps, 1)
