@@ -130,6 +130,8 @@ def generate(
         None, "--dtype", metavar="DTYPE", help="auto, float32, float16, bfloat16 [default: auto: float16 on cuda, else float32]."),
     gif: Optional[bool] = typer.Option(None, "--gif/--no-gif", help="Also write a GIF [default: no]."),
     save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame [default: no]."),
+    force: bool = typer.Option(
+        False, "--force", help="Run even when the estimated peak memory is far beyond the device's (it is refused otherwise)."),
 ) -> None:
     """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>.mp4 and its .json sidecar."""
     from vgen.config import build_job
@@ -157,7 +159,7 @@ def generate(
     job = build_job(str(config) if config else None, flags, overrides or [], strict=True)
     from vgen.jobs import run_job
 
-    result = run_job(job, log=_echo_err, skip_existing=skip_existing)
+    result = run_job(job, log=_echo_err, skip_existing=skip_existing, force=force)
     if result.status == "skipped":
         _echo_err(f"skipped: {result.path} exists with the same settings ({result.path.with_suffix('.json').name})")
     typer.echo(str(result.path))

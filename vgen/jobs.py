@@ -202,12 +202,14 @@ def run_job(
     log: Callable[[str], None] = lambda message: None,
     skip_existing: bool = False,
     distributed: Optional[dict] = None,
+    force: bool = False,
 ) -> JobResult:
     """Generate one video and its files; raises VgenError for anything the user can fix.
 
     An existing output is never replaced silently: with `skip_existing` a job whose sidecar holds the same
     resolved config is skipped and any other re-runs (saying why); otherwise output.overwrite must be set.
-    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch.
+    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch. Sizes far
+    beyond the memory are refused before any model loads (vgen.sizes), unless `force`.
     """
     started = time.perf_counter()
     mp4 = output_path(job)
@@ -226,7 +228,11 @@ def run_job(
 
     from vgen.core.sampler import resolve_size
     from vgen.methods import get_method, load_runner
+    from vgen.models import resolve_device, resolve_dtype
+    from vgen.sizes import check_sizes
 
+    device = resolve_device(job.runtime.device)
+    check_sizes(job, device, str(resolve_dtype(job.runtime.dtype, device)).removeprefix("torch."), log, force)
     check_writable(mp4.parent)
     method = get_method(job.method)
 

@@ -8,7 +8,8 @@ defaults and `--config`. The file maps a method name to a partial job config:
 vanilla: {sampler: {steps: 20, guidance: 5.0}, video: {frames: 8}}
 zs2: {model: {id: toy-t2i}}      # a method may send the job to a sibling model
 ```
-Hub ids carry none (nothing is fetched to resolve a config). Torch-free: `vgen --help` and
+One top-level key is not a method: `trained_frames: N`, the clip length the model was made for (vgen/sizes.py
+warns beyond it). Hub ids carry none (nothing is fetched to resolve a config). Torch-free: `vgen --help` and
 `vgen config show` read it.
 """
 
