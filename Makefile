@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels
+.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
 	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
+	@echo "make measure-memory - peak memory of vanilla sampling, measured against vgen.sizes' estimate (docs/sizes.md)"
 	@echo "make setup   - only create/refresh .venv"
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
@@ -52,6 +53,10 @@ bench: $(STAMP)
 # jobs per minute of one batch split over processes (torch.distributed, gloo) against one process with the threads
 bench-batch: $(STAMP)
 	$(BIN)/python scripts/bench_batch.py --jobs 8
+
+# peak RSS of one vanilla step per size, fresh process each, against vgen.sizes.estimate_peak (docs/sizes.md)
+measure-memory: $(STAMP)
+	$(BIN)/python scripts/measure_peak_memory.py --set all --json docs/sizes-measured.json
 
 # one update's cost per checkpoint policy, then end to end (50 steps, 16 frames, 320x512)
 bench-vico-zeroscope: $(STAMP)

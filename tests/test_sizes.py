@@ -111,8 +111,12 @@ def test_frames_far_beyond_memory_are_refused_before_any_model_loads(tmp_path, m
     monkeypatch.setattr(vgen.sizes, "host_memory", lambda: 16 * 2**30)  # the result must not depend on this machine
     r = vgen_in_process("generate", "a cat", *FAST, "--frames", "100000", "--out", tmp_path / "out")
     lines = r.stderr.splitlines()
-    assert r.returncode == 2 and lines[-1].startswith("error: this run needs about "), r.stderr
-    assert "16.0 GiB of this machine's memory" in lines[-1] and "--force" in lines[-1] and "--method streaming" in lines[-1]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: this run needs about "), r.stderr
+    assert "16.0 GiB of this machine's memory" in lines[0] and "--force" in lines[0] and "--method streaming" in lines[0]
+    assert not (tmp_path / "out").exists()
+    # on the toy (made for 8 frames) the refusal is the only line: no warning before it
+    r = vgen_in_process("generate", "a cat", "--model", "toy", "--frames", "100000", "--out", tmp_path / "out")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "this run needs about" in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
     # --force goes past the refusal, to the model load
     r = vgen_in_process("generate", "a cat", *FAST, "--frames", "100000", "--out", tmp_path / "out", "--force")

@@ -285,10 +285,15 @@ def check_sizes(job: JobConfig, device: Any, dtype: str, log, force: bool = Fals
         return
     if message := frames_limit_error(job, shape):
         raise ConfigError(message)
+    if not force:
+        refuse_beyond_memory(job, shape, device, dtype)
     if message := frames_warning(job, shape):
         log(message)
-    if force:
-        return
+
+
+def refuse_beyond_memory(job: JobConfig, shape: ModelShape, device: Any, dtype: str) -> None:
+    from vgen.errors import ConfigError
+
     height, width = size_of(job, shape)
     estimate = job_estimate(job, shape, height, width, dtype)
     if getattr(device, "type", "cpu") == "cuda":
