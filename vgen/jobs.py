@@ -11,7 +11,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -70,9 +70,10 @@ _NOT_COMPARED = ("output.dir", "output.name", "output.overwrite")
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys; an empty mapping (sampler.scheduler_config {}) is no key, as in a sidecar written before it existed."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -156,7 +157,9 @@ class ModelCache:
         self.device = device
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
-        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
+        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options.
+        The job's own model comes with sampler.scheduler_config set over its scheduler (a view: the cached
+        weights are shared, the scheduler is the job's)."""
         from vgen.models import load_components, resolve_device, resolve_dtype
 
         asked = job.runtime.device
@@ -171,7 +174,14 @@ class ModelCache:
             if job.memory.vae_tiling:
                 components.vae.enable_tiling()
             self._cache[key] = components
-        return self._cache[key]
+        components = self._cache[key]
+        if model is None and job.sampler.scheduler_config:
+            from vgen.core.schedulers import with_scheduler_config
+
+            overrides = dict(job.sampler.scheduler_config)
+            components = replace(components, scheduler=with_scheduler_config(components.scheduler, job.sampler.scheduler,
+                                                                              overrides))
+        return components
 
 
 def configure_kernels(job: JobConfig) -> str:
@@ -232,6 +242,10 @@ def run_job(
 
     t0 = time.perf_counter()
     configure_kernels(job)
+    if job.sampler.scheduler_config and job.sampler.scheduler != "model":  # known before the model loads
+        from vgen.core.schedulers import check_scheduler_config
+
+        check_scheduler_config(job.sampler.scheduler, None, dict(job.sampler.scheduler_config))
     models = models or ModelCache()
     components = models.get(job)
     if components.kind not in method.kinds:
@@ -299,7 +313,9 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
     """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
 
     `config` is the resolved config with only the method's own section: `vgen generate --config` on this
-    file repeats the run; `config_sources` says where each value came from; `weights` fingerprints the
+    file repeats the run; `config_sources` says where each value came from; `scheduler` is the scheduler the
+    job sampled with (class, full config, and `base`: the model's own schedule or its family's, before
+    sampler.scheduler_config); `weights` fingerprints the
     weight files loaded (short sha256); `distributed` ({rank, world_size}) is recorded only for a video made
     by a launched (torchrun) batch.
     """
@@ -322,7 +338,18 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "config": to_dict(job, only_method=True),
         "config_sources": config_sources(job),
         "weights": weights or {},
+        **_scheduler_info(job, components),
     }
+
+
+def _scheduler_info(job: JobConfig, components: Any) -> dict:
+    """{"scheduler": ...} for a sidecar, or {} for components without a scheduler (a test's stand-in)."""
+    if getattr(components, "scheduler", None) is None:
+        return {}
+    from vgen.core.schedulers import scheduler_record
+
+    record = scheduler_record(job.sampler.scheduler, components.scheduler)
+    return {"scheduler": {"name": job.sampler.scheduler, **record, "base": getattr(components, "scheduler_source", "model")}}
 
 
 def check_distinct_outputs(jobs: list[JobConfig]) -> None:
