@@ -70,10 +70,9 @@ _NOT_COMPARED = ("output.dir", "output.name", "output.overwrite")
 
 
 def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys; an empty mapping (sampler.scheduler_config {}) is no key, as in a sidecar written before it existed."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -84,8 +83,9 @@ def settings_diff(previous: dict, job: JobConfig) -> list[str]:
     """'key old -> new' for each resolved value that differs from a sidecar's config (this method's keys)."""
     others = [s for s in METHOD_SECTIONS if s != job.method]
     keep = lambda key: key not in _NOT_COMPARED and key.split(".", 1)[0] not in others  # noqa: E731
-    old = {k: v for k, v in _flat(previous).items() if keep(k)}
-    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k)}
+    # an empty mapping (sampler.scheduler_config: {}) is as unset: a sidecar written before the key existed matches
+    old = {k: v for k, v in _flat(previous).items() if keep(k) and v != {}}
+    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k) and v != {}}
     missing = object()
     return [
         f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
