@@ -271,12 +271,12 @@ def test_candidate_noise_is_a_frame_of_one_video_draw_as_the_public_code_lays_it
     (b f) c h w", unsqueeze(2)); layout batch is vgen's earlier [N, C, 1, h, w] draw."""
     c = tiny("tiny-random-motion")
     n, seed = 5, 11
-    draw = torch.randn(1, 4, n, 4, 4, generator=torch.Generator().manual_seed(seed))
-    noise = I.candidate_noise(c, n, 32, 32, torch.Generator().manual_seed(seed), "frames")
+    draw = torch.randn(1, 4, n, 4, 4, generator=torch.Generator().manual_seed(seed))  # 8x8 pixels: 4x4 latents
+    noise = I.candidate_noise(c, n, 8, 8, torch.Generator().manual_seed(seed), "frames")
     assert noise.shape == (n, 4, 1, 4, 4)
     for i in range(n):
         assert torch.equal(noise[i], draw[0, :, i : i + 1])
-    batch = I.candidate_noise(c, n, 32, 32, torch.Generator().manual_seed(seed), "batch")
+    batch = I.candidate_noise(c, n, 8, 8, torch.Generator().manual_seed(seed), "batch")
     assert torch.equal(batch, torch.randn(n, 4, 1, 4, 4, generator=torch.Generator().manual_seed(seed)))
     assert not torch.equal(batch, noise)  # the same numbers, other candidates
 
@@ -302,8 +302,8 @@ def test_i4vgen_draws_its_noises_in_the_public_codes_order(tiny, monkeypatch):
                      progress=False)
     I.run(job, c, ctx)
     g = torch.Generator().manual_seed(5)
-    expected = [torch.randn(1, 4, 4, 4, 4, generator=g), torch.randn(1, 4, 3, 4, 4, generator=g),
-                torch.randn(1, 4, 3, 4, 4, generator=g)]
+    expected = [torch.randn(1, 4, 4, 16, 16, generator=g), torch.randn(1, 4, 3, 16, 16, generator=g),
+                torch.randn(1, 4, 3, 16, 16, generator=g)]  # 32x32 pixels, VAE factor 2
     assert len(drawn) == 3 and all(torch.equal(a, b) for a, b in zip(drawn, expected))
 
 

@@ -166,3 +166,17 @@ def test_i4vgen_paper_preset_names_animatediffs_schedule():
     named = dict(preset.sampler.scheduler_config)
     ref = animatediff_reference()
     assert named == {k: ref.config[k] for k in named} and set(named) == set(ANIMATEDIFF_SCHEDULE)
+
+
+def test_a_sidecar_from_before_scheduler_config_has_the_same_settings_when_it_is_empty():
+    """--skip-existing compares a sidecar's config with the job's: a sidecar written before the key existed lacks it."""
+    from vgen.config import build_job, to_dict
+    from vgen.jobs import settings_diff
+
+    job = build_job(flags={"prompt": PROMPT, "model.id": "tiny-random-unet3d"})
+    before = to_dict(job, only_method=True)
+    del before["sampler"]["scheduler_config"]
+    assert settings_diff(before, job) == []
+    changed = build_job(flags={"prompt": PROMPT, "model.id": "tiny-random-unet3d"},
+                        overrides=["sampler.scheduler_config.beta_schedule=linear"])
+    assert settings_diff(before, changed) == ["sampler.scheduler_config.beta_schedule (unset) -> linear"]
