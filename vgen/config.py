@@ -47,6 +47,29 @@ class SamplerConfig:
     guidance: float = 7.5  # classifier-free guidance scale; <= 1 disables the unconditional pass
     scheduler: str = "ddim"  # see SCHEDULERS; "model" keeps the model's own
     eta: float = 0.0  # DDIM/DDPM stochasticity
+    # scheduler config keys set over the model's own (e.g. {beta_schedule: linear, steps_offset: 1}); the keys
+    # of the scheduler class sampler.scheduler names; {} = the model's own schedule (AnimateDiff's for motion models)
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        for key, value in self.scheduler_config.items():
+            check_scheduler_value(f"sampler.scheduler_config.{key}", value)
+
+
+def check_scheduler_value(key: str, value: Any) -> None:
+    """A scheduler config value is a finite number, a bool, a string, null or a list of finite numbers
+    (trained_betas): a mapping or a NaN is a mistake here, not a schedule."""
+    items = value if isinstance(value, (list, tuple, ListConfig)) else [value]
+    for item in items:
+        if isinstance(item, bool) or item is None or (isinstance(item, str) and not isinstance(value, (list, tuple, ListConfig))):
+            continue
+        if isinstance(item, (int, float)) and math.isfinite(item):
+            continue
+        shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        raise ConfigError(
+            f"config key '{key}' is {shown!r}; a scheduler setting is a finite number, true/false, a string or a "
+            "list of finite numbers"
+        )
 
 
 @dataclass
@@ -179,6 +202,9 @@ class I4VGenConfig:
     image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
     candidates: int = 0  # N anchor images sampled; 0 = the video length (official)
     candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
+    # the candidates' initial noise: frames = one [1, C, N, h, w] draw, candidate i its frame i (official: the same
+    # seed gives the official code's candidates) | batch = one [N, C, 1, h, w] draw (vgen before; other candidates)
+    candidate_layout: str = "frames"
     reward: str = "toy"  # toy (graded toy-world detector) | clip (CLIPModel) | imagereward
     reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
     image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
@@ -204,6 +230,7 @@ class I4VGenConfig:
         _choice("i4vgen.candidate_model", self.candidate_model, ("auto", "video", "image"))
         _at_least("i4vgen.candidates", self.candidates, 0)
         _at_least("i4vgen.candidate_batch", self.candidate_batch, 0)
+        _choice("i4vgen.candidate_layout", self.candidate_layout, CANDIDATE_LAYOUTS)
         _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
         _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
         _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
@@ -232,6 +259,7 @@ class I4VGenConfig:
 
 
 REGEN_HOLDS = ("none", "first", "middle")
+CANDIDATE_LAYOUTS = ("frames", "batch")
 STREAMING_MODES = ("auto", "trained", "training-free", "independent")
 
 
@@ -510,10 +538,20 @@ def resolve(
     sources = {key: DEFAULT for key in dataclass_keys(JobConfig)}
     for layer in below + given:
         for key in leaf_keys(layer.update):
+            key = key if key in sources else _mapping_key(key, sources)
             if key in sources:
                 sources[key] = layer.label
     job.__dict__["_sources"] = sources  # not a schema field: merges and to_dict never see it
     return job
+
+
+def _mapping_key(key: str, sources: dict) -> str:
+    """The schema key a dotted key lies inside (sampler.scheduler_config.beta_schedule -> sampler.scheduler_config)."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:end]) in sources:
+            return ".".join(parts[:end])
+    return key
 
 
 def config_sources(job: JobConfig, only_method: bool = True) -> dict[str, str]:
@@ -669,6 +707,7 @@ def validate(job: JobConfig) -> None:
     _at_least("sampler.steps", job.sampler.steps, 1)
     _at_least("sampler.guidance", job.sampler.guidance, 0)
     _at_least("sampler.eta", job.sampler.eta, 0)
+    job.sampler.check()
     _at_least("memory.decode_chunk", job.memory.decode_chunk, 1)
     for key in ("height", "width"):
         value = getattr(job.video, key)
@@ -710,7 +749,7 @@ def to_yaml(job: JobConfig, only_method: bool = True, sources: bool = False) -> 
     def emit(node: dict, prefix: str, indent: str) -> None:
         for key, value in node.items():
             dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
+            if isinstance(value, dict) and dotted not in origin:  # a section; a mapping-valued key is one value
                 lines.append(f"{indent}{key}:")
                 emit(value, dotted + ".", indent + "  ")
                 continue

@@ -11,7 +11,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -83,8 +83,9 @@ def settings_diff(previous: dict, job: JobConfig) -> list[str]:
     """'key old -> new' for each resolved value that differs from a sidecar's config (this method's keys)."""
     others = [s for s in METHOD_SECTIONS if s != job.method]
     keep = lambda key: key not in _NOT_COMPARED and key.split(".", 1)[0] not in others  # noqa: E731
-    old = {k: v for k, v in _flat(previous).items() if keep(k)}
-    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k)}
+    # an empty mapping (sampler.scheduler_config: {}) is as unset: a sidecar written before the key existed matches
+    old = {k: v for k, v in _flat(previous).items() if keep(k) and v != {}}
+    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k) and v != {}}
     missing = object()
     return [
         f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
@@ -156,7 +157,9 @@ class ModelCache:
         self.device = device
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
-        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
+        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options.
+        The job's own model comes with sampler.scheduler_config set over its scheduler (a view: the cached
+        weights are shared, the scheduler is the job's)."""
         from vgen.models import load_components, resolve_device, resolve_dtype
 
         asked = job.runtime.device
@@ -171,7 +174,14 @@ class ModelCache:
             if job.memory.vae_tiling:
                 components.vae.enable_tiling()
             self._cache[key] = components
-        return self._cache[key]
+        components = self._cache[key]
+        if model is None and job.sampler.scheduler_config:
+            from vgen.core.schedulers import with_scheduler_config
+
+            overrides = dict(job.sampler.scheduler_config)
+            components = replace(components, scheduler=with_scheduler_config(components.scheduler, job.sampler.scheduler,
+                                                                              overrides))
+        return components
 
 
 def configure_kernels(job: JobConfig) -> str:
@@ -238,6 +248,10 @@ def run_job(
 
     t0 = time.perf_counter()
     configure_kernels(job)
+    if job.sampler.scheduler_config and job.sampler.scheduler != "model":  # known before the model loads
+        from vgen.core.schedulers import check_scheduler_config
+
+        check_scheduler_config(job.sampler.scheduler, None, dict(job.sampler.scheduler_config))
     models = models or ModelCache()
     components = models.get(job)
     if components.kind not in method.kinds:
@@ -305,7 +319,9 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
     """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
 
     `config` is the resolved config with only the method's own section: `vgen generate --config` on this
-    file repeats the run; `config_sources` says where each value came from; `weights` fingerprints the
+    file repeats the run; `config_sources` says where each value came from; `scheduler` is the scheduler the
+    job sampled with (class, full config, and `base`: the model's own schedule or its family's, before
+    sampler.scheduler_config); `weights` fingerprints the
     weight files loaded (short sha256); `distributed` ({rank, world_size}) is recorded only for a video made
     by a launched (torchrun) batch.
     """
@@ -328,7 +344,18 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "config": to_dict(job, only_method=True),
         "config_sources": config_sources(job),
         "weights": weights or {},
+        **_scheduler_info(job, components),
     }
+
+
+def _scheduler_info(job: JobConfig, components: Any) -> dict:
+    """{"scheduler": ...} for a sidecar, or {} for components without a scheduler (a test's stand-in)."""
+    if getattr(components, "scheduler", None) is None:
+        return {}
+    from vgen.core.schedulers import scheduler_record
+
+    record = scheduler_record(job.sampler.scheduler, components.scheduler)
+    return {"scheduler": {"name": job.sampler.scheduler, **record, "base": getattr(components, "scheduler_source", "model")}}
 
 
 def check_distinct_outputs(jobs: list[JobConfig]) -> None:
