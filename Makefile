@@ -63,11 +63,12 @@ bench-vico-zeroscope: $(STAMP)
 	$(BIN)/python scripts/bench_vico_update.py --no-flops --repeats 1
 	$(BIN)/python scripts/bench_vico.py --models zeroscope-quarter --repeats 1 --memory-steps 4
 
-# Vico's key-word agreement with the public code's rule, then base vs Vico on 100 + 100 held-out prompts
-# (resumable: re-running continues where it stopped)
+# Vico's key-word agreement with the public code's rule, then base vs Vico on 100 + 100 held-out prompts:
+# prompts 100-199 of each sequence, past the 0-99 the toy's lr was chosen on (resumable: re-running continues
+# where it stopped)
 eval-vico: $(STAMP)
 	$(BIN)/python scripts/key_tokens_agreement.py
-	$(BIN)/python scripts/compare_vico.py --n 100 --json outputs/compare_vico/records.json --resume
+	$(BIN)/python scripts/compare_vico.py --n 100 --offset 100 --json outputs/compare_vico/heldout.json --resume
 
 # The one prepared command for a GPU machine (< 8 min on one H200). No venv there: it runs on the machine's
 # python3 with its torch and triton, and installs what the machine lacks from .whl/ (make device-wheels,

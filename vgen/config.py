@@ -150,18 +150,23 @@ class VicoConfig:
     flow: str = "soft"  # soft (differentiable widest path) | hard | rollout
     tau: float = 0.01  # temperature of the soft max-min product
     residual: bool = True  # self-attention maps become (A + I)/2
+    order: str = "official"  # official: (R2 ⊗ R1) ⊗ C (public code) | sequential: R2 ⊗ (R1 ⊗ C) (ours, earlier)
+    units: str = "official"  # official: every cross-attention at the recorded resolution, mid block included | outer: no mid block (ours)
     scale: float = 100.0  # flows are multiplied by this before the softmax over tokens
     sigma: float = 0.5  # σ of the 3x3x3 smoothing of each key token's [F, h, w] map (0 = none)
     smoothing: str = "official"  # official: exp(-(d/2σ)²), reflect borders | textbook: exp(-d²/2σ²), replicate (ours)
     objective: str = "hinge"  # hinge: max_i relu(1 - A_i) (public code) | min: -min_i A_i (paper)
     lr: float = 1e-4  # Adam step size at step 0; scaled by sqrt(linspace(1, 0.5, steps))[i]
     adam_eps: float = 1e-7  # Adam's epsilon (public code)
-    fraction: float = 0.5  # update the latent at steps i < fraction * steps
-    iterative_at: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # refinement steps as fractions of the steps
-    iterative_steps: Optional[list[int]] = None  # absolute refinement steps instead (e.g. [0, 10, 20]); None: iterative_at
+    schedule: str = "absolute"  # absolute: update_until and iterative_steps (public code) | fraction: fraction and iterative_at (ours)
+    update_until: int = 25  # absolute schedule: update the latent at steps i < update_until (public code: 25)
+    iterative_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # absolute schedule: refinement steps
+    fraction: float = 0.5  # fraction schedule: update the latent at steps i < fraction * steps
+    iterative_at: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # fraction schedule: refinement steps as fractions
     thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # no (further) update there once loss < this
     threshold: float = 0.2  # other update steps: no update once the loss is below this (public code)
     max_iterations: int = 10  # iterations at most at a refinement step (other update steps: 1)
+    latent: str = "float32"  # float32: a float32 master latent across the loop (ours) | model: the model's dtype, Adam in place (public code)
     checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
     checkpoint_levels: Optional[int] = None  # checkpoint only the layers of this many finest resolutions (None: all)
 
@@ -171,6 +176,11 @@ class VicoConfig:
         _choice("vico.graph", self.graph, ("default", "full"))
         _choice("vico.flow", self.flow, ("soft", "hard", "rollout"))
         _choice("vico.objective", self.objective, ("hinge", "min"))
+        _choice("vico.order", self.order, ("official", "sequential"))
+        _choice("vico.units", self.units, ("official", "outer"))
+        _choice("vico.schedule", self.schedule, ("absolute", "fraction"))
+        _choice("vico.latent", self.latent, ("float32", "model"))
+        _at_least("vico.update_until", self.update_until, 0)
         _above("vico.tau", self.tau, 0)
         _above("vico.adam_eps", self.adam_eps, 0)
         _at_least("vico.sigma", self.sigma, 0)
@@ -182,8 +192,10 @@ class VicoConfig:
             raise ConfigError(f"config key 'vico.fraction' must be in [0, 1], got {self.fraction}")
         if any(not 0.0 <= f < 1.0 for f in self.iterative_at):
             raise ConfigError(f"config key 'vico.iterative_at' holds fractions in [0, 1), got {list(self.iterative_at)}")
-        steps = self.iterative_at if self.iterative_steps is None else self.iterative_steps
-        key = "vico.iterative_at" if self.iterative_steps is None else "vico.iterative_steps"
+        if any(int(i) != i or i < 0 for i in self.iterative_steps):
+            raise ConfigError(f"config key 'vico.iterative_steps' holds step indices >= 0, got {list(self.iterative_steps)}")
+        steps = self.iterative_steps if self.schedule == "absolute" else self.iterative_at
+        key = "vico.iterative_steps" if self.schedule == "absolute" else "vico.iterative_at"
         if len(self.thresholds) != len(steps):
             raise ConfigError(
                 f"config keys {key} and vico.thresholds need one threshold per step, "
