@@ -178,8 +178,10 @@ def unknown_words(tokenizer: Any, prompt: str) -> list[str]:
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for package in ("vgen", "torch", "diffusers", "transformers", "numpy"):
+    from vgen.provenance import vgen_version
+
+    out = {"python": platform.python_version(), "vgen": vgen_version()}  # the code that ran, not an install's metadata
+    for package in ("torch", "diffusers", "transformers", "numpy"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
