@@ -104,7 +104,8 @@ def test_empty_prompt_and_unwritable_output(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write to output folder" in r.stderr
 
 
-def test_ctrl_c_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_leaves_no_partial_file(tmp_path, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [VGEN, "generate", "a cat", "--model", "tiny-random-unet3d", "--steps", "900", "--frames", "8", "--out", out],
@@ -117,7 +118,7 @@ def test_ctrl_c_leaves_no_partial_file(tmp_path):
         time.sleep(0.1)  # the output folder is made (write check) just before the model loads
     time.sleep(5)  # the model is loaded and the 900-step loop is running
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted")
