@@ -120,17 +120,17 @@ def generate(
         help=_hint("ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm or model.", "sampler.scheduler")),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", metavar="N", help="Random seed [default: 0]."),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", metavar="PATH", help="Output folder, or the .mp4 path [default: outputs/<slug>-<method>-<seed>.mp4]."),
+        None, "--out", "-o", metavar="PATH", help="Output folder, or the .mp4 path [default: outputs/<slug>-<method>-<seed>-<config hash>.mp4]."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing output (otherwise it is an error)."),
     skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Keep an existing output whose sidecar has the same settings; re-run (saying why) otherwise."),
+        False, "--skip-existing", help="Keep an existing output whose sidecar has the same settings; never replace another prompt's or model's output; re-run (saying why) otherwise."),
     device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N [default: auto]."),
     dtype: Optional[str] = typer.Option(
         None, "--dtype", metavar="DTYPE", help="auto, float32, float16, bfloat16 [default: auto: float16 on cuda, else float32]."),
     gif: Optional[bool] = typer.Option(None, "--gif/--no-gif", help="Also write a GIF [default: no]."),
     save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame [default: no]."),
 ) -> None:
-    """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>.mp4 and its .json sidecar."""
+    """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>-<config hash>.mp4 and its .json sidecar."""
     from vgen.config import build_job
 
     flags = {
