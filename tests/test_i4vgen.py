@@ -365,7 +365,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", model, "--steps", "3", "--frames", "3",
              "--out", tmp_path, "i4vgen.candidates=3")
     assert r.returncode == 0, r.stderr
-    mp4 = tmp_path / "a-red-circle-moving-left-i4vgen-0.mp4"
+    mp4 = Path(r.stdout.splitlines()[0])
     from vgen.video import read_video
 
     assert read_video(mp4).frames.shape == (3, 32, 32, 3)
@@ -383,7 +383,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     expected = [int(t) for t in sched.timesteps]
     assert info["ni_vsds"]["timesteps"] == expected[:2] and info["ni_vsds"]["step_sizes"] == [10.0, 10.0]
     assert info["regeneration"]["timesteps"] == expected and info["regeneration"]["from_timestep"] == expected[0]
-    anchor, grid = tmp_path / "a-red-circle-moving-left-i4vgen-0_anchor.png", tmp_path / "a-red-circle-moving-left-i4vgen-0_candidates.png"
+    anchor, grid = mp4.with_name(f"{mp4.stem}_anchor.png"), mp4.with_name(f"{mp4.stem}_candidates.png")
     assert sorted(side["files"]) == sorted([str(anchor), str(grid)])
     import imageio.v3 as iio
 
@@ -421,7 +421,7 @@ def test_candidates_from_the_image_model_stay_an_option(tmp_path):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", "tiny-random-unet3d", "--steps", "2", "--frames", "2",
              "--out", tmp_path, "i4vgen.candidate_model=image", "i4vgen.candidates=2")
     assert r.returncode == 0, r.stderr
-    info = json.loads((tmp_path / "a-red-circle-moving-left-i4vgen-0.json").read_text())["method_info"]["anchor"]
+    info = json.loads(Path(r.stdout.splitlines()[0]).with_suffix(".json").read_text())["method_info"]["anchor"]
     assert info["source"] == "image" and info["image_model"] == "tiny-random-unet2d" and len(info["scores"]) == 2
 
 

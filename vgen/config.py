@@ -83,7 +83,7 @@ class VideoConfig:
 @dataclass
 class OutputConfig:
     dir: str = "outputs"
-    name: Optional[str] = None  # file stem; default "<prompt-slug>-<method>-<seed>"
+    name: Optional[str] = None  # file stem; default "<prompt-slug>-<method>-<seed>-<hash of the config>"
     overwrite: bool = False  # replace an existing output (otherwise an existing file is an error)
     gif: bool = False
     save_frames: bool = False  # PNG per frame in "<stem>_frames/"
@@ -519,8 +519,22 @@ def model_layers(method: str, before: list[Layer], after: list[Layer]) -> list[L
         if section is None:
             break
         found.append(Layer(section, f"{path} [{method}]", f"model:{model_id}"))
-        model_id = _merge_layers(before + found + after).model.id
+        sibling = OmegaConf.select(section, "model.id")
+        if sibling is None:
+            break
+        model_id = str(sibling)
     return found
+
+
+def sibling_layers(found: list[Layer]) -> list[Layer]:
+    """The last model.id a model's settings send the job to, as a layer over every given one: the given layers
+    named the model that sends it (the chain starts there), so `--model toy --method zs2` runs as
+    `--method zs2` does (on toy-t2i), and naming a model never changes what its own settings do."""
+    for layer in reversed(found):
+        sibling = OmegaConf.select(layer.update, "model.id")
+        if sibling is not None:
+            return [Layer(OmegaConf.create({"model": {"id": str(sibling)}}), layer.source, layer.label)]
+    return []
 
 
 def resolve(
@@ -534,6 +548,7 @@ def resolve(
     """
     given = [layer for layer in map(_as_layer, layers) if layer.update is not None]
     below: list[Layer] = []
+    above: list[Layer] = []
     if presets:
         from vgen.methods import get_method
 
@@ -541,14 +556,15 @@ def resolve(
         get_method(method)
         below = [layer for layer in [method_layer(method)] if layer is not None]
         below += model_layers(method, below, given)
-    cfg = _merge_layers(below + given)
+        above = sibling_layers(below)
+    cfg = _merge_layers(below + given + above)
     try:
         job = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise _explain(err, cfg, "") from None
     validate(job)
     sources = {key: DEFAULT for key in dataclass_keys(JobConfig)}
-    for layer in below + given:
+    for layer in below + given + above:
         for key in leaf_keys(layer.update):
             key = key if key in sources else _mapping_key(key, sources)
             if key in sources:
@@ -778,8 +794,25 @@ def slugify(text: str, max_len: int = 60) -> str:
     return slug[:max_len].rstrip("-") or "video"
 
 
+OUTPUT_HASH_CHARS = 8
+
+
+def output_hash(job: JobConfig) -> str:
+    """Short sha256 of everything that makes the output: the resolved config of the job's method (prompt,
+    negative, model, seed, sampler, video, runtime, memory, the method's section), not where the files go
+    (output.*). Two jobs with one default name make the same frames."""
+    import hashlib
+    import json
+
+    data = to_dict(job, only_method=True)
+    data.pop("output", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:OUTPUT_HASH_CHARS]
+
+
 def output_stem(job: JobConfig) -> str:
-    return job.output.name or f"{slugify(job.prompt)}-{job.method}-{job.seed}"
+    """output.name, or "<prompt slug>-<method>-<seed>-<output_hash>" (the slug is cut, the hash is not)."""
+    return job.output.name or f"{slugify(job.prompt)}-{job.method}-{job.seed}-{output_hash(job)}"
 
 
 def output_path(job: JobConfig) -> Path:
