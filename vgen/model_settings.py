@@ -97,6 +97,9 @@ def allowed_keys(method: str) -> tuple[str, ...]:
     return ("sampler", "video", *own, "model.id")
 
 
+TOP_LEVEL_KEYS = ("trained_frames",)  # facts about the model itself, read by vgen/sizes.py
+
+
 def check_allowed_keys(loaded, path: Path) -> None:
     """One-line ConfigError naming the first key of any section of a model's vgen.yaml that is not a method,
     or that sets something outside allowed_keys."""
@@ -105,9 +108,11 @@ def check_allowed_keys(loaded, path: Path) -> None:
     from vgen.methods import METHODS
 
     for method in loaded.keys():
+        if method in TOP_LEVEL_KEYS:
+            continue
         if method not in METHODS:
             raise ConfigError(f"'{path}' has a section '{method}', which is no method; "
-                              f"sections: {', '.join(METHODS)}")
+                              f"sections: {', '.join(METHODS)} (and {', '.join(TOP_LEVEL_KEYS)})")
         section = loaded[method]
         keys = leaf_keys(section) if hasattr(section, "keys") else []
         allowed = allowed_keys(str(method))
