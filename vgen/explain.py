@@ -20,7 +20,7 @@ from vgen.core.attention import record_attention
 from vgen.core.prompts import prompt_length
 from vgen.core.sampler import denoise, resolve_size
 from vgen.errors import ConfigError
-from vgen.jobs import RunContext
+from vgen.methods.context import RunContext
 from vgen.methods.vico import VicoGuide, prepare
 from vgen.models import Components
 

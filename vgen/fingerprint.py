@@ -99,12 +99,16 @@ def model_folder(components: Any, model: Any) -> Optional[Path]:
 def model_weight_hashes(components: Any, model: Any) -> dict[str, str]:
     """'<model id>/<file>' -> short hash for every weight file this model's components came from."""
     folder = model_folder(components, model)
-    if folder is None:
-        return {}
-    subfolders = ["text_encoder", "vae", "unet"]
-    if components.extras.get("streaming") is not None:
-        subfolders.append("streaming")  # the trained CAM/APM memories the streaming runner loaded
-    return {
-        f"{model.id}/{path.relative_to(folder).as_posix()}": file_hash(path)
-        for path in weight_files(folder, subfolders, model.variant)
-    }
+    hashes: dict[str, str] = {}
+    if folder is not None:
+        subfolders = list(getattr(components.family, "weight_subfolders", ("text_encoder", "vae", "unet")))
+        if components.extras.get("streaming") is not None:
+            subfolders.append("streaming")  # the trained CAM/APM memories the streaming runner loaded
+        hashes = {
+            f"{model.id}/{path.relative_to(folder).as_posix()}": file_hash(path)
+            for path in weight_files(folder, subfolders, model.variant)
+        }
+    for lora in getattr(components, "loras", []):  # LoRAs of in-memory models count too
+        if lora.get("sha256"):
+            hashes[f"lora/{Path(lora['path']).name}"] = lora["sha256"]
+    return hashes
