@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(spec: dict) -> dict:
     import torch
 
-    from vgen.models.wan import stream_decode, wan_quarter
+    from vgen.models.wan import stream_decode, wan_quarter_vae
 
     torch.set_grad_enabled(False)
     device = torch.device(spec["device"])
-    vae = wan_quarter()["vae"].to(device).eval()
+    torch.manual_seed(0)
+    vae = wan_quarter_vae().to(device).eval()
     lat_f = (spec["frames"] - 1) // 4 + 1
     z = torch.randn(1, 16, lat_f, spec["height"] // 8, spec["width"] // 8, generator=torch.Generator().manual_seed(0)).to(device)
     cuda = device.type == "cuda"

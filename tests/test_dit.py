@@ -215,3 +215,71 @@ def test_methods_other_than_vanilla_fail_on_a_dit_in_one_line(tmp_path):
     assert r.returncode != 0
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "method 'vico' runs on unet3d/motion models" in lines[0] and "wan model" in lines[0]
+
+
+def test_wan22_offload_keeps_only_the_active_expert_placed(tiny, monkeypatch):
+    """t = 999, 900 run the high-noise expert, 750, 500 the low-noise one (boundary 875): one placement each,
+    the first released before the second is placed."""
+    import contextlib
+
+    from vgen.models import Components
+
+    c = tiny("tiny-random-wan22")
+    events = []
+
+    @contextlib.contextmanager
+    def placed(self, module):
+        name = "unet" if module is self.unet else "unet_2" if module is self.unet_2 else "other"
+        events.append(("in", name))
+        yield module
+        events.append(("out", name))
+
+    monkeypatch.setattr(Components, "placed", placed)
+    job = make_job(PROMPT, **{"model.id": "tiny-random-wan22", "sampler.steps": 4, "video.frames": 5})
+    run_vanilla(c, job)
+    experts = [e for e in events if e[1] != "other"]
+    assert experts == [("in", "unet"), ("out", "unet"), ("in", "unet_2"), ("out", "unet_2")]
+
+
+def test_hub_wan_id_offline_fails_in_one_line(tmp_path):
+    from conftest import vgen_in_process
+
+    r = vgen_in_process("generate", PROMPT, "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "--out", tmp_path / "w.mp4")
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in lines[0] and "--model DIR" in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["tiny-random-wan", "tiny-random-wan22", "tiny-random-ltx"])
+def test_models_listing_matches_the_built_models(tiny, name):
+    from conftest import vgen_in_process
+
+    rows = {line.split()[0]: line.split()[1:4] for line in vgen_in_process("models").stdout.splitlines()[1:-1]}
+    c = tiny(name)
+    kind, size, rule = rows[name]
+    assert (kind, size) == (c.kind, f"{c.native_size[0]}x{c.native_size[1]}")
+    k = int(rule.removesuffix("k+1"))  # 4k+1: exactly the counts the model keeps
+    assert all(c.family.video_frames(c, n) == n for n in (1, k + 1, 2 * k + 1))
+    assert c.family.video_frames(c, k + 2) != k + 2
+
+
+def test_methods_listing_says_which_families_each_method_runs_on():
+    from conftest import vgen_in_process
+
+    out = vgen_in_process("methods").stdout
+    assert "runs on: unet3d, motion, unet2d, wan, ltx\n" in out  # vanilla
+    assert "runs on: unet3d, motion (not yet on unet2d, wan, ltx)" in out  # vico, i4vgen, streaming
+
+
+def test_generate_on_tiny_wan_writes_video_and_sidecar(tmp_path):
+    import json
+
+    from conftest import vgen_in_process
+
+    r = vgen_in_process("generate", PROMPT, "--model", "tiny-random-wan", "--frames", "8", "--steps", "2",
+                        "--out", tmp_path / "w.mp4")
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "w.json").read_text())
+    assert side["model"]["kind"] == "wan" and side["video"]["frames"] == 9  # 8 -> 9, as WanPipeline rounds
+    assert side["method_info"]["scheduler"] == "UniPCMultistepScheduler" and "unknown_words" not in side

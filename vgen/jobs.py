@@ -103,7 +103,7 @@ def unknown_words(tokenizer: Any, prompt: str) -> list[str]:
     closed = len(vocab) < CLOSED_VOCABULARY
     out = []
     for word in dict.fromkeys(re.findall(r"[a-z]+", prompt.lower())):
-        if f"{word}</w>" in vocab:
+        if f"{word}</w>" in vocab or f"▁{word}" in vocab:  # CLIP's end-of-word, SentencePiece's word start
             continue
         pieces = [p.replace("</w>", "") for p in tokenizer.tokenize(word)]
         if closed or (len(word) > 1 and all(len(piece) <= 1 for piece in pieces)):
@@ -115,7 +115,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for package in ("vgen", "torch", "diffusers", "transformers", "numpy"):
+    for package in ("vgen", "torch", "diffusers", "transformers", "numpy", "accelerate", "peft"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:

@@ -6,9 +6,11 @@ per-frame baseline that ZS2 improves on.
 
 from __future__ import annotations
 
+import numpy as np
+
 from vgen.config import JobConfig
 from vgen.core.prompts import encode_prompt
-from vgen.core.sampler import decode_latents, denoise, initial_latents, latent_shape, to_uint8
+from vgen.core.sampler import denoise, initial_latents, iter_decoded, latent_shape, to_uint8
 from vgen.core.schedulers import prepare_scheduler
 from vgen.methods.context import RunContext
 from vgen.models import Components
@@ -29,5 +31,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         components, scheduler, latents, prompt, s.guidance, generator=ctx.generator, eta=s.eta, progress=ctx.progress,
         guidance_2=s.guidance_2,
     )
-    video = decode_latents(components, latents, job.memory.decode_chunk, ctx.generator)[0]
-    return Video(to_uint8(video), fps=job.video.fps, metadata={"scheduler": type(scheduler).__name__})
+    # uint8 piece by piece: a long video never sits in memory as float32 (Wan decodes latent frame by frame)
+    video = np.concatenate([to_uint8(piece) for piece in iter_decoded(components, latents, job.memory.decode_chunk,
+                                                                       ctx.generator)])
+    return Video(video, fps=job.video.fps, metadata={"scheduler": type(scheduler).__name__})

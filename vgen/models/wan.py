@@ -316,12 +316,20 @@ def tiny_wan22() -> dict:
     return parts
 
 
+def wan_quarter_vae():
+    """Wan 2.1's VAE layout (4 stages, 2 res blocks, causal time downsampling in two) at 1/4 width (base 24)."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=24, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                            temperal_downsample=[False, True, True])
+
+
 @_seeded
 def wan_quarter() -> dict:
     """Wan 2.1 1.3B's layout (30 blocks, 12 heads, the VAE's stages and res blocks) at a quarter of its widths
     (heads of 32 channels, VAE base 24, text 1024 from a 2-layer UMT5), random: for benchmarks at Wan's sizes,
     where per-op overhead no longer dominates as it does on the tiny models."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
 
     from vgen.tiny import TINY_WORDS
     from vgen.tokenizer import build_t5_tokenizer
@@ -330,8 +338,7 @@ def wan_quarter() -> dict:
     return {
         "tokenizer": tokenizer,
         "text_encoder": _umt5(tokenizer, 1024, layers=2, heads=16, d_ff=2560),
-        "vae": AutoencoderKLWan(base_dim=24, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                                temperal_downsample=[False, True, True]),
+        "vae": wan_quarter_vae(),
         "scheduler": _scheduler(3.0),
         "unet": WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=32,
                                       in_channels=16, out_channels=16, text_dim=1024, freq_dim=256, ffn_dim=2240,
