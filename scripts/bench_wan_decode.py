@@ -2,9 +2,9 @@
 handed on as made) and diffusers' vae.decode (the whole video in one tensor), on wan-quarter's VAE (Wan 2.1's VAE
 layout at 1/4 width, random weights).
 
-Each (length, way) runs in a fresh process: on CPU the number is the peak RSS above the process's RSS with the VAE
-built and the latents drawn (getrusage ru_maxrss); on CUDA, torch.cuda.max_memory_allocated above what is
-allocated before the decode. Streamed frames are converted to uint8 and dropped (a writer would encode them).
+Each way runs in a fresh process, the lengths in increasing order: on CPU the number is the process's peak RSS so far
+above its RSS with the VAE built (getrusage ru_maxrss, monotonic: a flat column means the longer video needed no
+more memory); on CUDA, torch.cuda.max_memory_allocated of that decode above what was allocated before it. Streamed frames are converted to uint8 and dropped (a writer would encode them).
 
     python scripts/bench_wan_decode.py [--frames 17 81 241] [--height 240 --width 416] [--device cpu]
 """
@@ -23,7 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(spec: dict) -> dict:
+def child(spec: dict) -> list[dict]:
+    """One way, the lengths in increasing order in this process: each row's peak is the process's peak so far
+    (so a flat row means that length needed no more memory than the shorter ones)."""
     import torch
 
     from vgen.models.wan import stream_decode, wan_quarter_vae
@@ -32,31 +34,37 @@ def child(spec: dict) -> dict:
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     vae = wan_quarter_vae().to(device).eval()
-    lat_f = (spec["frames"] - 1) // 4 + 1
-    z = torch.randn(1, 16, lat_f, spec["height"] // 8, spec["width"] // 8, generator=torch.Generator().manual_seed(0)).to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0 = time.perf_counter()
-    frames = 0
-    if spec["way"] == "streamed":
-        for piece in stream_decode(vae, z):
-            frames += piece.shape[0]
-            (piece * 255).round().to(torch.uint8)  # what the writer gets; dropped here
-    else:
-        video = vae.decode(z).sample
-        frames = video.shape[2]
-        del video
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"frames": frames, "peak_mib": peak / 2**20, "seconds": time.perf_counter() - t0}
+    rows = []
+    for frames in sorted(spec["frames"]):
+        lat_f = (frames - 1) // 4 + 1
+        z = torch.randn(1, 16, lat_f, spec["height"] // 8, spec["width"] // 8,
+                        generator=torch.Generator().manual_seed(0)).to(device)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        elif not rows:
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        t0 = time.perf_counter()
+        made = 0
+        if spec["way"] == "streamed":
+            for piece in stream_decode(vae, z):
+                made += piece.shape[0]
+                (piece * 255).round().to(torch.uint8)  # what the writer gets; dropped here
+        else:
+            video = vae.decode(z).sample
+            made = video.shape[2]
+            (video.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+            del video
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        rows.append({"frames": made, "latents": lat_f, "peak_mib": peak / 2**20, "seconds": time.perf_counter() - t0})
+        del z
+    return rows
 
 
 def main(argv=None) -> None:
@@ -72,21 +80,20 @@ def main(argv=None) -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     print(f"Wan decode peak memory, wan-quarter VAE (random), {args.height}x{args.width}, {args.device}; "
-          "peak above the VAE and latents, one process per row")
+          "peak above the built VAE, one process per way")
     print(f"{'frames':>6} {'latents':>7} {'way':<11} {'peak MiB':>9} {'seconds':>8}")
     rows = []
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for way in args.ways:
-        for frames in args.frames:
-            spec = {"frames": frames, "height": args.height, "width": args.width, "device": args.device, "way": way}
-            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                 text=True, env=env)
-            if out.returncode:
-                print(f"{frames:>6} {'':>7} {way:<11} failed: {out.stderr.strip().splitlines()[-1]}")
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append((way, frames, r))
-            print(f"{r['frames']:>6} {(frames - 1) // 4 + 1:>7} {way:<11} {r['peak_mib']:>9.0f} {r['seconds']:>8.1f}", flush=True)
+        spec = {"frames": args.frames, "height": args.height, "width": args.width, "device": args.device, "way": way}
+        out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                             env=env)
+        if out.returncode:
+            print(f"{way}: failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        for r in json.loads(out.stdout.strip().splitlines()[-1]):
+            rows.append((way, r["frames"], r))
+            print(f"{r['frames']:>6} {r['latents']:>7} {way:<11} {r['peak_mib']:>9.0f} {r['seconds']:>8.1f}", flush=True)
     streamed = [r["peak_mib"] for way, _, r in rows if way == "streamed"]
     if len(streamed) > 1:
         spread = (max(streamed) - min(streamed)) / max(min(streamed), 1e-9)
