@@ -84,6 +84,10 @@ def main(argv=None) -> None:
     print(f"{'frames':>6} {'latents':>7} {'way':<11} {'peak MiB':>9} {'seconds':>8}")
     rows = []
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # glibc: blocks over 128 KiB are mmapped and go back to the OS when freed, so the peak RSS follows the live
+    # tensors rather than what the allocator keeps cached
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     for way in args.ways:
         spec = {"frames": args.frames, "height": args.height, "width": args.width, "device": args.device, "way": way}
         out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
