@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
+.PHONY: setup test test-fast demo bench bench-dit bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
 	@echo "make demo    - create/refresh .venv and generate outputs/demo.mp4 with the default model"
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
+	@echo "make bench-dit - Wan decode peak memory at 17/81/241 frames; vanilla vs WanPipeline/LTXPipeline (median of 5)"
 	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
 	@echo "make measure-memory - peak memory of vanilla sampling, measured against vgen.sizes' estimate (docs/sizes.md)"
@@ -49,6 +50,12 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_i4vgen.py
 	$(BIN)/python scripts/bench_streaming.py --quick
 	$(BIN)/python scripts/bench_kernels.py --quick --repeats 3
+
+# Wan's streamed decode against vae.decode by length, and our loop against diffusers' pipelines on the
+# benchmark-size random Wan / LTX (CPU-sized by default; the device check runs them at full size on a GPU)
+bench-dit: $(STAMP)
+	$(BIN)/python scripts/bench_wan_decode.py
+	$(BIN)/python scripts/bench_dit_loop.py
 
 # jobs per minute of one batch split over processes (torch.distributed, gloo) against one process with the threads
 bench-batch: $(STAMP)

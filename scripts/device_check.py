@@ -17,8 +17,13 @@ seconds is skipped and says so:
               missing (its wheel is 68 MB, over what a call carries): streamed frames are then dropped.
   4 kernels   scripts/bench_kernels.py on CUDA: Triton vs torch vs torch.compile at ZeroScope's sizes, GB/s
               against the chip's peak
+  5 dits      the DiT families in bfloat16: vanilla against WanPipeline on wan-quarter (81 frames 480x832) and
+              LTXPipeline on ltx-quarter (161 frames 512x704), --dit-steps steps, median of 5, time and peak
+              CUDA memory (scripts/bench_dit_loop.py); Wan's streamed decode against vae.decode at 17/81/241
+              frames, 480x832 (scripts/bench_wan_decode.py)
 then one summary with the issue's targets: bottleneck product >= 5x the torch tiled version, recorded
-attention <= 1.5x SDPA's time, Vico <= 1.6x vanilla's time and <= 1.3x its memory in float16.
+attention <= 1.5x SDPA's time, Vico <= 1.6x vanilla's time and <= 1.3x its memory in float16, vanilla on a
+DiT <= 1.02x its diffusers pipeline's time.
 
 --dry-run (any machine, no GPU needed): prints this plan, which wheels it would install, and checks the
 imports (triton may be missing on a CPU). --out DIR also writes results.json there (e.g. --out $OUT).
@@ -45,7 +50,7 @@ WHEEL_PINS = ["diffusers==0.42.1", "omegaconf==2.4.0", "importlib_metadata==10.2
 IMPORTS = ["torch", "triton", "diffusers", "transformers", "huggingface_hub", "omegaconf", "safetensors", "numpy"]
 VGEN_MODULES = ["vgen.config", "vgen.jobs", "vgen.models", "vgen.tiny", "vgen.core.flow", "vgen.core.attention",
                 "vgen.core.noise", "vgen.core.kernels.dispatch", "vgen.methods.vanilla", "vgen.methods.vico",
-                "vgen.methods.i4vgen", "vgen.methods.streaming.runner"]
+                "vgen.methods.i4vgen", "vgen.methods.streaming.runner", "vgen.models.wan", "vgen.models.ltx"]
 TRITON_MODULES = ["vgen.core.kernels.triton_bottleneck", "vgen.core.kernels.triton_attention"]
 METHODS = ["vanilla", "vico", "i4vgen", "streaming"]
 PROMPT = "a red circle moving left and a blue square moving up"
@@ -274,8 +279,31 @@ def methods_table(rows: list[dict]) -> None:
 # targets
 
 
-def targets(methods: list[dict], kernels: list[dict]) -> list[str]:
+def run_dits(args) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_dit_loop
+    import bench_wan_decode
+
+    rows = []
+    for model, frames, h, w in (("wan-quarter", 81, 480, 832), ("ltx-quarter", 161, 512, 704)):
+        try:
+            rows += bench_dit_loop.main(["--models", model, "--frames", str(frames), "--height", str(h), "--width",
+                                         str(w), "--steps", str(args.dit_steps), "--device", args.device,
+                                         "--dtype", "bfloat16", "--repeats", "5"])
+        except Exception as err:
+            rows.append({"model": model, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"})
+            log(f"[5 dits] {model}: error {rows[-1]['error']}")
+    bench_wan_decode.main(["--device", args.device, "--height", "480", "--width", "832"])
+    return rows
+
+
+def targets(methods: list[dict], kernels: list[dict], dits: list[dict] = ()) -> list[str]:
     out = []
+    for r in dits:
+        if "ours_s" in r:
+            ratio = r["ours_s"] / r["pipe_s"]
+            out.append(f"vanilla on {r['model']}: {ratio:.3f}x {r['pipeline']}'s time (target <= 1.02x: "
+                       f"{'met' if ratio <= 1.02 else 'NOT met'}), max frame diff {r['max_diff']} grey levels")
     k = {(r["case"], r["impl"]): r for r in kernels if "fwd_s" in r}
     for case in ("flow-temporal/soft", "flow-spatial/soft", "flow-temporal/hard", "flow-spatial/hard"):
         t, b = k.get((case, "triton")), k.get((case, "torch"))
@@ -312,7 +340,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtypes", nargs="*", default=["float16", "bfloat16"])
     ap.add_argument("--methods", nargs="*", default=METHODS)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "methods", "kernels"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "methods", "kernels", "dits"])
+    ap.add_argument("--dit-steps", type=int, default=10, help="steps of the DiT loop comparison")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel")
     ap.add_argument("--out", help="folder for results.json")
     ap.add_argument("--download-wheels", action="store_true", help="fill .whl/ from PyPI (make device-wheels) and stop")
@@ -338,6 +367,8 @@ def main() -> None:
 
         for m in args.methods:
             build_job(flags={"prompt": PROMPT, "method": m, "model.id": args.model, "video.frames": args.frames})
+        import bench_dit_loop  # noqa: F401
+        import bench_wan_decode  # noqa: F401
         log("[dry-run] imports ok, the method jobs validate; nothing was run")
         return
     results = {"info": info, "tests": None, "methods": [], "kernels": [], "skipped": []}
@@ -370,8 +401,9 @@ def main() -> None:
         return bench_kernels.main(["--device", args.device, "--repeats", str(args.repeats), "--budget", f"{left:.0f}"])
 
     results["kernels"] = section("kernels", kernels) or []
+    results["dits"] = section("dits", lambda: run_dits(args)) or []
     log("\ntargets:")
-    for line in targets(results["methods"], results["kernels"]):
+    for line in targets(results["methods"], results["kernels"], results["dits"]):
         log("  " + line)
     log(f"device-check done in {time.perf_counter() - started:.0f}s"
         + (f"; skipped: {', '.join(results['skipped'])}" if results["skipped"] else ""))

@@ -166,3 +166,42 @@ def test_held_frames_are_released_below_the_given_timestep():
     held = [not torch.equal(hook(i, ts[i], latents), latents) for i in range(len(ts))]
     assert held == [ts[i + 1] >= 600 if i + 1 < len(ts) else False for i in range(len(ts))]
     assert held[:3] == [True, True, True] and held[3] is False  # next timesteps 801, 701, 601 held; 501 not
+
+
+def test_prediction_conversions_recover_x0_and_epsilon_in_closed_form():
+    """x_t = α·x0 + σ·ε; each prediction type's output, built from (x0, ε) by its definition, converts back."""
+    from vgen.core.schedulers import to_epsilon, to_x0
+
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    for sigma in (0.1, 0.5, 0.93):
+        vp_alpha, vp_sigma = (1 - sigma**2) ** 0.5, sigma  # VP: α² + σ² = 1
+        cases = {
+            "epsilon": (vp_alpha, vp_sigma, eps),
+            "v_prediction": (vp_alpha, vp_sigma, vp_alpha * eps - vp_sigma * x0),
+            "sample": (vp_alpha, vp_sigma, x0),
+            "flow": (1 - sigma, sigma, eps - x0),  # rectified flow: α = 1 - σ, velocity ε - x0
+        }
+        for kind, (a, s, out) in cases.items():
+            x_t = a * x0 + s * eps
+            assert torch.allclose(to_x0(out, x_t, a, s, kind), x0, atol=1e-5), kind
+            assert torch.allclose(to_epsilon(out, x_t, a, s, kind), eps, atol=1e-5), kind
+
+
+def test_flow_noise_level_and_x0_agree_with_unipc_flow_scheduler():
+    """σ at a timestep is the scheduler's own, and x0 = x - σ·v is what UniPC's convert_model_output computes."""
+    from diffusers import UniPCMultistepScheduler
+
+    from vgen.core.schedulers import noise_level, prediction_type, to_x0
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    sched.set_timesteps(10)
+    assert prediction_type(sched) == "flow"
+    x, v = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    for i in (0, 4, 9):
+        t = sched.timesteps[i]
+        alpha, sigma = noise_level(sched, t)
+        assert sigma == float(sched.sigmas[i]) and alpha == 1 - sigma
+        sched._step_index = i
+        reference = sched.convert_model_output(v, sample=x)
+        assert torch.allclose(to_x0(v, x, alpha, sigma, "flow"), reference, atol=1e-6)

@@ -162,7 +162,7 @@ def test_i4vgen_paper_preset_names_animatediffs_schedule():
     from pathlib import Path
 
     from vgen.config import load_yaml
-    from vgen.family_schedules import ANIMATEDIFF_SCHEDULE
+    from vgen.models.animatediff_schedule import ANIMATEDIFF_SCHEDULE
 
     preset = load_yaml(Path(__file__).parents[1] / "configs" / "i4vgen-paper.yaml")
     assert preset.sampler.scheduler == "ddim"

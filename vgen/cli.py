@@ -118,7 +118,7 @@ def generate(
     negative: Optional[str] = typer.Option(None, "--negative", metavar="TEXT", help="Negative prompt [default: none]."),
     scheduler: Optional[str] = typer.Option(
         None, "--scheduler", metavar="NAME",
-        help=_hint("ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm or model.", "sampler.scheduler")),
+        help=_hint("ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm, model or auto (which ones a model runs: its family; auto: ddim on UNets, the model's own on Wan/LTX).", "sampler.scheduler")),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", metavar="N", help="Random seed [default: 0]."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", metavar="PATH", help="Output folder, or the .mp4 path [default: outputs/<slug>-<method>-<seed>-<config hash>.mp4]."),
@@ -419,11 +419,14 @@ def eval_(
 @app.command()
 def methods() -> None:
     """List the methods: paper, config file, model kinds, the knobs to turn first, the method's defaults."""
+    from vgen.config import MODEL_KINDS
     from vgen.methods import METHODS
 
     for info in METHODS.values():
         typer.echo(f"{info.name:<10} {info.summary}")
-        typer.echo(f"{'':<10} paper: {info.paper or '-'}   config: {info.config}   runs on: {', '.join(info.kinds)}")
+        missing = [kind for kind in MODEL_KINDS[1:] if kind not in info.kinds]
+        not_yet = f" (not yet on {', '.join(missing)})" if missing else ""
+        typer.echo(f"{'':<10} paper: {info.paper or '-'}   config: {info.config}   runs on: {', '.join(info.kinds)}{not_yet}")
         typer.echo(f"{'':<10} main knobs: {', '.join(info.knobs)}")
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items()) or "the schema's"
         typer.echo(f"{'':<10} defaults: {defaults}")
@@ -435,16 +438,17 @@ def models() -> None:
     """List the built-in models with their kind and native size."""
     from vgen.model_settings import BUILTIN_FOLDERS, FOLDER_SUMMARIES, IN_MEMORY_MODELS, folder_info, settings_path
 
-    typer.echo(f"{'name':<20}{'kind':<8}{'size':<10}about")
+    typer.echo(f"{'name':<20}{'kind':<8}{'size':<10}{'frames':<8}about")
     for name, folder in BUILTIN_FOLDERS.items():
         kind, size = folder_info(folder)
         shown = f"{size[0]}x{size[1]}" if size else "?"
         carries = " (carries per-method settings: vgen.yaml)" if settings_path(name) else ""
-        typer.echo(f"{name:<20}{kind:<8}{shown:<10}{FOLDER_SUMMARIES.get(name, '')}{carries}")
+        typer.echo(f"{name:<20}{kind:<8}{shown:<10}{'any':<8}{FOLDER_SUMMARIES.get(name, '')}{carries}")
     for info in IN_MEMORY_MODELS:
-        typer.echo(f"{info.name:<20}{info.kind:<8}{f'{info.size[0]}x{info.size[1]}':<10}{info.summary}")
-    typer.echo("Any Hugging Face id (e.g. cerspense/zeroscope_v2_576w) or local diffusers folder also works; "
-               "size is height x width in pixels.")
+        typer.echo(f"{info.name:<20}{info.kind:<8}{f'{info.size[0]}x{info.size[1]}':<10}{info.frames:<8}{info.summary}")
+    typer.echo("Any Hugging Face id (e.g. cerspense/zeroscope_v2_576w, Wan-AI/Wan2.1-T2V-1.3B-Diffusers, "
+               "Lightricks/LTX-Video) or local diffusers folder also works; size is height x width in pixels; "
+               "frames: the counts a model makes (4k+1: 1, 5, 9, ...; others are rounded as its pipeline does).")
 
 
 @config_app.command("show")
@@ -483,7 +487,7 @@ def refine(
     upscale: Optional[int] = typer.Option(None, "--upscale", help="Integer factor frames are resized by first (default 1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps of the full schedule [default: streaming's 50 (DDIM, eta 1), or the model's own: the toy's 20]."),
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm or model."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm, model or auto."),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .mp4 path or folder (default: <stem>-refined.mp4 beside the input)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),

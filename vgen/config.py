@@ -25,28 +25,32 @@ from vgen.errors import ConfigError
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
-SCHEDULERS = ("ddim", "dpm++", "sde-dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model")
+# which of these a model runs is its family's (vgen.models); "auto": the family's default (ddim on UNets, the
+# model's own scheduler on DiTs, as their pipelines run), "model": the model's own
+SCHEDULERS = ("ddim", "dpm++", "sde-dpm++", "euler", "euler-a", "ddpm", "unipc", "pndm", "model", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 KERNELS = ("auto", "torch", "triton")  # = vgen.core.kernels.dispatch.KERNELS (kept torch-free here)
-MODEL_KINDS = ("auto", "unet3d", "motion", "unet2d")
+MODEL_KINDS = ("auto", "unet3d", "motion", "unet2d", "wan", "ltx")  # = vgen.models.registry.FAMILY_MODULES
 
 
 @dataclass
 class ModelConfig:
     id: str = DEFAULT_MODEL  # hub id, local diffusers folder, or built-in name
-    kind: str = "auto"  # auto | unet3d | motion | unet2d
+    kind: str = "auto"  # auto | unet3d | motion | unet2d | wan | ltx (the model family)
     motion_adapter: Optional[str] = None  # AnimateDiff: MotionAdapter id/folder for an SD 1.5 base
     revision: Optional[str] = None
     variant: Optional[str] = None  # e.g. "fp16" weight files
+    lora: list[str] = field(default_factory=list)  # LoRA files "PATH[:SCALE]" (scale 1), applied in order
 
 
 @dataclass
 class SamplerConfig:
     steps: int = 25
     guidance: float = 7.5  # classifier-free guidance scale; <= 1 disables the unconditional pass
-    scheduler: str = "ddim"  # see SCHEDULERS; "model" keeps the model's own
+    scheduler: str = "auto"  # see SCHEDULERS; auto: ddim on UNet models, the model's own on DiTs (Wan, LTX)
     eta: float = 0.0  # DDIM/DDPM stochasticity
+    guidance_2: Optional[float] = None  # Wan 2.2: guidance of the low-noise expert (None = sampler.guidance)
     # scheduler config keys set over the model's own (e.g. {beta_schedule: linear, steps_offset: 1}); the keys
     # of the scheduler class sampler.scheduler names; {} = the model's own schedule (AnimateDiff's for motion models)
     scheduler_config: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +108,7 @@ class MemoryConfig:
     vae_slicing: bool = False
     vae_tiling: bool = False
     cpu_offload: bool = False  # keep models on the CPU and move each to the device only while it runs
+    offload: list[str] = field(default_factory=list)  # only these: text_encoder, vae, unet, unet_2 (Wan 2.2's 2nd expert)
 
 
 @dataclass
@@ -381,14 +386,28 @@ def merge(base: DictConfig, update: Any, source: str = "") -> DictConfig:
         raise _explain(err, base, source) from None
 
 
+REPEATABLE_KEYS = ("model.lora",)  # key=value given several times collects a list
+
+
 def parse_overrides(items: Iterable[str]) -> DictConfig:
     """``key=value`` strings (values parsed as YAML scalars) to a nested config."""
     items = list(items or [])
     for item in items:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. sampler.steps=30)")
+    repeated: dict[str, list[str]] = {}  # model.lora=A model.lora=B -> [A, B]
+    single = []
+    for item in items:
+        key, _, value = item.partition("=")
+        if key.strip() in REPEATABLE_KEYS and not value.strip().startswith("["):
+            repeated.setdefault(key.strip(), []).append(value.strip())
+        else:
+            single.append(item)
     try:
-        return OmegaConf.from_dotlist(items)
+        parsed = OmegaConf.from_dotlist(single)
+        for key, values in repeated.items():
+            OmegaConf.update(parsed, key, values, force_add=True)
+        return parsed
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
 

@@ -20,7 +20,7 @@ from vgen.core.attention import record_attention
 from vgen.core.prompts import prompt_length
 from vgen.core.sampler import denoise, resolve_size
 from vgen.errors import ConfigError
-from vgen.jobs import RunContext
+from vgen.methods.context import RunContext
 from vgen.methods.vico import VicoGuide, prepare
 from vgen.models import Components
 
@@ -74,6 +74,12 @@ def explain(job: JobConfig, components: Components, out_dir: str | Path, method:
     """
     if method not in ("vico", "vanilla"):
         raise ConfigError(f"explain: method must be 'vico' or 'vanilla', got '{method}'")
+    from vgen.methods import get_method
+
+    kinds = get_method("vico").kinds  # the maps are Vico's recorded attention flow
+    if components.kind not in kinds:
+        raise ConfigError(f"explain: flow maps are recorded on {'/'.join(kinds)} models; '{components.name}' is a "
+                          f"{components.kind} model")
     s = job.sampler
     if not 0 <= step < s.steps:
         raise ConfigError(f"explain: step must be in [0, {s.steps - 1}], got {step}")

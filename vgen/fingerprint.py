@@ -110,7 +110,7 @@ def model_weight_hashes(components: Any, model: Any, streaming: bool = False) ->
     out: dict[str, str] = {}
     folder = model_folder(components, model)
     if folder is not None:
-        subfolders = ["text_encoder", "vae", "unet"]
+        subfolders = list(getattr(components.family, "weight_subfolders", ("text_encoder", "vae", "unet")))
         if components.extras.get("streaming") is not None or (streaming and (folder / "streaming").is_dir()):
             subfolders.append("streaming")  # the trained CAM/APM memories the streaming runner may load
         out.update({f"{model.id}/{path.relative_to(folder).as_posix()}": file_hash(path)
@@ -121,4 +121,7 @@ def model_weight_hashes(components: Any, model: Any, streaming: bool = False) ->
         if adapter_folder is not None:
             out.update({f"{adapter}/{path.relative_to(adapter_folder).as_posix()}": file_hash(path)
                         for path in weight_files(adapter_folder, ["."])})
+    for lora in getattr(components, "loras", []):  # LoRAs of in-memory models count too
+        if lora.get("sha256"):
+            out[f"lora/{Path(lora['path']).name}"] = lora["sha256"]
     return out

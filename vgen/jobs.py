@@ -19,30 +19,8 @@ from typing import Any, Callable, Optional
 
 from vgen.config import METHOD_SECTIONS, JobConfig, ModelConfig, config_sources, output_path, to_dict
 from vgen.errors import ConfigError, VgenError
+from vgen.methods.context import RunContext  # noqa: F401  (runners' context; jobs builds it)
 from vgen.video import Video, WrittenVideo, check_writable, read_video, write_gif, write_json, write_mp4, write_pngs
-
-
-@dataclass
-class RunContext:
-    """What a runner gets besides the job and the model: seeded randomness, where extras go, logging."""
-
-    generator: Any  # torch.Generator seeded with job.seed (CPU)
-    height: int
-    width: int
-    output_stem: Path  # outputs/<stem> (no suffix): runners may write "<stem>_anchor.png" etc.
-    progress: Optional[bool] = None
-    log: Callable[[str], None] = lambda message: None
-    load_model: Optional[Callable[[ModelConfig], Any]] = None  # a second model (cached per batch), same device/dtype
-
-    @property
-    def mp4_path(self) -> Path:
-        """Where the job's mp4 goes, for runners that stream frames into it (and return a WrittenVideo)."""
-        return self.output_stem.with_suffix(".mp4")
-
-    def model(self, cfg: ModelConfig):
-        if self.load_model is None:
-            raise RuntimeError("this RunContext cannot load models")
-        return self.load_model(cfg)
 
 
 @dataclass
@@ -168,7 +146,7 @@ def unknown_words(tokenizer: Any, prompt: str) -> list[str]:
     closed = len(vocab) < CLOSED_VOCABULARY
     out = []
     for word in dict.fromkeys(re.findall(r"[a-z]+", prompt.lower())):
-        if f"{word}</w>" in vocab:
+        if f"{word}</w>" in vocab or f"▁{word}" in vocab:  # CLIP's end-of-word, SentencePiece's word start
             continue
         pieces = [p.replace("</w>", "") for p in tokenizer.tokenize(word)]
         if closed or (len(word) > 1 and all(len(piece) <= 1 for piece in pieces)):
@@ -182,7 +160,7 @@ def versions() -> dict[str, str]:
     from vgen.provenance import vgen_version
 
     out = {"python": platform.python_version(), "vgen": vgen_version()}  # the code that ran, not an install's metadata
-    for package in ("torch", "diffusers", "transformers", "numpy"):
+    for package in ("torch", "diffusers", "transformers", "numpy", "accelerate", "peft"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -204,15 +182,21 @@ class ModelCache:
         """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options.
         The job's own model comes with sampler.scheduler_config set over its scheduler (a view: the cached
         weights are shared, the scheduler is the job's)."""
-        from vgen.models import load_components, resolve_device, resolve_dtype
+        from vgen.models import load_components, resolve_device
 
         asked = job.runtime.device
         device = resolve_device(self.device if self.device and asked in ("auto", "cuda") else asked)
-        dtype = resolve_dtype(job.runtime.dtype, device)
+        dtype = job.runtime.dtype if job.runtime.dtype != "auto" else None  # auto: the family's (Wan: bfloat16 on CUDA)
         m = model or job.model
-        key = (m.id, m.kind, m.motion_adapter, m.revision, m.variant, str(device), str(dtype), job.memory.cpu_offload)
+        key = (m.id, m.kind, m.motion_adapter, m.revision, m.variant, tuple(m.lora), str(device), str(dtype),
+               job.memory.cpu_offload, tuple(job.memory.offload))
         if key not in self._cache:
-            components = load_components(m, device, dtype, cpu_offload=job.memory.cpu_offload)
+            components = load_components(m, device, dtype or "auto", cpu_offload=job.memory.cpu_offload,
+                                         offload=tuple(job.memory.offload))
+            if m.lora:
+                from vgen.models.lora import apply_loras
+
+                apply_loras(components, list(m.lora))
             if job.memory.vae_slicing:
                 components.vae.enable_slicing()
             if job.memory.vae_tiling:
@@ -224,7 +208,7 @@ class ModelCache:
 
             overrides = dict(job.sampler.scheduler_config)
             components = replace(components, scheduler=with_scheduler_config(components.scheduler, job.sampler.scheduler,
-                                                                              overrides))
+                                                                              overrides, components.family))
         return components
 
 
@@ -304,7 +288,7 @@ def run_job(
 
     t0 = time.perf_counter()
     kernels = configure_kernels(job)
-    if job.sampler.scheduler_config and job.sampler.scheduler != "model":  # known before the model loads
+    if job.sampler.scheduler_config and job.sampler.scheduler not in ("model", "auto"):  # known before the model loads
         from vgen.core.schedulers import check_scheduler_config
 
         check_scheduler_config(job.sampler.scheduler, None, dict(job.sampler.scheduler_config))
@@ -401,7 +385,8 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "prompt": job.prompt,
         "method": method or job.method,
         "seed": job.seed,
-        "model": {"id": job.model.id, "kind": components.kind},
+        "model": {"id": job.model.id, "kind": components.kind,
+                  **({"lora": list(components.loras)} if components.loras else {})},
         "device": str(components.device),
         "dtype": str(components.dtype).removeprefix("torch."),
         **({"distributed": dict(distributed)} if distributed is not None else {}),
@@ -425,7 +410,7 @@ def _scheduler_info(job: JobConfig, components: Any) -> dict:
         return {}
     from vgen.core.schedulers import scheduler_record
 
-    record = scheduler_record(job.sampler.scheduler, components.scheduler)
+    record = scheduler_record(job.sampler.scheduler, components.scheduler, getattr(components, "family", None))
     return {"scheduler": {"name": job.sampler.scheduler, **record, "base": getattr(components, "scheduler_source", "model")}}
 
 

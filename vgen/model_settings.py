@@ -34,6 +34,7 @@ class BuiltinModel:
     kind: str
     size: tuple[int, int]  # native (height, width) in pixels
     summary: str
+    frames: str = "any"  # frame rule: any count, or 4k+1 / 8k+1 (the causal VAEs of Wan, LTX)
 
 
 IN_MEMORY_MODELS = (
@@ -41,12 +42,18 @@ IN_MEMORY_MODELS = (
     BuiltinModel("tiny-random-motion", "motion", (32, 32), "random AnimateDiff-shaped model, for tests"),
     BuiltinModel("tiny-random-unet2d", "unet2d", (32, 32), "random Stable-Diffusion-shaped model, for tests"),
     BuiltinModel("zeroscope-quarter", "unet3d", (320, 512), "random ZeroScope-shaped model at 1/4 width, for benchmarks"),
+    BuiltinModel("tiny-random-wan", "wan", (32, 32), "random Wan 2.1-shaped model, for tests", "4k+1"),
+    BuiltinModel("tiny-random-wan22", "wan", (32, 32), "random Wan 2.2-shaped model (two experts), for tests", "4k+1"),
+    BuiltinModel("wan-quarter", "wan", (480, 832), "random Wan 2.1 1.3B-shaped model at 1/4 width, for benchmarks", "4k+1"),
+    BuiltinModel("tiny-random-ltx", "ltx", (32, 32), "random LTX-Video-shaped model (4x VAE), for tests", "4k+1"),
+    BuiltinModel("ltx-quarter", "ltx", (512, 704), "random LTX-Video-shaped model at 1/4 width, for benchmarks", "8k+1"),
 )
 FOLDER_SUMMARIES = {
     "toy": "text-to-video model of the toy world (ships with vgen; the default)",
     "toy-t2i": "text-to-image model of the toy world, same latent space (ZS2, I4VGen anchors)",
 }
-_FOLDER_KINDS = {"TextToVideoSDPipeline": "unet3d", "AnimateDiffPipeline": "motion", "StableDiffusionPipeline": "unet2d"}
+_FOLDER_KINDS = {"TextToVideoSDPipeline": "unet3d", "AnimateDiffPipeline": "motion", "StableDiffusionPipeline": "unet2d",
+                 "WanPipeline": "wan", "LTXPipeline": "ltx"}
 
 
 def local_folder(model_id: str) -> Optional[Path]:

@@ -61,3 +61,17 @@ def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 77):
         pad_token=EOS,
         model_max_length=model_max_length,
     )
+
+
+T5_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"-()"
+
+
+def build_t5_tokenizer(words: Iterable[str], model_max_length: int = 512):
+    """A transformers T5Tokenizer (SentencePiece unigram, as UMT5's and T5's) whose listed words are single
+    "▁word" tokens; any other lower-case text spells out in characters. pad 0, eos 1, unk 2, no BOS."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + w, -1.0) for w in dict.fromkeys(w.lower() for w in words if w and w.isascii() and w.isalpha())]
+    vocab += [(c, -5.0) for c in T5_CHARACTERS]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

@@ -16,6 +16,8 @@ class PromptEmbeds:
 
     cond: torch.Tensor
     uncond: Optional[torch.Tensor] = None
+    cond_mask: Optional[torch.Tensor] = None  # [B, L] real-token masks (families whose model takes one: LTX)
+    uncond_mask: Optional[torch.Tensor] = None
 
     @property
     def guided(self) -> bool:
@@ -24,6 +26,12 @@ class PromptEmbeds:
     def cfg_batch(self) -> torch.Tensor:
         """The batch the UNet sees: [uncond, cond] (the order diffusers' pipelines use)."""
         return torch.cat([self.uncond, self.cond]) if self.guided else self.cond
+
+    def cfg_mask(self) -> Optional[torch.Tensor]:
+        """The masks of `cfg_batch` (None when the family passes none)."""
+        if self.cond_mask is None:
+            return None
+        return torch.cat([self.uncond_mask, self.cond_mask]) if self.guided else self.cond_mask
 
 
 def tokenize(tokenizer, texts: list[str]) -> dict:
@@ -36,26 +44,27 @@ def tokenize(tokenizer, texts: list[str]) -> dict:
     )
 
 
-@torch.no_grad()
 def encode_text(components: Components, texts: list[str]) -> torch.Tensor:
     """Last hidden states of the text encoder, [len(texts), L, D] in the components' dtype."""
-    tokens = tokenize(components.tokenizer, texts)
-    encoder = components.text_encoder
-    mask = None
-    if getattr(encoder.config, "use_attention_mask", False):
-        mask = tokens["attention_mask"].to(components.device)
-    with components.placed(encoder):
-        hidden = encoder(tokens["input_ids"].to(components.device), attention_mask=mask)[0]
-    return hidden.to(device=components.device, dtype=components.dtype)
+    return components.family.encode_text(components, texts).hidden
 
 
 def encode_prompt(
     components: Components, prompt: str, negative: str = "", guidance: float = 7.5, batch: int = 1
 ) -> PromptEmbeds:
-    """Embeddings for one prompt; the unconditional pass (negative prompt) only when guidance > 1."""
-    cond = encode_text(components, [prompt]).repeat(batch, 1, 1)
-    uncond = encode_text(components, [negative or ""]).repeat(batch, 1, 1) if guidance > 1.0 else None
-    return PromptEmbeds(cond=cond, uncond=uncond)
+    """Embeddings for one prompt; the unconditional pass (negative prompt) only when guidance > 1.
+    Families whose model takes a text mask (LTX) get the masks too."""
+    family = components.family
+    cond = family.encode_text(components, [prompt])
+    uncond = family.encode_text(components, [negative or ""]) if guidance > 1.0 else None
+    masked = getattr(family, "uses_text_mask", False)
+    rep = lambda x: x.repeat(batch, *([1] * (x.dim() - 1)))  # noqa: E731
+    return PromptEmbeds(
+        cond=rep(cond.hidden),
+        uncond=rep(uncond.hidden) if uncond is not None else None,
+        cond_mask=rep(cond.mask.to(components.device)) if masked else None,
+        uncond_mask=rep(uncond.mask.to(components.device)) if masked and uncond is not None else None,
+    )
 
 
 def word_starts(tokenizer, ids: list[int]) -> set[int]:
@@ -104,10 +113,17 @@ def word_span_at(tokenizer, prompt: str, start: int, word: str) -> list[int]:
     ids = tokenize(tokenizer, [prompt])["input_ids"][0].tolist()
     before = tokenizer(prompt[:start], add_special_tokens=False)["input_ids"] if prompt[:start].strip() else []
     piece = tokenizer(word, add_special_tokens=False)["input_ids"]
-    first = 1 + len(before)
+    first = leading_tokens(tokenizer) + len(before)
     if piece and ids[first : first + len(piece)] == piece:
         return list(range(first, first + len(piece)))
     return []
+
+
+def leading_tokens(tokenizer) -> int:
+    """Special tokens the tokenizer puts before the text: 1 for CLIP's start token, 0 for T5 (no BOS)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return 1 if bos is not None and ids and ids[0] == bos else 0
 
 
 def prompt_length(tokenizer, prompt: str) -> int:

@@ -1,7 +1,8 @@
 """The one denoising loop every method uses: CFG, scheduler steps, hooks, progress, decode.
 
-Latents are always [B, C, F, H, W]. For image models (kind ``unet2d``) the frames become a batch of
-images inside `predict_noise`, so methods never special-case the model kind. Methods customise the
+Latents are always [B, C, F, H, W]. What differs between models (image frames folded into a batch, DiT
+experts, text masks, flow velocity, causal decoding) is asked of the model's family (vgen.models), so methods
+never special-case the model kind. Methods customise the
 loop with per-step latent hooks (`pre_step`, `post_step`), attention processors (core.attention),
 an initial-noise model (core.noise), or by calling the pieces (`guided_noise`, `denoise` on a subset
 of timesteps) from their own loop.
@@ -9,6 +10,7 @@ of timesteps) from their own loop.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -25,23 +27,29 @@ StepHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (index, 
 
 
 def resolve_size(components: Components, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
-    """(height, width) in pixels: the model's native size by default, checked against its VAE factor."""
+    """(height, width) in pixels: the model's native size by default, checked against its size multiple
+    (the VAE factor, times the patch size on a DiT)."""
     native_h, native_w = components.native_size
     height, width = height or native_h, width or native_w
-    factor = components.vae_scale_factor
+    factor = components.family.size_multiple(components)
     for key, value in (("height", height), ("width", width)):
         if value % factor:
             low, high = value // factor * factor, (value // factor + 1) * factor
             hint = f"{low} or {high}" if low else f"{high}"
             raise ConfigError(
-                f"video.{key}={value} is not a multiple of {factor}, this model's VAE factor; try {hint}"
+                f"video.{key}={value} is not a multiple of {factor}, this model's size multiple; try {hint}"
             )
     return height, width
 
 
 def latent_shape(components: Components, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, ...]:
-    factor = components.vae_scale_factor
-    return (batch, components.latent_channels, frames, height // factor, width // factor)
+    """[B, C, F_latent, h, w] for a video of `frames` frames (F_latent by the family's frame rule)."""
+    return components.family.latent_shape(components, frames, height, width, batch)
+
+
+def latent_dtype(components: Components) -> torch.dtype:
+    """The dtype latents live in between steps: float32 where the family's pipeline keeps them so (Wan, LTX)."""
+    return torch.float32 if components.family.float32_latents else components.dtype
 
 
 def initial_latents(
@@ -52,23 +60,23 @@ def initial_latents(
     noise_model: NoiseModel = iid_noise,
 ) -> torch.Tensor:
     """x_T: noise from the noise model, scaled to the scheduler's starting sigma."""
-    noise = noise_model(shape, generator, components.device, components.dtype)
-    return noise * scheduler.init_noise_sigma
+    noise = noise_model(shape, generator, components.device, latent_dtype(components))
+    return noise * getattr(scheduler, "init_noise_sigma", 1.0)
 
 
 def predict_noise(
-    components: Components, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, **unet_kwargs: Any
+    components: Components, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+    mask: Optional[torch.Tensor] = None, **unet_kwargs: Any
 ) -> torch.Tensor:
-    """The UNet's output for video latents [B, C, F, H, W] with embeddings [B, L, D]."""
-    unet = components.unet
-    b, c, f, h, w = latents.shape
-    if components.kind == "unet3d":
-        return unet(latents, t, encoder_hidden_states=embeds, **unet_kwargs).sample
-    if components.kind == "motion":  # UNetMotionModel folds frames into the batch but not the text
-        return unet(latents, t, encoder_hidden_states=embeds.repeat_interleave(f, dim=0), **unet_kwargs).sample
-    images = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-    out = unet(images, t, encoder_hidden_states=embeds.repeat_interleave(f, dim=0), **unet_kwargs).sample
-    return out.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
+    """The denoiser's output for video latents [B, C, F, H, W] with embeddings [B, L, D]: epsilon, v or flow
+    velocity, as `components.family.prediction` (and the scheduler's prediction_type) say."""
+    return components.family.predict(components, latents, t, embeds, mask, **unet_kwargs)
+
+
+def scale_input(scheduler: Any, latents: torch.Tensor, t: Any) -> torch.Tensor:
+    """The scheduler's input scaling (Euler's 1/sqrt(σ²+1)); flow-matching Euler has none (identity)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return latents if scale is None else scale(latents, t)
 
 
 def guided_noise(
@@ -78,15 +86,28 @@ def guided_noise(
     t: torch.Tensor,
     prompt: PromptEmbeds,
     guidance: float,
+    guidance_2: Optional[float] = None,
     **unet_kwargs: Any,
 ) -> torch.Tensor:
-    """Classifier-free guided prediction: uncond + g * (cond - uncond), one batched UNet call."""
-    model_in = torch.cat([latents] * 2) if prompt.guided else latents
-    model_in = scheduler.scale_model_input(model_in, t).to(components.dtype)  # a float32 master runs the model in its dtype
-    out = predict_noise(components, model_in, t, prompt.cfg_batch(), **unet_kwargs)
-    if not prompt.guided:
-        return out
-    uncond, cond = out.chunk(2)
+    """Classifier-free guided prediction: uncond + g * (cond - uncond). One batched call on [uncond, cond], or
+    cond then uncond where the family's pipeline makes two calls. `guidance_2` is the scale of a second expert."""
+    family = components.family
+    guidance = family.guidance_at(components, t, guidance, guidance_2)
+    if family.cfg_batched:
+        model_in = torch.cat([latents] * 2) if prompt.guided else latents
+        model_in = scale_input(scheduler, model_in, t).to(components.dtype)  # a float32 master runs the model in its dtype
+        out = predict_noise(components, model_in, t, prompt.cfg_batch(), prompt.cfg_mask(), **unet_kwargs)
+        if family.guidance_in_float32:
+            out = out.float()
+        if not prompt.guided:
+            return out
+        uncond, cond = out.chunk(2)
+    else:
+        model_in = scale_input(scheduler, latents, t).to(components.dtype)
+        cond = predict_noise(components, model_in, t, prompt.cond, prompt.cond_mask, **unet_kwargs)
+        if not prompt.guided:
+            return cond
+        uncond = predict_noise(components, model_in, t, prompt.uncond, prompt.uncond_mask, **unet_kwargs)
     return uncond + guidance * (cond - uncond)
 
 
@@ -108,6 +129,7 @@ def denoise(
     unet_kwargs: Optional[dict] = None,
     guide: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
     master_dtype: Optional[torch.dtype] = None,
+    guidance_2: Optional[float] = None,
 ) -> torch.Tensor:
     """Run the scheduler from `latents` over `timesteps` (default: all of scheduler.timesteps).
 
@@ -118,19 +140,29 @@ def denoise(
     `pre_step` may replace the latents before the model call (e.g. Vico's latent update),
     `post_step` after the scheduler step (e.g. inpainting known frames). `guide(latents, t) -> noise`
     replaces the CFG prediction for methods whose model call differs (e.g. StreamingT2V's CAM/APM).
+    A two-expert model (Wan 2.2) switches expert by timestep; with offloading only the active one is on the
+    device. `guidance_2` is the second expert's guidance scale (None: `guidance`).
     """
     steps = list(scheduler.timesteps if timesteps is None else timesteps)
     extra = step_kwargs(scheduler, generator, eta)
     if master_dtype is not None:
         latents = latents.to(master_dtype)
-    with components.placed(components.unet), progress_bar(len(steps), description, progress) as advance:
+    family = components.family
+    with ExitStack() as placement, progress_bar(len(steps), description, progress) as advance:
+        active = None
         for i, t in enumerate(steps):
+            model = family.denoiser_at(components, t)
+            if model is not active:  # one placement at a time: an offloaded expert leaves before the next arrives
+                placement.close()
+                placement.enter_context(components.placed(model))
+                active = model
             if pre_step is not None:
                 latents = pre_step(i, t, latents)
             if guide is not None:
                 noise = guide(latents, t)
             else:
-                noise = guided_noise(components, scheduler, latents, t, prompt, guidance, **(unet_kwargs or {}))
+                noise = guided_noise(components, scheduler, latents, t, prompt, guidance, guidance_2,
+                                     **(unet_kwargs or {}))
             latents = scheduler.step(noise.to(latents.dtype), t, latents, **extra).prev_sample
             if post_step is not None:
                 latents = post_step(i, t, latents)
@@ -161,25 +193,21 @@ def strength_timesteps(scheduler: Any, strength: float, floor: bool = False, key
 
 
 @torch.no_grad()
-def decode_latents(components: Components, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Latents [B, C, F, h, w] -> video [B, F, H, W, 3] float32 in [0, 1] on the CPU, `chunk` frames per VAE call."""
-    b, _, f, _, _ = latents.shape
-    frames = list(iter_decoded(components, latents, chunk))
-    video = torch.cat(frames)
-    return video.reshape(b, f, *video.shape[1:])
+def decode_latents(components: Components, latents: torch.Tensor, chunk: int = 8,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Latents [B, C, F, h, w] -> video [B, F', H, W, 3] float32 in [0, 1] on the CPU (F' by the family's frame
+    rule: F on image VAEs, 4(F-1)+1 on Wan's causal VAE)."""
+    b = latents.shape[0]
+    video = torch.cat(list(iter_decoded(components, latents, chunk, generator)))
+    return video.reshape(b, -1, *video.shape[1:])
 
 
 @torch.no_grad()
-def iter_decoded(components: Components, latents: torch.Tensor, chunk: int = 8) -> Iterator[torch.Tensor]:
-    """Decode frame-major in chunks, yielding [n, H, W, 3] float32 in [0, 1] (CPU) as they are made."""
-    vae = components.vae
-    b, c, f, h, w = latents.shape
-    flat = (latents / vae.config.scaling_factor).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-    with components.placed(vae):
-        for start in range(0, b * f, chunk):
-            piece = flat[start : start + chunk].to(device=components.device, dtype=vae.dtype)
-            images = vae.decode(piece).sample.float()
-            yield (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+def iter_decoded(components: Components, latents: torch.Tensor, chunk: int = 8,
+                 generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+    """Decode in order, yielding [n, H, W, 3] float32 in [0, 1] (CPU) as they are made: `chunk` frames per VAE
+    call on image VAEs, one latent frame at a time on Wan's causal VAE (memory flat with length)."""
+    yield from components.family.iter_decoded(components, latents, chunk, generator)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -189,10 +217,5 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def encode_frames(components: Components, frames: np.ndarray, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """uint8 frames [F, H, W, 3] -> scaled latents [1, C, F, h, w] (the VAE posterior mean)."""
-    vae = components.vae
-    images = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1).permute(0, 3, 1, 2)
-    with components.placed(vae):
-        posterior = vae.encode(images.to(device=components.device, dtype=vae.dtype)).latent_dist
-        latents = posterior.mean * vae.config.scaling_factor
-    return latents.to(components.dtype).permute(1, 0, 2, 3).unsqueeze(0)
+    """uint8 frames [F, H, W, 3] -> normalised latents [1, C, F', h, w] (the VAE posterior mean)."""
+    return components.family.encode_frames(components, frames, generator)

@@ -34,7 +34,7 @@ METHODS: dict[str, MethodInfo] = {
             "vgen.methods.vanilla",
             "plain sampling: one denoising loop with classifier-free guidance "
             "(on an image model, every frame sampled independently)",
-            ("unet3d", "motion", "unet2d"),
+            ("unet3d", "motion", "unet2d", "wan", "ltx"),
             config="configs/vanilla.yaml",
             knobs=("sampler.steps", "sampler.guidance", "sampler.scheduler", "video.frames"),
         ),

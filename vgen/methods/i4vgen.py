@@ -32,7 +32,7 @@ from vgen.core.prompts import PromptEmbeds, encode_prompt
 from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, strength_timesteps, to_uint8
 from vgen.core.schedulers import make_scheduler, prepare_scheduler
 from vgen.errors import ConfigError
-from vgen.jobs import RunContext
+from vgen.methods.context import RunContext
 from vgen.models import Components
 from vgen.video import Video, write_png
 

@@ -40,7 +40,7 @@ from vgen.core.prompts import PromptEmbeds, encode_prompt, prompt_length, token_
 from vgen.core.sampler import decode_latents, denoise, initial_latents, latent_shape, predict_noise, to_uint8
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
-from vgen.jobs import RunContext
+from vgen.methods.context import RunContext
 from vgen.models import Components
 from vgen.video import Video
 

@@ -38,7 +38,7 @@ from vgen.core.sampler import (
 )
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
-from vgen.jobs import RunContext
+from vgen.methods.context import RunContext
 from vgen.models import Components
 from vgen.video import Video, read_video
 

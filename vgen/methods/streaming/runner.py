@@ -34,7 +34,7 @@ from vgen.core.prompts import PromptEmbeds, encode_prompt
 from vgen.core.sampler import decode_latents, denoise, latent_shape, to_uint8
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
-from vgen.jobs import RunContext
+from vgen.methods.context import RunContext
 from vgen.models import Components
 from vgen.video import Mp4Writer, WrittenVideo
 

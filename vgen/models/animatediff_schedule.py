@@ -1,4 +1,4 @@
-"""The schedule a model family samples with by default, where it is not its base model's own.
+"""AnimateDiff's own schedule: what the motion family samples with by default (vgen/models/motion.py).
 
 AnimateDiff (kind ``motion``) runs on an SD 1.5 base, whose scheduler config (scaled_linear betas, set_alpha_to_one
 False, a PNDM class) is the image model's. AnimateDiff's own inference configs (github guoyww/AnimateDiff,
@@ -43,9 +43,9 @@ def has_sd_base_schedule(config: Any) -> bool:
     )
 
 
-def default_scheduler(kind: str, scheduler: Any) -> tuple[Any, str]:
-    """(the scheduler a model of `kind` samples with by default, where it came from: "model" | "animatediff")."""
-    if kind != "motion" or not has_sd_base_schedule(scheduler.config):
+def animatediff_default(scheduler: Any) -> tuple[Any, str]:
+    """(the scheduler a motion model samples with by default, where it came from: "model" | "animatediff")."""
+    if not has_sd_base_schedule(scheduler.config):
         return scheduler, "model"
     from diffusers import DDIMScheduler
 

@@ -1,0 +1,48 @@
+"""The model families by name, and the built-in models (shipped folders and in-memory random models)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from vgen.errors import ConfigError
+
+FAMILY_MODULES = {
+    "unet3d": "vgen.models.unet3d",
+    "motion": "vgen.models.motion",
+    "unet2d": "vgen.models.unet2d",
+    "wan": "vgen.models.wan",
+    "ltx": "vgen.models.ltx",
+}
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def get_family(name: str):
+    """The family object of that name (its module is imported on first use)."""
+    if name not in FAMILY_MODULES:
+        raise ConfigError(f"unknown model family '{name}'; choose one of: {', '.join(FAMILY_MODULES)}")
+    return importlib.import_module(FAMILY_MODULES[name]).FAMILY
+
+
+def families() -> list:
+    return [get_family(name) for name in FAMILY_MODULES]
+
+
+def builtin_folders() -> dict[str, Path]:
+    return {"toy": ASSETS / "toy", "toy-t2i": ASSETS / "toy-t2i"}
+
+
+def builders() -> dict[str, tuple[str, Callable[[], dict]]]:
+    """Built-in in-memory models: name -> (family, builder returning the parts)."""
+    from vgen import tiny
+    from vgen.models import ltx, wan
+
+    out = {name: (tiny.KINDS[name], build) for name, build in tiny.BUILDERS.items()}
+    out.update({name: ("wan", build) for name, build in wan.BUILDERS.items()})
+    out.update({name: ("ltx", build) for name, build in ltx.BUILDERS.items()})
+    return out
+
+
+def builtin_names() -> list[str]:
+    return list(builtin_folders()) + list(builders())
