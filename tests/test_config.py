@@ -17,7 +17,7 @@ def test_layers_override_in_order(tmp_path):
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("sampler.stepz=3", "unknown config key 'sampler.stepz' (in overrides); valid keys here: steps, guidance, scheduler, eta, scheduler_config"),
+        ("sampler.stepz=3", "unknown config key 'sampler.stepz' (in overrides); valid keys here: steps, guidance, scheduler, eta, guidance_2, scheduler_config"),
         ("nope=1", "unknown config key 'nope'"),
         ("sampler.steps=abc", "bad value for config key 'sampler.steps'"),
         ("sampler.scheduler=fancy", "config key 'sampler.scheduler' is 'fancy'; choose one of: ddim, dpm++"),

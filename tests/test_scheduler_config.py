@@ -125,7 +125,7 @@ def test_scheduler_config_runs_and_is_recorded_in_the_sidecar(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["sampler.scheduler_config.beta_shedule=linear"],
-     "unknown key 'sampler.scheduler_config.beta_shedule' for DDIMScheduler (sampler.scheduler=ddim); valid keys: beta_end, "),
+     "unknown key 'sampler.scheduler_config.beta_shedule' for DDIMScheduler (sampler.scheduler=auto); valid keys: beta_end, "),
     (["--scheduler", "euler", "sampler.scheduler_config.clip_sample=false"], "for EulerDiscreteScheduler"),
     (["--scheduler", "model", "sampler.scheduler_config.solver_order=2"], "for DDIMScheduler (sampler.scheduler=model)"),
     (["sampler.scheduler_config.beta_end=.nan"], "config key 'sampler.scheduler_config.beta_end' must be a finite number, got nan"),
