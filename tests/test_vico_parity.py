@@ -157,7 +157,7 @@ def reference_vico(c, latents, steps=STEPS, max_iterations=10):
                         flow, units = flow_of(store)
                         loss = official_loss(flow, indices, last_idx)
                     losses.setdefault(i, []).append(float(loss.detach()))
-                    if float(loss) < thred:
+                    if float(loss.detach()) < thred:
                         break
                     param.grad = torch.autograd.grad(loss, [x])[0]
                     opt.step()
