@@ -156,8 +156,8 @@ def reference_vico(c, latents, steps=STEPS, max_iterations=10):
                         c.unet(x, t, encoder_hidden_states=cond)
                         flow, units = flow_of(store)
                         loss = official_loss(flow, indices, last_idx)
-                    losses.setdefault(i, []).append(float(loss))
-                    if float(loss) < thred:
+                    losses.setdefault(i, []).append(float(loss.detach()))
+                    if float(loss.detach()) < thred:
                         break
                     param.grad = torch.autograd.grad(loss, [x])[0]
                     opt.step()

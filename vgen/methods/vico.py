@@ -261,12 +261,15 @@ class VicoGuide:
         # flow never mixes text tokens (products and joins are per column): the padding columns of the
         # cross-attention maps would only cost time and memory
         recorder.tokens = n_tokens
-        self.plan = update_plan(cfg, steps)
+        self.plan, self.steps = update_plan(cfg, steps), steps
         self.lrs = lr_schedule(cfg.lr, steps)
         self.factor = max((s.factor for s in recorder.specs.values()), default=1)
         self.history: list[dict] = []
-        # key-token scores once the updates are over (first step after them: one no-grad measurement)
-        self.after_step = max(self.plan) + 1 if self.plan else None
+        # key-token scores once the updates are over: one no-grad measurement at the first step after them,
+        # or right after the last update where the updates run to the last step (the public schedule with
+        # 25 steps or fewer)
+        self.last_update = max(self.plan) if self.plan else None
+        self.after_step = self.last_update + 1 if self.plan else None
         self.scores_after: dict[str, float] = {}
         self.skipped: list[int] = []
 
@@ -349,9 +352,11 @@ class VicoGuide:
                     break
                 record["updates"] += 1
         self.history.append(record)
-        if record["updates"] == 0:
-            return latents
-        return x.detach().to(latents.dtype)
+        out = latents if record["updates"] == 0 else x.detach().to(latents.dtype)
+        if i == self.last_update and self.after_step >= self.steps:
+            with torch.no_grad():
+                self.scores_after = self.named(self.measure(out, t)[1])
+        return out
 
     def weakest(self) -> dict:
         """The weakest key token before the updates, its score before and after, and whether it moved
