@@ -2,6 +2,7 @@
 a saved folder that chose its own schedule keeping it, and sampler.scheduler_config (applied, recorded, errors)."""
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_scheduler_config_runs_and_is_recorded_in_the_sidecar(tmp_path):
     r = vgen("generate", PROMPT, "--model", "tiny-random-unet3d", "--steps", "2", "--frames", "2", "--out", tmp_path,
              "sampler.scheduler_config.beta_schedule=linear", "sampler.scheduler_config.timestep_spacing=trailing")
     assert r.returncode == 0, r.stderr
-    side = json.loads((tmp_path / "a-red-circle-moving-left-vanilla-0.json").read_text())
+    side = json.loads(Path(r.stdout.splitlines()[0]).with_suffix(".json").read_text())
     assert side["config"]["sampler"]["scheduler_config"] == {"beta_schedule": "linear", "timestep_spacing": "trailing"}
     assert side["config_sources"]["sampler.scheduler_config"] == "override"
     used = side["scheduler"]
