@@ -2,6 +2,7 @@
 a saved folder that chose its own schedule keeping it, and sampler.scheduler_config (applied, recorded, errors)."""
 
 import json
+from pathlib import Path
 from dataclasses import replace
 from pathlib import Path
 
