@@ -5,7 +5,8 @@
   prompt, not noise (the toy detector finds the prompted colours).
 - `make demo` shows what it says: a clip the detector reads as right in colour, shape and motion, and ZS2
   steadier than per-frame sampling of the same image model on the same prompt.
-- The paper-preset table says what the config files hold; every relative link in README.md and docs/ resolves.
+- The paper-preset table says what the config files hold; every relative link in README.md and docs/ resolves,
+  and every repository path they name exists.
 
 Commands run in one process through `vgen.cli.main`, the function the console script calls, so torch is
 imported once rather than once per line (tests/test_first_hour.py covers the console script itself).
@@ -154,3 +155,23 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
                 if anchor not in {github_anchor(h.replace("`", "")) for h in headings}:
                     broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_every_repository_path_the_readme_and_docs_name_exists():
+    """`configs/...`, `scripts/...`, `vgen/...`, `tests/...`, `docs/...` in code spans and blocks exist (files that
+    move must be re-cited), and nothing outside the repository (`../...`) is cited."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for page in pages:
+        text = page.read_text()
+        blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+        inline = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+        for code in blocks + inline:
+            for token in code.split():
+                path = token.strip("\"'(").rstrip(".,:;)").split("#")[0]
+                if path.startswith("../"):  # outside the repository: a reader of a clone does not have it
+                    missing.append(f"{page.name}: {path}")
+                elif re.match(r"(configs|scripts|vgen|tests|docs)/", path) and not re.search(r"[<>*{}$]", path):
+                    if not (ROOT / path).exists():
+                        missing.append(f"{page.name}: {path}")
+    assert not missing, missing
