@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels
+.PHONY: setup test test-fast demo bench bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
 	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
+	@echo "make measure-memory - peak memory of vanilla sampling, measured against vgen.sizes' estimate (docs/sizes.md)"
 	@echo "make setup   - only create/refresh .venv"
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
@@ -66,16 +67,21 @@ bench: $(STAMP)
 bench-batch: $(STAMP)
 	$(BIN)/python scripts/bench_batch.py --jobs 8
 
+# peak RSS of one vanilla step per size, fresh process each, against vgen.sizes.estimate_peak (docs/sizes.md)
+measure-memory: $(STAMP)
+	$(BIN)/python scripts/measure_peak_memory.py --set all --json docs/sizes-measured.json
+
 # one update's cost per checkpoint policy, then end to end (50 steps, 16 frames, 320x512)
 bench-vico-zeroscope: $(STAMP)
 	$(BIN)/python scripts/bench_vico_update.py --no-flops --repeats 1
 	$(BIN)/python scripts/bench_vico.py --models zeroscope-quarter --repeats 1 --memory-steps 4
 
-# Vico's key-word agreement with the public code's rule, then base vs Vico on 100 + 100 held-out prompts
-# (resumable: re-running continues where it stopped)
+# Vico's key-word agreement with the public code's rule, then base vs Vico on 100 + 100 held-out prompts:
+# prompts 100-199 of each sequence, past the 0-99 the toy's lr was chosen on (resumable: re-running continues
+# where it stopped)
 eval-vico: $(STAMP)
 	$(BIN)/python scripts/key_tokens_agreement.py
-	$(BIN)/python scripts/compare_vico.py --n 100 --json outputs/compare_vico/records.json --resume
+	$(BIN)/python scripts/compare_vico.py --n 100 --offset 100 --json outputs/compare_vico/heldout.json --resume
 
 # The one prepared command for a GPU machine (< 8 min on one H200). No venv there: it runs on the machine's
 # python3 with its torch and triton, and installs what the machine lacks from .whl/ (make device-wheels,

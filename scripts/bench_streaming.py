@@ -65,7 +65,7 @@ def child(args) -> None:
     from vgen.core.sampler import resolve_size
     from vgen.jobs import ModelCache, RunContext
     from vgen.methods import load_runner
-    from vgen.methods.streaming.runner import chunk_count, resolve_mode, streaming_weights, trained_options
+    from vgen.methods.streaming.runner import check_settings, chunk_count, resolve_mode, streaming_weights
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,7 +74,7 @@ def child(args) -> None:
     job = build_job(flags={**flags, "video.frames": args.frames[0]})
     t0 = time.perf_counter()
     components = ModelCache().get(job)
-    mode = resolve_mode(args.mode, components, trained_options(job.streaming))  # loads CAM/APM weights now, so they count in the baseline
+    mode = resolve_mode(args.mode, components, check_settings(job))  # loads CAM/APM weights now, so they count in the baseline
     load_s = time.perf_counter() - t0
     h, w = resolve_size(components, None, None)
     cuda = components.device.type == "cuda"

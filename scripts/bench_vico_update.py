@@ -58,7 +58,7 @@ def passes(components, scheduler, latents, prompt, keys, n_tokens, t):
 
     def update(checkpoint: bool, levels):
         cfg = VicoConfig(checkpoint=checkpoint, checkpoint_levels=levels)
-        with record_attention(components.unet, cfg.graph, stop_when_complete=True) as recorder:
+        with record_attention(components.unet, cfg.graph, stop_when_complete=True, units=cfg.units) as recorder:
             guide = VicoGuide(cfg, components, scheduler, prompt, keys, n_tokens, recorder, 50)
             x = latents.detach().float().clone().requires_grad_(True)
             with torch.enable_grad():

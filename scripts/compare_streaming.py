@@ -17,6 +17,7 @@ Row i uses seed --seed + i in every mode:
                       true with --dc-lock)
     training-free-dc  the same with streaming.dc_lock=true (anchor-aware re-noising; what `vgen generate` does)
     independent       chunks with no conditioning (the baseline)
+    vanilla           one plain clip of --chunk-frames frames (the model alone, no chunks): its glitch reading
 Each video is made by run_job (the same path as `vgen generate`, sidecar included) and read back from its mp4.
 Metrics per video (vgen.eval): seams (vgen.eval.seams, chunk layout from the sidecar): the prompted objects'
 jump across chunk boundaries against their per-frame step inside chunks (detections matched frame to frame), the same for the background grey level,
@@ -26,8 +27,11 @@ frames); scene cuts (PySceneDetect AdaptiveDetector, defaults except min_scene_l
 (OpenCV flow at native size: not comparable with the paper's 720x720 RAFT numbers).
 
 --record writes the trained mode's seam check into the model folder's streaming/config.json (passed when
-both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR and the later chunks keep >= MOTION_KEPT_FLOOR of the
-first chunk's motion: seamless by freezing does not pass), from the rows run as the model runs them: trained-inpaint
+both ratios are <= vgen.methods.streaming.runner.SEAM_FLOOR, the later chunks keep >= MOTION_KEPT_FLOOR of the
+first chunk's motion (seamless by freezing does not pass), and the share of seams where a prompted object is lost,
+appears or changes shape is <= max(EVENTS_FLOOR, EVENTS_FACTOR x that share inside chunks)), with every setting that
+changes the frames (runner.CHECK_SETTINGS: steps, guidance, eta, scheduler, chunk, cond_frames, anchor guidance and
+the memory options; `auto` trusts the memories only at exactly those), from the rows run as the model runs them: trained-inpaint
 when the model carries streaming.trained_inpaint and trained_dc_lock, trained-dc with trained_dc_lock alone, else
 trained (the model's streaming.cam_scale is recorded too). `streaming.mode=auto` trusts the memories only when that
 check passed, and only for jobs with the same trained_dc_lock, trained_inpaint and cam_scale.
@@ -54,9 +58,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-MODES = ("trained", "trained-dc", "trained-inpaint", "training-free", "training-free-dc", "independent")
+MODES = ("trained", "trained-dc", "trained-inpaint", "training-free", "training-free-dc", "independent", "vanilla")
 RUNNER_MODE = {"trained": "trained", "trained-dc": "trained", "trained-inpaint": "trained",
-               "training-free": "training-free", "training-free-dc": "training-free", "independent": "independent"}
+               "training-free": "training-free", "training-free-dc": "training-free", "independent": "independent",
+               "vanilla": "independent"}
 DEFAULT_MODES = ("trained", "training-free", "independent")
 
 
@@ -74,6 +79,12 @@ def pick_prompts(n: int, seed: int) -> list[str]:
 def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
     from vgen.config import build_job
 
+    if mode == "vanilla":  # the model alone: one chunk's worth of frames, the same sampler
+        return build_job(flags={
+            "prompt": prompt, "method": "vanilla", "model.id": args.model, "seed": seed,
+            "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.chunk_frames,
+            "sampler.eta": args.eta, "runtime.device": args.device, "output.dir": str(folder), "output.name": name,
+            "output.overwrite": True})
     return build_job(flags={
         "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
         "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
@@ -114,7 +125,7 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
     """Every metric of one video file, as a flat record."""
     from vgen.eval.longvideo import colour_shape_kept, window_scores
     from vgen.eval.scenecuts import scene_cuts
-    from vgen.eval.seams import background_levels, layout_from_sidecar, seams, toy_detections
+    from vgen.eval.seams import Layout, background_levels, layout_from_sidecar, seams, toy_detections
     from vgen.eval.warp import warp_pairs
     from vgen.toyworld import detect_video, parse_prompt, score_video
     from vgen.video import read_video
@@ -128,6 +139,19 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
     layout = layout_from_sidecar(sidecar)
     objects = toy_detections(det, {s.colour for s in parse_prompt(prompt)})  # the prompted objects only
     sm = seams(video.frames, layout, pair_w, objects) if layout else None
+    whole = sm if sm is not None else seams(video.frames, Layout(len(video.frames), 1), pair_w, objects)
+    ev, jump = whole.events, whole.jump
+    bounds = set(whole.boundaries)
+    glitch_rec = {
+        "boundaries": len(whole.boundaries),
+        "ev_lost": ev.lost if ev else None, "ev_appeared": ev.appeared if ev else None,
+        "ev_changed": ev.changed if ev else None,
+        "ev_boundary_rate": ev.boundary_rate if ev else None, "ev_inside_rate": ev.inside_rate if ev else None,
+        "jump_largest": jump.largest if jump else None, "jump_median": jump.median if jump else None,
+        "jump_ratio": jump.ratio if jump else None, "jump_over": jump.over if jump else None,
+        "jump_at": jump.at if jump else None,
+        "jump_at_boundary": (jump.at + 1 in bounds) if jump else None,
+    }
     bg = background_levels(video.frames)
     first_obj = [o for o in score.objects if o.present]
     seam_rec = {} if sm is None else {
@@ -139,7 +163,7 @@ def measure(path: Path, prompt: str, window: int, min_scene_len: int | None, flo
         "speed_first": sm.speed_first, "speed_later": sm.speed_later,
     }
     return {
-        **seam_rec, "bg_start_end": abs(float(bg[-1] - bg[0])) if len(bg) else None,
+        **seam_rec, **glitch_rec, "bg_start_end": abs(float(bg[-1] - bg[0])) if len(bg) else None,
         "drift_found": (sum(o.drift for o in first_obj) / len(first_obj)) if first_obj else None,
         "drift_inside": drift_inside(det, first_obj),
         "object_drift": [o.drift if o.present else None for o in score.objects],  # per prompted object, None: not found
@@ -225,6 +249,43 @@ LEGEND = ("obj jump / step: the prompted objects' move (px, detections matched f
           "OpenCV flow: not comparable with the paper's 720x720 RAFT numbers)")
 
 
+GLITCH_HEADER = (f"{'mode':<20} {'n':>3} {'seams':>5} {'lost':>5} {'new':>5} {'reshp':>5} {'seam ev':>7} {'in ev':>6} "
+                 f"{'jump/md':>7} {'max':>5} {'>3x':>5} {'at seam':>7}")
+
+
+def glitch_row(label: str, recs: list[dict]) -> str:
+    """Objects lost / appearing / reshaped per seam (summed over the videos' seams, per seam), the share of seams
+    with any such event and of the pairs inside chunks with one (pooled), the largest single jump over the median
+    step (median over videos, max), pairs per video over 3x the median step, share of videos whose largest jump
+    is at a seam."""
+    seams = sum(r.get("boundaries") or 0 for r in recs)
+    per = (lambda key: sum(r.get(key) or 0 for r in recs) / seams) if seams else (lambda key: float("nan"))
+    at, inside = event_rates(recs)
+    ratios = _vals(recs, "jump_ratio")
+    at_seam = [bool(r["jump_at_boundary"]) for r in recs if r.get("jump_at_boundary") is not None]
+    return (f"{label:<20} {len(recs):>3} {seams:>5} {per('ev_lost'):>5.2f} {per('ev_appeared'):>5.2f} "
+            f"{per('ev_changed'):>5.2f} {at:>7.0%} {inside:>6.0%} "
+            f"{median(ratios):>7.1f} {max(ratios, default=float('nan')):>5.1f} {mean(_vals(recs, 'jump_over')):>5.2f} "
+            f"{(mean(at_seam) if at_seam else float('nan')):>7.0%}")
+
+
+GLITCH_LEGEND = ("lost / new / reshp: prompted objects lost, appearing, changing shape across a seam, per seam; seam ev / "
+                 "in ev: share of seams / of frame pairs inside chunks with any of them; jump/md: one object's largest "
+                 "move in any frame pair over the median step (median over videos; max: the worst video); >3x: pairs "
+                 "per video whose largest move is over 3x the median step; at seam: share of videos whose largest jump "
+                 "is at a seam")
+
+
+def print_glitches(records: list[dict], modes: list[str]) -> None:
+    print("\nobjects across seams and the largest jump")
+    print(GLITCH_HEADER)
+    for mode in modes:
+        recs = [r for r in records if r["mode"] == mode and "error" not in r and "jump_ratio" in r]
+        if recs:
+            print(glitch_row(mode, recs))
+    print(GLITCH_LEGEND)
+
+
 def print_tables(records: list[dict], modes: list[str], args) -> None:
     ok = [r for r in records if "error" not in r]
     if not ok:
@@ -244,6 +305,7 @@ def print_tables(records: list[dict], modes: list[str], args) -> None:
             print(summary_row(mode, recs))
     print_paired_drift(ok, modes)
     print(LEGEND)
+    print_glitches(ok, modes)
     print("\nby prompt size")
     print(SUMMARY_HEADER)
     for k in sorted({r["objects"] for r in ok}):
@@ -337,6 +399,18 @@ def progress_line(r: dict, first: bool) -> str:
             f"{'y' if r['colour_shape'] else 'n'} windows {r['window_rate']:4.0%}" + (f"  {r['prompt']}" if first else ""))
 
 
+def event_rates(recs: list[dict]) -> tuple[float, float]:
+    """(share of seams with a prompted object lost, appearing or reshaped, the same share of frame pairs inside
+    chunks), pooled over the videos."""
+    seams = sum(r.get("boundaries") or 0 for r in recs)
+    hits = sum((r.get("ev_boundary_rate") or 0) * (r.get("boundaries") or 0) for r in recs)
+    inside_n = [(r["ev_inside_rate"], r["frames_read"] - 1 - (r.get("boundaries") or 0)) for r in recs
+                if r.get("ev_inside_rate") is not None]
+    total = sum(n for _, n in inside_n)
+    return (hits / seams if seams else float("nan"),
+            sum(a * n for a, n in inside_n) / total if total else float("nan"))
+
+
 def record_seam_check(records: list[dict], args) -> None:
     """The trained mode's object and background seam ratios (ratio of the means) into streaming/config.json,
     measured as `vgen generate` runs it on that model: the trained-inpaint rows when the model carries
@@ -344,7 +418,8 @@ def record_seam_check(records: list[dict], args) -> None:
     check records which)."""
     from vgen.config import build_job
     from vgen.eval.seams import FLOORS
-    from vgen.methods.streaming.runner import MOTION_KEPT_FLOOR, SEAM_FLOOR
+    from vgen.methods.streaming.runner import (EVENTS_FACTOR, EVENTS_FLOOR, MOTION_KEPT_FLOOR, SEAM_FLOOR,
+                                               check_settings)
 
     carried = build_job(flags={"prompt": "a red circle", "method": "streaming", "model.id": args.model})
     dc, inpaint = bool(carried.streaming.trained_dc_lock), bool(carried.streaming.trained_inpaint)
@@ -363,12 +438,21 @@ def record_seam_check(records: list[dict], args) -> None:
     bg = ratio(mean(_vals(recs, "bg_jump")), mean(_vals(recs, "bg_step")), FLOORS["background"])
     kept = motion_kept(recs)[1]
     kept = kept if kept == kept else 0.0  # no motion in the first chunk: nothing shows motion is kept
-    check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR),
+    events, inside = event_rates(recs)
+    events_ok = events == events and events <= max(EVENTS_FLOOR, EVENTS_FACTOR * inside)
+    ratios = _vals(recs, "jump_ratio")
+    settings = check_settings(make_job(args, "a red circle", args.seed, mode, "probe", Path(".")))
+    check = {"passed": bool(obj <= SEAM_FLOOR and bg <= SEAM_FLOOR and kept >= MOTION_KEPT_FLOOR and events_ok),
              "object_ratio": round(obj, 3), "background_ratio": round(bg, 3), "floor": SEAM_FLOOR,
              "motion_kept": round(kept, 3), "motion_kept_floor": MOTION_KEPT_FLOOR, "trained_dc_lock": dc,
              "trained_inpaint": inpaint, "cam_scale": float(carried.streaming.cam_scale),
+             "seam_event_rate": round(events, 3), "inside_event_rate": round(inside, 3),
+             "event_rule": f"seam event rate <= max({EVENTS_FLOOR}, {EVENTS_FACTOR} x inside event rate)",
+             "jump_ratio_median": round(median(ratios), 3), "jump_ratio_max": round(max(ratios, default=float("nan")), 3),
+             "settings": settings,
              "measure": "objects matched frame to frame, prompted colours; motion kept from the Theil-Sen speed per "
-                        "window of chunk - cond_frames frames",
+                        "window of chunk - cond_frames frames; events: prompted objects lost, appearing or changing "
+                        "shape from one frame to the next; jump: one object's largest move over the median step",
              "measured": f"scripts/compare_streaming.py --prompts {args.prompts} --frames {args.frames} --steps "
                          f"{args.steps} --guidance {args.guidance} --eta {args.eta} --seed {args.seed} ({len(recs)} "
                          f"{mode} videos)"}
@@ -389,6 +473,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
                     help="training-free-dc: training-free with streaming.dc_lock (anchor-aware re-noising)")
     ap.add_argument("--eta", type=float, default=1.0, help="DDIM eta (StreamingT2V's: 1)")
+    ap.add_argument("--chunk-frames", type=int, default=16, help="frames of the vanilla mode's clips (one chunk)")
     ap.add_argument("--dc-lock", action="store_true", help="the training-free mode with streaming.dc_lock=true")
     ap.add_argument("--record", action="store_true",
                     help="write the trained mode's seam check (pass: object and background ratios <= the floor) into "

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import VGEN, make_job
 
-# 5 jobs, the 3rd fails (its model folder is missing); jobs 1..5 go to ranks 0,1,0,1,0 (index mod 2)
+# 5 jobs, the 3rd fails (its model folder is missing); nothing is done yet, so jobs 1..5 go to ranks 0,1,0,1,0
 BATCH = """
 defaults:
   model: {id: tiny-random-unet3d}
@@ -108,6 +108,63 @@ def test_assignment_is_index_mod_world_size():
     assert assign(3, 1) == [0, 0, 0]
 
 
+def _jobs(out: Path, n: int):
+    keys = {"model.id": "tiny-random-unet3d", "sampler.steps": 1, "video.frames": 2, "output.dir": str(out)}
+    return [make_job(f"job number {i}", **keys) for i in range(n)]
+
+
+def test_a_resume_after_a_lost_rank_spreads_the_unfinished_jobs_over_every_rank(tmp_path):
+    """Issue 30 item 5: rank 0 of a 2-rank run finished its jobs (1, 3, 5), rank 1 was lost before any: the resume
+    hands jobs 2, 4, 6 out over both ranks, not all three to rank 1 (as index mod world size did)."""
+    from vgen.batch import plan_ranks
+    from vgen.jobs import ModelCache, run_job
+
+    jobs = _jobs(tmp_path, 6)
+    models = ModelCache()
+    for i in (0, 2, 4):
+        run_job(jobs[i], models)
+    assert plan_ranks(jobs, 2, skip_existing=True) == {1: 0, 3: 1, 5: 0}
+    assert plan_ranks(jobs, 3, skip_existing=True) == {1: 0, 3: 1, 5: 2}
+    assert plan_ranks(jobs, 2, skip_existing=False) == {i: i % 2 for i in range(6)}  # no resume: everything runs
+    jobs.append(jobs[1])  # a 7th job writing the 2nd one's file: neither is handed out (both fail, saying so)
+    assert plan_ranks(jobs, 2, skip_existing=True) == {3: 0, 5: 1}
+
+
+def test_only_rank_0_reads_the_batch_and_every_rank_runs_its_plan(tmp_path, monkeypatch):
+    """The other ranks never read the batch file: what rank 0 read and handed out arrives by broadcast, so a file
+    that differs on another node (or is missing there) cannot shift jobs between ranks."""
+    from vgen import distributed
+    from vgen.batch import BatchItem, share_plan
+    from vgen.distributed import World
+
+    jobs = _jobs(tmp_path, 3)
+    sent = {}
+    monkeypatch.setattr(distributed, "init", lambda world: None)
+
+    def broadcast(obj, world):
+        if world.is_main:
+            sent["plan"] = obj
+        return sent["plan"]
+
+    monkeypatch.setattr(distributed, "broadcast", broadcast)
+    items = [BatchItem(f"job {i + 1}", job) for i, job in enumerate(jobs)]
+    plan0 = share_plan(lambda: items, False, World(0, 2, 0))
+
+    def elsewhere():
+        raise AssertionError("rank 1 read its own batch file")
+
+    plan1 = share_plan(elsewhere, False, World(1, 2, 1))
+    assert plan1 is plan0 and [i.label for i in plan1.items] == ["job 1", "job 2", "job 3"]
+    assert (plan1.mine(0), plan1.mine(1)) == ([0, 2], [1])
+    from vgen.errors import ConfigError
+
+    sent.clear()
+    with pytest.raises(ConfigError, match="no jobs"):  # a batch-file error on rank 0 stops every rank
+        share_plan(lambda: (_ for _ in ()).throw(ConfigError("batch file 'b.yaml' has no jobs")), False, World(0, 2, 0))
+    with pytest.raises(ConfigError, match="no jobs"):
+        share_plan(elsewhere, False, World(1, 2, 1))
+
+
 def test_sidecar_records_distributed_only_when_given(tmp_path):
     from vgen.jobs import ModelCache, run_job
 
@@ -150,6 +207,25 @@ def test_torchrun_resume_with_skip_existing_writes_nothing(torchrun):
     assert r.returncode == 1, r.stderr[-3000:]  # the bad job fails again
     assert r.stderr.count("skipped: ") == 4 and r.stderr.count("failed: ") == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_torchrun_resume_after_a_lost_rank_uses_every_rank(tmp_path):
+    """Jobs 1, 3, 5, 7 (rank 0's share) are done, as if rank 1 was lost: the resume spreads 2, 4, 6, 8 over both ranks."""
+    out = tmp_path / "out"
+    jobs = "".join(f"  - job number {i}\n" for i in range(8))
+    batch = write_batch(tmp_path, out, f"defaults: {{model: {{id: tiny-random-unet3d}}, sampler: {{steps: 1}}, "
+                                       f"video: {{frames: 2}}, output: {{dir: OUT}}}}\njobs:\n{jobs}")
+    rank0 = write_batch(tmp_path / "rank0", out, f"defaults: {{model: {{id: tiny-random-unet3d}}, sampler: {{steps: 1}}, "
+                        f"video: {{frames: 2}}, output: {{dir: OUT}}}}\njobs:\n"
+                        + "".join(f"  - job number {i}\n" for i in range(0, 8, 2)))
+    assert run([VGEN, "batch", rank0]).returncode == 0
+    r = run([*TORCHRUN, "batch", batch, "--skip-existing"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    written = {prompt: side for (prompt, _), side in sidecars(out).items()}
+    assert len(written) == 8 and r.stderr.count("skipped: ") == 4 and r.stderr.count("done: ") == 4
+    ranks = sorted(written[f"job number {i}"]["distributed"]["rank"] for i in range(1, 8, 2))
+    assert ranks == [0, 0, 1, 1]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The real `vgen` console script: outputs, batch, resume, config show, and every user error."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -25,14 +26,14 @@ def leftovers(folder: Path) -> list[str]:
 def test_generate_writes_mp4_gif_frames_and_sidecar(tmp_path):
     r = vgen("generate", "a red circle moving left", *FAST, "--out", tmp_path, "--gif", "--save-frames", "--seed", "3", "sampler.eta=0.0")
     assert r.returncode == 0, r.stderr
-    mp4 = tmp_path / "a-red-circle-moving-left-vanilla-3.mp4"
-    assert r.stdout.splitlines()[0] == str(mp4)
+    mp4 = Path(r.stdout.splitlines()[0])
+    assert mp4.parent == tmp_path and re.fullmatch(r"a-red-circle-moving-left-vanilla-3-[0-9a-f]{8}\.mp4", mp4.name)
     from vgen.video import read_video
 
     video = read_video(mp4)
     assert video.frames.shape == (4, 32, 32, 3)
-    assert (tmp_path / "a-red-circle-moving-left-vanilla-3.gif").is_file()
-    assert len(list((tmp_path / "a-red-circle-moving-left-vanilla-3_frames").glob("*.png"))) == 4
+    assert mp4.with_suffix(".gif").is_file()
+    assert len(list(mp4.with_name(f"{mp4.stem}_frames").glob("*.png"))) == 4
     side = json.loads(mp4.with_suffix(".json").read_text())
     assert side["seed"] == 3 and side["config"]["sampler"]["steps"] == 2 and side["model"]["kind"] == "unet3d"
     assert side["versions"]["torch"] and side["timings"]["total_s"] > 0 and side["dtype"] == "float32"
@@ -103,7 +104,8 @@ def test_empty_prompt_and_unwritable_output(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write to output folder" in r.stderr
 
 
-def test_ctrl_c_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_leaves_no_partial_file(tmp_path, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [VGEN, "generate", "a cat", "--model", "tiny-random-unet3d", "--steps", "900", "--frames", "8", "--out", out],
@@ -116,7 +118,7 @@ def test_ctrl_c_leaves_no_partial_file(tmp_path):
         time.sleep(0.1)  # the output folder is made (write check) just before the model loads
     time.sleep(5)  # the model is loaded and the 900-step loop is running
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted")
@@ -150,9 +152,9 @@ def test_batch_failed_jobs_do_not_stop_others_and_resume_skips(tmp_path):
     r = vgen("batch", batch)
     assert r.returncode == 1
     out = tmp_path / "out"
-    done = sorted(p.name for p in out.glob("*.mp4"))
-    assert done == ["a-dog-vanilla-5.mp4", "a-green-square-moving-up-vanilla-0.mp4", "a-green-square-moving-up-vanilla-1.mp4",
-                    "a-red-circle-moving-left-vanilla-0.mp4"]
+    done = sorted(re.sub(r"-[0-9a-f]{8}$", "", p.stem) for p in out.glob("*.mp4"))
+    assert done == ["a-dog-vanilla-5", "a-green-square-moving-up-vanilla-0", "a-green-square-moving-up-vanilla-1",
+                    "a-red-circle-moving-left-vanilla-0"]
     assert "does not exist" in r.stdout + r.stderr and "sampler.stepz" in r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1] == "error: 2 of 6 jobs failed"
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
@@ -163,11 +165,17 @@ def test_batch_failed_jobs_do_not_stop_others_and_resume_skips(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == stamps
 
 
-def test_batch_rejects_jobs_writing_the_same_file(tmp_path):
+def test_batch_jobs_writing_the_same_file_fail_and_the_rest_run(tmp_path):
+    """Issue 30 item 2: two jobs that resolve to one output fail, saying so; the others run."""
     batch = tmp_path / "b.yaml"
-    batch.write_text("jobs:\n  - a cat\n  - a cat\n")
+    batch.write_text("defaults: {model: {id: tiny-random-unet3d}, sampler: {steps: 1}, video: {frames: 2}}\n"
+                     "jobs:\n  - a cat\n  - a dog\n  - a cat\n  - {prompt: a cow, output: {name: same}}\n"
+                     "  - {prompt: a hen, output: {name: same}}\n")
     r = vgen("batch", batch, "--out", tmp_path)
-    assert r.returncode == 2 and "would both write" in r.stderr
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("jobs 1, 3 would all write") == 2 and r.stderr.count("jobs 4, 5 would all write") == 2
+    assert r.stderr.count("done: ") == 1 and r.stderr.strip().splitlines()[-1] == "error: 4 of 5 jobs failed"
+    assert [json.loads(p.read_text())["prompt"] for p in tmp_path.glob("*.json")] == ["a dog"]
 
 
 def test_same_seed_same_frames_different_seed_different(tmp_path):
@@ -181,3 +189,26 @@ def test_same_seed_same_frames_different_seed_different(tmp_path):
     a, b, c = (read_video(p).frames for p in paths)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+# ---- bad numbers never make a video (issue 37): the cases a new user tried, through the console script ----
+
+NON_FINITE = [
+    (["--guidance", "nan"], "config key 'sampler.guidance' must be a finite number, got nan"),
+    (["--guidance", "inf"], "config key 'sampler.guidance' must be a finite number, got inf"),
+    (["sampler.eta=inf"], "config key 'sampler.eta' must be a finite number, got inf"),
+    (["--method", "vico", "vico.lr=nan"], "config key 'vico.lr' must be a finite number, got nan"),
+    (["--method", "vico", "vico.lr=inf"], "config key 'vico.lr' must be a finite number, got inf"),
+    (["--method", "zs2", "zs2.lam=nan"], "config key 'zs2.lam' must be a finite number, got nan"),
+    (["--method", "vico", "vico.thresholds=[0.9, .nan, 0.2]"], "config key 'vico.thresholds' must hold finite numbers"),
+]
+
+
+@pytest.mark.parametrize("args,message", NON_FINITE, ids=[" ".join(a) for a, _ in NON_FINITE])
+def test_non_finite_numbers_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "out"
+    r = vgen("generate", "a cat", *FAST, "--out", out, *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}") and r.stdout == "", r.stderr
+    assert not out.exists()  # refused before the output folder is made, so before any model loads

@@ -17,7 +17,7 @@ def test_layers_override_in_order(tmp_path):
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("sampler.stepz=3", "unknown config key 'sampler.stepz' (in overrides); valid keys here: steps, guidance, scheduler, eta"),
+        ("sampler.stepz=3", "unknown config key 'sampler.stepz' (in overrides); valid keys here: steps, guidance, scheduler, eta, scheduler_config"),
         ("nope=1", "unknown config key 'nope'"),
         ("sampler.steps=abc", "bad value for config key 'sampler.steps'"),
         ("sampler.scheduler=fancy", "config key 'sampler.scheduler' is 'fancy'; choose one of: ddim, dpm++"),
@@ -60,12 +60,33 @@ def test_shipped_configs_resolve():
 
 
 def test_output_naming_and_yaml():
+    import re
+
     job = build_job(flags={"prompt": "A Red Circle, moving LEFT!", "seed": 4})
-    assert str(output_path(job)) == "outputs/a-red-circle-moving-left-vanilla-4.mp4"
-    assert str(output_path(build_job(flags={"prompt": "a cat", "method": "vico"}))) == "outputs/a-cat-vico-0.mp4"
+    assert re.fullmatch(r"outputs/a-red-circle-moving-left-vanilla-4-[0-9a-f]{8}\.mp4", str(output_path(job)))
+    assert re.fullmatch(r"outputs/a-cat-vico-0-[0-9a-f]{8}\.mp4",
+                        str(output_path(build_job(flags={"prompt": "a cat", "method": "vico"}))))
     assert slugify("!!!") == "video"
+    # the same job names the same file (in any process); where it goes and whether it may replace do not count
+    again = build_job(flags={"prompt": "A Red Circle, moving LEFT!", "seed": 4, "output.overwrite": True,
+                             "output.dir": "elsewhere"})
+    assert output_path(again).name == output_path(job).name
+    assert build_job(flags={"prompt": "x", "output.name": "mine"}).output.name == "mine"
+    assert output_path(build_job(flags={"prompt": "x", "output.name": "mine"})).name == "mine.mp4"
     assert "steps: 20" in to_yaml(job)  # the toy's own setting
     assert "steps: 25" in to_yaml(build_job(flags={"prompt": "x"}, presets=False))  # the schema's
+
+
+def test_names_never_collide_on_long_prompts_models_or_settings():
+    """Issue 30 item 2: the slug is cut at 60 characters; the hash of what makes the output is not."""
+    long = "a red circle moving left and a blue square moving up and a green triangle "
+    a, b = long + "moving down", long + "staying still"
+    assert slugify(a) == slugify(b)  # the readable part is the same ...
+    names = {output_path(build_job(flags=flags)).name for flags in [
+        {"prompt": a}, {"prompt": b},  # ... two prompts sharing 60 characters
+        {"prompt": a, "model.id": "tiny-random-unet3d"},  # one prompt on two models
+        {"prompt": a, "negative": "blurry"}, {"prompt": a, "sampler.eta": 0.5}]}
+    assert len(names) == 5 and all(n.startswith(slugify(a)) for n in names)
 
 
 # ---- per-method defaults, model-carried settings, sources (issue 18) ----
@@ -117,14 +138,43 @@ def test_the_toy_carries_settings_per_method():
     assert (job.vico.lr, job.sampler.steps, job.sampler.guidance, job.sampler.scheduler) == (1e-2, 20, 5.0, "ddim")
     job = build_job(flags={"prompt": "x", "method": "streaming"})
     assert job.video.frames == 64 and job.video.frames > job.streaming.chunk and job.sampler.eta == 1.0
-    # an explicit --model wins over the model's redirect
-    assert build_job(flags={"prompt": "x", "method": "zs2", "model.id": "toy"}).model.id == "toy"
+    # naming the model that redirects changes nothing (issue 30 item 7) ...
+    named = build_job(flags={"prompt": "x", "method": "zs2", "model.id": "toy"})
+    alone = build_job(flags={"prompt": "x", "method": "zs2"})
+    assert named == alone and config_sources(named) == config_sources(alone)
+    # ... naming another model still wins
+    assert build_job(flags={"prompt": "x", "method": "zs2", "model.id": "tiny-random-unet2d"}).model.id == "tiny-random-unet2d"
 
 
 def test_bad_model_settings_name_the_file(tmp_path):
     folder = _model_folder(tmp_path, "vanilla:\n  sampler: {stepz: 3}\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'sampler.stepz' \(in .*vgen.yaml \[vanilla\]\)"):
         build_job(flags={"prompt": "x", "model.id": str(folder)})
+
+
+@pytest.mark.parametrize("settings,key", [
+    ("vanilla:\n  output: {overwrite: true}\n", "vanilla.output.overwrite"),
+    ("vanilla:\n  output: {dir: /tmp/elsewhere}\n", "vanilla.output.dir"),
+    ("zs2:\n  runtime: {device: cpu}\n", "zs2.runtime.device"),
+    ("vico:\n  zs2: {lam: 0.2}\n", "vico.zs2.lam"),  # another method's section
+    ("zs2:\n  model: {id: toy-t2i, revision: main}\n", "zs2.model.revision"),
+    ("output:\n  dir: /tmp/elsewhere\n", "output"),  # a section that is no method
+])
+def test_a_model_vgen_yaml_sets_only_what_suits_the_model(tmp_path, settings, key):
+    """Issue 30 item 3: a downloaded model folder cannot redirect or overwrite a user's files."""
+    folder = _model_folder(tmp_path, settings)
+    with pytest.raises(ConfigError) as err:
+        build_job(flags={"prompt": "x", "model.id": str(folder), "method": "vanilla"})
+    message = str(err.value)
+    assert "\n" not in message and str(folder / "vgen.yaml") in message and f"'{key}'" in message
+
+
+def test_a_model_vgen_yaml_may_set_sampling_its_method_and_a_sibling(tmp_path):
+    folder = _model_folder(tmp_path, "vico:\n  sampler: {steps: 9}\n  video: {frames: 4}\n  vico: {lr: 0.5}\n"
+                                     "zs2:\n  model: {id: tiny-random-unet2d}\n")
+    job = build_job(flags={"prompt": "x", "model.id": str(folder), "method": "vico"})
+    assert (job.sampler.steps, job.video.frames, job.vico.lr) == (9, 4, 0.5)
+    assert build_job(flags={"prompt": "x", "model.id": str(folder), "method": "zs2"}).model.id == "tiny-random-unet2d"
 
 
 def test_list_overrides_take_commas():
@@ -151,3 +201,28 @@ def test_a_sidecar_loads_as_its_config(tmp_path):
     assert "output" not in cfg or "dir" not in cfg.output  # the re-run names its own file
     job = build_job(str(side))
     assert (job.prompt, job.method, job.seed, job.sampler.steps, job.output.name) == ("a red circle", "zs2", 3, 7, None)
+
+
+def test_non_finite_values_in_a_config_file_name_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: i4vgen\nsampler: {guidance: 5.0}\ni4vgen: {image_guidance: -.inf}\n")
+    with pytest.raises(ConfigError, match=r"^config key 'i4vgen.image_guidance' must be a finite number, got -inf$"):
+        build_job(str(cfg), {"prompt": "x"})
+
+
+@pytest.mark.parametrize("override", ["video.frames=-1", "sampler.steps=0", "sampler.eta=-0.5"])
+def test_range_checks_still_hold(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        build_job(flags={"prompt": "x"}, overrides=[override])
+
+
+def test_range_checks_fail_on_nan_even_without_the_finite_check():
+    # the comparisons themselves are NaN-safe (`not v >= low`): a check called directly still refuses NaN
+    from vgen.config import I4VGenConfig, StreamingConfig, VicoConfig, ZS2Config
+
+    for section, key in [(ZS2Config, "lam"), (ZS2Config, "momentum"), (VicoConfig, "tau"), (VicoConfig, "lr"),
+                         (I4VGenConfig, "step_size"), (I4VGenConfig, "t_regen"), (StreamingConfig, "cam_scale")]:
+        cfg = section()
+        setattr(cfg, key, float("nan"))
+        with pytest.raises(ConfigError, match=key):
+            cfg.check()

@@ -86,17 +86,41 @@ def test_3_outputs_never_collide_or_get_replaced_silently(tmp_path):
     a = vgen("generate", "a cat", *TINY, "--out", tmp_path)
     b = vgen("generate", "a cat", "--method", "vico", *TINY, "--out", tmp_path)
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["a-cat-vanilla-0.mp4", "a-cat-vico-0.mp4"]
-    mp4 = tmp_path / "a-cat-vanilla-0.mp4"
+    assert sorted(re.sub(r"-[0-9a-f]{8}$", "", p.stem) for p in tmp_path.glob("*.mp4")) == ["a-cat-vanilla-0", "a-cat-vico-0"]
+    mp4 = Path(a.stdout.splitlines()[0])
     stamp = mp4.stat().st_mtime_ns
     one_error(vgen("generate", "a cat", *TINY, "--out", tmp_path), "already exists", "--overwrite")
     assert mp4.stat().st_mtime_ns == stamp
     r = vgen("generate", "a cat", *TINY, "--out", tmp_path, "--skip-existing")
     assert r.returncode == 0 and "skipped" in r.stderr and mp4.stat().st_mtime_ns == stamp
+    # another setting makes another output: a new name is filled, the first stays
     r = vgen("generate", "a cat", *TINY, "--out", tmp_path, "--skip-existing", "sampler.eta=0.5")
-    assert r.returncode == 0 and "sampler.eta 0.0 -> 0.5" in r.stderr and mp4.stat().st_mtime_ns != stamp
-    r = vgen("generate", "a cat", *TINY, "--out", tmp_path, "--overwrite")
-    assert r.returncode == 0 and sidecar(mp4)["config"]["sampler"]["eta"] == 0.0
+    assert r.returncode == 0 and Path(r.stdout.splitlines()[0]) != mp4 and mp4.stat().st_mtime_ns == stamp
+    assert sidecar(Path(r.stdout.splitlines()[0]))["config"]["sampler"]["eta"] == 0.5
+    # under one explicit name, a changed setting re-runs saying why
+    named = tmp_path / "named.mp4"
+    assert vgen("generate", "a cat", *TINY, "--out", named).returncode == 0
+    r = vgen("generate", "a cat", *TINY, "--out", named, "--skip-existing", "sampler.eta=0.5")
+    assert r.returncode == 0 and "sampler.eta 0.0 -> 0.5" in r.stderr and sidecar(named)["config"]["sampler"]["eta"] == 0.5
+    r = vgen("generate", "a cat", *TINY, "--out", named, "--overwrite")
+    assert r.returncode == 0 and sidecar(named)["config"]["sampler"]["eta"] == 0.0
+
+
+def test_3_skip_existing_never_replaces_another_prompts_or_models_output(tmp_path):
+    """Issue 30 item 2: two prompts sharing 60 characters give two outputs, and --skip-existing only skips or
+    fills a name: under one explicit name, another prompt's or model's video is an error, not a replacement."""
+    long = "a red circle moving left and a blue square moving up and a green triangle "
+    first = vgen("generate", long + "moving down", *TINY, "--out", tmp_path)
+    second = vgen("generate", long + "staying still", *TINY, "--out", tmp_path, "--skip-existing")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert {sidecar(p)["prompt"] for p in tmp_path.glob("*.mp4")} == {long + "moving down", long + "staying still"}
+    named = tmp_path / "mine.mp4"
+    assert vgen("generate", "a cat", *TINY, "--out", named).returncode == 0
+    stamp = named.stat().st_mtime_ns
+    one_error(vgen("generate", "a dog", *TINY, "--out", named, "--skip-existing"), "another prompt", "--overwrite")
+    one_error(vgen("generate", "a cat", *TINY[2:], "--model", "tiny-random-motion", "--out", named, "--skip-existing"),
+              "another model")
+    assert named.stat().st_mtime_ns == stamp and sidecar(named)["prompt"] == "a cat"
 
 
 def test_3_batch_skip_existing_reruns_changed_jobs_and_says_why(tmp_path):
@@ -105,11 +129,14 @@ def test_3_batch_skip_existing_reruns_changed_jobs_and_says_why(tmp_path):
     batch.write_text(f"defaults: {{model: {{id: tiny-random-unet3d}}, sampler: {{steps: 2}}, video: {{frames: 2}}, "
                      f"output: {{dir: {out}}}}}\njobs:\n  - a cat\n  - a dog\n")
     assert vgen("batch", batch).returncode == 0
-    stamp = (out / "a-cat-vanilla-0.mp4").stat().st_mtime_ns
-    r = vgen("batch", batch, "--skip-existing", "sampler.eta=0.5")  # a changed setting: both re-run
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    r = vgen("batch", batch, "--skip-existing", "sampler.eta=0.5")  # a changed setting: both run, to new names
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("done:") == 2 and "sampler.eta 0.0 -> 0.5" in r.stderr
-    assert (out / "a-cat-vanilla-0.mp4").stat().st_mtime_ns != stamp
+    assert r.stderr.count("done:") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4") if p.name in stamps} == stamps
+    assert len(list(out.glob("*.mp4"))) == 4
+    r = vgen("batch", batch, "--skip-existing", "sampler.eta=0.5")  # resumed: nothing left to run
+    assert r.returncode == 0 and r.stderr.count("skipped:") == 2
 
 
 # 4 -------------------------------------------------------------------------------------------------

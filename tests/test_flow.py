@@ -244,6 +244,39 @@ def test_st_flow_hand_computed():
     torch.testing.assert_close(fl.cross_attention_flow(blocks), C)
 
 
+def _official_soft(A, B, tau):
+    """The public code's batch_soft_min_max_matrix_multiplication (op.py), the same formula: [b, m, k] x [b, k, n]."""
+    a = A.unsqueeze(2).expand(-1, A.shape[1], B.shape[2], A.shape[2])
+    b = B.permute(0, 2, 1).unsqueeze(1).expand(-1, A.shape[1], B.shape[2], A.shape[2])
+    soft_min = -torch.logsumexp(torch.stack([-a / tau, -b / tau]), dim=0) * tau
+    return torch.logsumexp(soft_min / tau, dim=3) * tau
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_st_flow_orders_against_the_public_formula(tiled):
+    """order official is the public store's (R2 ⊗ R1) ⊗ C, sequential is R2 ⊗ (R1 ⊗ C); in soft mode the two
+    differ (the soft product is not associative), in hard mode they agree (max-min is)."""
+    gen = torch.Generator().manual_seed(31)
+    F, P, J, tau = 8, 6, 5, 0.01
+    C = torch.rand(F, P, J, generator=gen, dtype=torch.float64).softmax(-1)
+    T1, T2 = (torch.rand(P, F, F, generator=gen, dtype=torch.float64).softmax(-1) for _ in range(2))
+    eye = torch.eye(F, dtype=torch.float64)
+    R1, R2 = (T1 + eye) / 2, (T2 + eye) / 2
+    Cp = C.transpose(0, 1)
+    official = _official_soft(_official_soft(R2, R1, tau), Cp, tau).transpose(0, 1)
+    sequential = _official_soft(R2, _official_soft(R1, Cp, tau), tau).transpose(0, 1)
+    torch.testing.assert_close(fl.st_flow(C, [T1, T2], "soft", tau, tiled=tiled), official)
+    torch.testing.assert_close(fl.st_flow(C, [T1, T2], "soft", tau, tiled=tiled, order="sequential"), sequential)
+    assert (official - sequential).abs().max() > 1e-3
+    hard = [fl.st_flow(C, [T1, T2], "hard", order=o) for o in fl.ORDERS]
+    torch.testing.assert_close(hard[0], hard[1], rtol=0, atol=0)
+    blocks = [(C, [T1, T2]), (C.flip(0), [T2, T1])]
+    torch.testing.assert_close(fl.st_flow_blocks(blocks, "soft", tau, tiled=tiled),
+                               (official + fl.st_flow(C.flip(0), [T2, T1], "soft", tau)) / 2)
+    with pytest.raises(ValueError, match="order"):
+        fl.st_flow(C, [T1], order="reverse")
+
+
 def test_with_residual_and_reshape():
     T = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     assert torch.equal(fl.with_residual(T), torch.full((2, 2), 0.5))

@@ -266,6 +266,47 @@ def test_candidates_are_reproducible_by_seed_and_batch_size(tiny):
     assert not torch.allclose(lat_a[0], lat_a[1])  # the candidates differ from each other
 
 
+def test_candidate_noise_is_a_frame_of_one_video_draw_as_the_public_code_lays_it_out(tiny):
+    """pipeline_animation.py draws [1, C, N, h, w] (prepare_latents) and makes candidate i of frame i ("b c f h w ->
+    (b f) c h w", unsqueeze(2)); layout batch is vgen's earlier [N, C, 1, h, w] draw."""
+    c = tiny("tiny-random-motion")
+    n, seed = 5, 11
+    draw = torch.randn(1, 4, n, 4, 4, generator=torch.Generator().manual_seed(seed))  # 8x8 pixels: 4x4 latents
+    noise = I.candidate_noise(c, n, 8, 8, torch.Generator().manual_seed(seed), "frames")
+    assert noise.shape == (n, 4, 1, 4, 4)
+    for i in range(n):
+        assert torch.equal(noise[i], draw[0, :, i : i + 1])
+    batch = I.candidate_noise(c, n, 8, 8, torch.Generator().manual_seed(seed), "batch")
+    assert torch.equal(batch, torch.randn(n, 4, 1, 4, 4, generator=torch.Generator().manual_seed(seed)))
+    assert not torch.equal(batch, noise)  # the same numbers, other candidates
+
+
+def test_i4vgen_draws_its_noises_in_the_public_codes_order(tiny, monkeypatch):
+    """One seeded generator, three draws: the candidates' [1, C, N, h, w], NI-VSDS's ε [1, C, F, h, w], the
+    regeneration's noise [1, C, F, h, w] (pipeline_animation.py: prepare_latents, randn_like, randn_like)."""
+    from conftest import make_job
+    from vgen.jobs import RunContext
+
+    drawn = []
+    real = I.iid_noise
+
+    def record(shape, generator, device, dtype):
+        drawn.append(real(shape, generator, device, dtype))
+        return drawn[-1]
+
+    monkeypatch.setattr(I, "iid_noise", record)
+    c = tiny("tiny-random-motion")
+    job = make_job(PROMPT, **{"method": "i4vgen", "model.id": "tiny-random-motion", "sampler.steps": 2,
+                              "video.frames": 3, "i4vgen.candidates": 4, "i4vgen.save_candidates": False, "seed": 5})
+    ctx = RunContext(generator=torch.Generator().manual_seed(5), height=32, width=32, output_stem=Path("unused"),
+                     progress=False)
+    I.run(job, c, ctx)
+    g = torch.Generator().manual_seed(5)
+    expected = [torch.randn(1, 4, 4, 16, 16, generator=g), torch.randn(1, 4, 3, 16, 16, generator=g),
+                torch.randn(1, 4, 3, 16, 16, generator=g)]  # 32x32 pixels, VAE factor 2
+    assert len(drawn) == 3 and all(torch.equal(a, b) for a, b in zip(drawn, expected))
+
+
 def test_clip_reward_is_the_cosine_score_of_a_local_clip_model(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -324,7 +365,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", model, "--steps", "3", "--frames", "3",
              "--out", tmp_path, "i4vgen.candidates=3")
     assert r.returncode == 0, r.stderr
-    mp4 = tmp_path / "a-red-circle-moving-left-i4vgen-0.mp4"
+    mp4 = Path(r.stdout.splitlines()[0])
     from vgen.video import read_video
 
     assert read_video(mp4).frames.shape == (3, 32, 32, 3)
@@ -342,7 +383,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     expected = [int(t) for t in sched.timesteps]
     assert info["ni_vsds"]["timesteps"] == expected[:2] and info["ni_vsds"]["step_sizes"] == [10.0, 10.0]
     assert info["regeneration"]["timesteps"] == expected and info["regeneration"]["from_timestep"] == expected[0]
-    anchor, grid = tmp_path / "a-red-circle-moving-left-i4vgen-0_anchor.png", tmp_path / "a-red-circle-moving-left-i4vgen-0_candidates.png"
+    anchor, grid = mp4.with_name(f"{mp4.stem}_anchor.png"), mp4.with_name(f"{mp4.stem}_candidates.png")
     assert sorted(side["files"]) == sorted([str(anchor), str(grid)])
     import imageio.v3 as iio
 
@@ -380,7 +421,7 @@ def test_candidates_from_the_image_model_stay_an_option(tmp_path):
     r = vgen("generate", PROMPT, "--method", "i4vgen", "--model", "tiny-random-unet3d", "--steps", "2", "--frames", "2",
              "--out", tmp_path, "i4vgen.candidate_model=image", "i4vgen.candidates=2")
     assert r.returncode == 0, r.stderr
-    info = json.loads((tmp_path / "a-red-circle-moving-left-i4vgen-0.json").read_text())["method_info"]["anchor"]
+    info = json.loads(Path(r.stdout.splitlines()[0]).with_suffix(".json").read_text())["method_info"]["anchor"]
     assert info["source"] == "image" and info["image_model"] == "tiny-random-unet2d" and len(info["scores"]) == 2
 
 

@@ -157,9 +157,13 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
     assert not broken, broken
 
 
+# a path of another repository that docs cite, in a folder this one has too (github xiefan-guo/i4vgen)
+OTHER_REPOSITORIES = {"scripts/animate_animatediff.py"}
+
+
 def test_every_repository_path_the_readme_and_docs_name_exists():
-    """`configs/...`, `scripts/...`, `vgen/...`, `tests/...`, `docs/...` in code spans and blocks exist (files that
-    move must be re-cited), and nothing outside the repository (`../...`) is cited."""
+    """`configs/...`, `scripts/...`, `vgen/...`, `tests/...`, `docs/...` in code spans and blocks exist when their
+    folder does (files that move must be re-cited), and nothing outside the repository (`../...`) is cited."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     missing = []
     for page in pages:
@@ -168,10 +172,12 @@ def test_every_repository_path_the_readme_and_docs_name_exists():
         inline = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
         for code in blocks + inline:
             for token in code.split():
-                path = token.strip("\"'(").rstrip(".,:;)").split("#")[0]
+                path = token.strip("\"'(").rstrip(".,:;)").split("#")[0].split("::")[0]
                 if path.startswith("../"):  # outside the repository: a reader of a clone does not have it
                     missing.append(f"{page.name}: {path}")
-                elif re.match(r"(configs|scripts|vgen|tests|docs)/", path) and not re.search(r"[<>*{}$]", path):
-                    if not (ROOT / path).exists():
+                elif (re.match(r"(configs|scripts|vgen|tests|docs)/", path) and not re.search(r"[<>*{}$]", path)
+                      and path not in OTHER_REPOSITORIES):
+                    # a path whose folder this repository lacks is another repository's (diffusers', AnimateDiff's)
+                    if (ROOT / path.rstrip("/")).parent.is_dir() and not (ROOT / path).exists():
                         missing.append(f"{page.name}: {path}")
     assert not missing, missing

@@ -209,3 +209,65 @@ def test_paired_drift_counts_only_objects_every_mode_found():
     count, by_mode = module.paired_drift(records, ["a", "b"])
     assert count == 2
     assert by_mode["a"] == pytest.approx((0.1 + 0.2) / 2) and by_mode["b"] == pytest.approx((0.3 + 0.0) / 2)
+
+
+# ---- issue 30 item 4: objects lost / appearing / reshaped, and the largest single jump ----
+
+from vgen.eval.seams import largest_jump, pair_events, seam_events  # noqa: E402
+
+
+def _square_clip(n: int, missing: set[int], size: int = 64) -> np.ndarray:
+    """A red 10x10 square on grey moving 1 px/frame to the right; absent in the frames `missing`."""
+    frames = np.full((n, size, size, 3), 128, dtype=np.uint8)
+    for t in range(n):
+        if t not in missing:
+            x0 = 10 + t
+            frames[t, 27:37, x0 : x0 + 10] = (230, 20, 20)
+    return frames
+
+
+def test_an_object_lost_at_every_seam_is_counted_not_left_out():
+    """The square vanishes in the first frame of every new chunk (and comes back in the next): the boundary pairs
+    have no match, so the mean object jump at boundaries is undefined (the old reading: nothing to fail), while
+    the events count one lost object per seam and one reappearance inside each chunk."""
+    layout = Layout(8, 4)
+    n = 24
+    bounds = layout.boundaries(n)
+    assert bounds == [8, 12, 16, 20]
+    frames = _square_clip(n, set(bounds))
+    objects = toy_detections(detect_video(frames), {"red"})
+    assert [len(o) for o in objects] == [0 if t in bounds else 1 for t in range(n)]
+    sm = seams(frames, layout, objects=objects)
+    assert sm.object.boundary is None and sm.object.ratio is None  # the mean alone cannot see it
+    e = sm.events
+    assert (e.lost, e.appeared, e.changed) == (4, 0, 0)
+    assert e.boundary_rate == 1.0  # every seam loses the object
+    assert e.inside_rate == pytest.approx(4 / 19)  # the 4 reappearances among the 23 - 4 inside pairs
+
+
+def test_an_object_that_changes_shape_or_appears_at_a_seam():
+    sq, ci = ("red", 10.0, 30.0, "square"), ("red", 11.0, 30.0, "circle")
+    assert pair_events([sq], [ci]) == (0, 0, 1)  # matched, another shape
+    assert pair_events([sq], [sq, ("blue", 40.0, 30.0, "square")]) == (0, 1, 0)  # a new object
+    assert pair_events([sq, ("red", 40.0, 30.0, "square")], [ci]) == (1, 0, 1)  # one lost, the other reshaped
+    assert pair_events([("red", 10.0, 30.0)], [("red", 11.0, 30.0)]) == (0, 0, 0)  # no shapes known: no change
+    objects = [[sq]] * 4 + [[ci]] * 4  # the shape changes at the seam (frame 4) only
+    e = seam_events(objects, [4])
+    assert (e.lost, e.appeared, e.changed, e.boundary_rate, e.inside_rate) == (0, 0, 1, 1.0, 0.0)
+
+
+def test_one_jump_inside_a_chunk_reads_as_the_largest_jump_not_in_the_seam_mean():
+    """2 px/frame, one 12 px glitch between frames 13 and 14 (inside the second chunk): the boundary mean stays
+    the step and the glitch even lowers the seam ratio (2 / (18 x 2 + 14) / 19 = 0.76), while the largest jump is
+    14 px at pair 13 against the median step 2: 7x, one pair over 3x."""
+    n = 24
+    xs = [10.0 + 2 * t + (12.0 if t >= 14 else 0.0) for t in range(n)]
+    objects = [[("blue", x, 30.0, "circle")] for x in xs]
+    frames = np.zeros((n, 8, 8, 3), dtype=np.uint8)
+    sm = seams(frames, Layout(8, 4), objects=objects)
+    assert sm.object.boundary == pytest.approx(2.0) and sm.object.ratio == pytest.approx(2.0 / (50 / 19))
+    j = sm.jump
+    assert (j.largest, j.at, j.median, j.ratio, j.over) == (pytest.approx(14.0), 13, pytest.approx(2.0),
+                                                           pytest.approx(7.0), 1)
+    still = largest_jump([[("blue", 5.0, 5.0)]] * 5, np.zeros(4))  # no motion: the floor divides
+    assert still.largest == 0.0 and still.ratio == 0.0 and still.over == 0

@@ -191,6 +191,9 @@ def test_a_trained_anchor_weight_changes_the_three_pass_result(zero_streaming_mo
 
 
 def test_auto_uses_memories_only_when_their_seam_check_passed(zero_streaming_model, tmp_path):
+    """Issue 30 item 4: a passed check vouches for the memories only at every setting it recorded (steps, guidance,
+    eta, scheduler, chunk, cond_frames, anchor guidance, the memory options); one that recorded none (the older
+    format) vouches for nothing."""
     import json as _json
     import shutil
 
@@ -198,40 +201,42 @@ def test_auto_uses_memories_only_when_their_seam_check_passed(zero_streaming_mod
 
     c = _load(zero_streaming_model)
     assert load_seam_check(zero_streaming_model) is None  # never measured
-    assert R.resolve_mode("auto", c) == "training-free" and R.resolve_mode("trained", c) == "trained"
-    for passed, mode in ((False, "training-free"), (True, "trained")):
-        folder = tmp_path / f"m{passed}"
+    job = make_job(PROMPT, **{"method": "streaming", "sampler.steps": 20, "sampler.guidance": 5.0, "sampler.eta": 1.0,
+                              "streaming.trained_dc_lock": True, "streaming.trained_inpaint": True,
+                              "streaming.cam_scale": 0.5})
+    settings = R.check_settings(job)
+    assert R.resolve_mode("auto", c, settings) == "training-free" and R.resolve_mode("trained", c) == "trained"
+
+    def with_check(name: str, check: dict):
+        folder = tmp_path / name
         shutil.copytree(zero_streaming_model, folder)
         cfg = folder / "streaming" / "config.json"
         data = _json.loads(cfg.read_text())
-        data["seam_check"] = {"passed": passed, "object_ratio": 1.5 if passed else 4.0, "background_ratio": 1.2}
+        data["seam_check"] = check
         cfg.write_text(_json.dumps(data))
-        assert R.resolve_mode("auto", _load(folder)) == mode
-    # a check that passed with trained_dc_lock vouches only for runs with it
-    folder = tmp_path / "dc"
-    shutil.copytree(zero_streaming_model, folder)
-    cfg = folder / "streaming" / "config.json"
-    data = _json.loads(cfg.read_text())
-    data["seam_check"] = {"passed": True, "object_ratio": 1.5, "background_ratio": 1.2, "trained_dc_lock": True}
-    cfg.write_text(_json.dumps(data))
-    c = _load(folder)
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True}) == "trained"
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": False}) == "training-free"
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "training-free"
-    assert R.resolve_mode("trained", c, {"trained_dc_lock": False}) == "trained"  # asked for: always
-    # ... and one measured with trained_inpaint only for runs with it
-    data["seam_check"] |= {"trained_inpaint": True}
-    cfg.write_text(_json.dumps(data))
-    c = _load(folder)
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "trained"
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True}) == "training-free"
-    # ... and one measured at a cam_scale only for runs at it (absent: the paper's 1.0)
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True, "cam_scale": 1.0}) == "trained"
-    data["seam_check"] |= {"cam_scale": 0.5}
-    cfg.write_text(_json.dumps(data))
-    c = _load(folder)
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True, "cam_scale": 0.5}) == "trained"
-    assert R.resolve_mode("auto", c, {"trained_dc_lock": True, "trained_inpaint": True}) == "training-free"
+        return _load(folder)
+
+    recorded = {"sampler.steps": 20, "sampler.guidance": 5.0, "sampler.eta": 1.0, "sampler.scheduler": "ddim",
+                "streaming.chunk": 16, "streaming.cond_frames": 8, "streaming.anchor_guidance": 5.0,
+                "streaming.trained_dc_lock": True, "streaming.trained_inpaint": True, "streaming.cam_scale": 0.5}
+    assert settings == recorded  # the job's values, anchor guidance resolved to the text guidance
+    assert R.resolve_mode("auto", with_check("failed", {"passed": False, "settings": recorded}), settings) == "training-free"
+    passed = with_check("passed", {"passed": True, "settings": recorded})
+    assert R.resolve_mode("auto", passed, settings) == "trained"
+    # the old format (memory options only, no settings): measured at unknown steps, so trusted nowhere
+    old = with_check("old", {"passed": True, "trained_dc_lock": True, "trained_inpaint": True, "cam_scale": 0.5})
+    assert R.resolve_mode("auto", old, settings) == "training-free"
+    # any one setting away from the check: not trusted (forcing trained still works)
+    for key, value in [("sampler.steps", 10), ("sampler.guidance", 7.5), ("sampler.eta", 0.0),
+                       ("sampler.scheduler", "euler"), ("streaming.chunk", 12), ("streaming.cond_frames", 4),
+                       ("streaming.anchor_guidance", 3.0), ("streaming.trained_dc_lock", False),
+                       ("streaming.trained_inpaint", False), ("streaming.cam_scale", 1.0)]:
+        other = make_job(PROMPT, **{"method": "streaming", "sampler.steps": 20, "sampler.guidance": 5.0,
+                                    "sampler.eta": 1.0, "streaming.trained_dc_lock": True,
+                                    "streaming.trained_inpaint": True, "streaming.cam_scale": 0.5, key: value})
+        assert R.resolve_mode("auto", passed, R.check_settings(other)) == "training-free", key
+        assert R.check_mismatch({"settings": recorded}, R.check_settings(other))[0].startswith(key)
+        assert R.resolve_mode("trained", passed, R.check_settings(other)) == "trained"
 
 
 def test_trained_dc_lock_moves_only_each_frames_mean_to_the_known_frames(tiny):

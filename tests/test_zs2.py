@@ -190,7 +190,7 @@ def test_generate_zs2_from_the_command_line(tmp_path):
     r = vgen_in_process("generate", "a red circle moving left", "--method", "zs2", "--model", "tiny-random-unet2d",
                         "--steps", "2", "--frames", "3", "--out", tmp_path, "zs2.lam=0.2", "zs2.frame_chunk=2")
     assert r.returncode == 0, r.stderr
-    side = json.loads((tmp_path / "a-red-circle-moving-left-zs2-0.json").read_text())
+    side = json.loads(Path(r.stdout.splitlines()[0]).with_suffix(".json").read_text())
     assert side["method"] == "zs2" and side["video"]["frames"] == 3
     assert side["method_info"]["rho"] == pytest.approx(rho_from_lambda(0.2)) and side["method_info"]["momentum"] == 0.98
     from vgen.methods import get_method

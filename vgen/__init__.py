@@ -1,3 +1,3 @@
 """vgen: text-to-video generation with Vico, StreamingT2V, ZS2 and I4VGen on diffusers models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

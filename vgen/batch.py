@@ -13,7 +13,8 @@ seeds: [0, 1]        # seeds for the prompts file (default [0])
 ```
 A job whose config is wrong becomes a failed item; the other jobs still run.
 
-Started by torchrun, each process runs its share of the jobs (`assign`) and rank 0 reports the whole batch.
+Started by torchrun, rank 0 reads the batch and what is done and hands the unfinished jobs out over the ranks
+(`share_plan`); each process runs its share and rank 0 reports the whole batch.
 """
 
 from __future__ import annotations
@@ -98,16 +99,61 @@ def load_batch(path: str | Path, overrides: Iterable[str] = ()) -> list[BatchIte
 
 
 def assign(n_jobs: int, world_size: int) -> list[int]:
-    """The rank that runs each job: job i on rank i mod world_size.
-
-    It depends only on the job's place in the batch file, so a job's output name and frames (seeded per job) never
-    depend on the world size, a resume with --skip-existing finds the same files under any world size, and the
-    ranks get equal counts (long and short jobs interleave). Each rank loads a model once, when its first job
-    asks for it.
-    """
+    """Round robin: the k-th job handed out goes to rank k mod world_size (equal counts; long and short jobs
+    interleave). Names and frames never depend on the rank (both come from the job alone)."""
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
     return [i % world_size for i in range(n_jobs)]
+
+
+def plan_ranks(jobs: list[JobConfig], world_size: int, skip_existing: bool) -> dict[int, int]:
+    """0-based job index -> rank, for the jobs still to run: under --skip-existing a job whose output is done
+    (its sidecar holds this job's settings) is handed to no rank, and the unfinished ones are spread round robin,
+    so a resume after a lost rank keeps every rank busy. Jobs that share one output (they fail) go to no rank."""
+    from vgen.jobs import previous_output, shared_outputs
+
+    shared = shared_outputs(jobs)
+    todo = [i for i, job in enumerate(jobs) if i not in shared and not (skip_existing and previous_output(job)[0])]
+    return dict(zip(todo, assign(len(todo), world_size)))
+
+
+@dataclass
+class Plan:
+    """What rank 0 read and handed out, the same on every rank (broadcast): the batch's items (the file is
+    parsed once, on rank 0), each unfinished job's rank, and an error that stops the whole batch."""
+
+    items: list[BatchItem]
+    ranks: dict[int, int]  # 0-based index among the runnable jobs -> rank
+    error: str = ""
+
+    @property
+    def jobs(self) -> list[JobConfig]:
+        return [item.job for item in self.items if item.job is not None]
+
+    def mine(self, rank: int) -> list[int]:
+        return sorted(i for i, r in self.ranks.items() if r == rank)
+
+
+def share_plan(load: Callable[[], list[BatchItem]], skip_existing: bool, world: Any) -> Plan:
+    """Rank 0 reads the batch (`load`) and what is already done and hands out the unfinished jobs; the other
+    ranks receive that Plan (torch.distributed broadcast), so a batch or prompts file that differs between
+    nodes (or is missing on one) cannot shift work. A batch-file error is raised on every rank."""
+    from vgen import distributed
+
+    distributed.init(world)
+    plan = None
+    if world.is_main:
+        try:
+            items = load()
+            jobs = [item.job for item in items if item.job is not None]
+            plan = Plan(items, plan_ranks(jobs, world.world_size, skip_existing))
+        except VgenError as err:
+            plan = Plan([], {}, str(err))
+    plan = distributed.broadcast(plan, world)
+    if plan.error:
+        distributed.teardown()
+        raise ConfigError(plan.error)
+    return plan
 
 
 @dataclass
@@ -128,24 +174,30 @@ class Outcome:
                    getattr(result, "note", "") or "")
 
 
-def outcomes_on_disk(jobs: list[JobConfig], world_size: int, since: float, skip_existing: bool, reason: str) -> list[Outcome]:
+def outcomes_on_disk(jobs: list[JobConfig], ranks: dict[int, int], since: float, skip_existing: bool,
+                     reason: str) -> list[Outcome]:
     """What a batch left on disk, for when a rank stopped before reporting: a job whose mp4 and sidecar were
     written since `since` (epoch seconds) is done; one from before is skipped under --skip-existing only when
-    its sidecar holds this job's settings (as run_batch decides); any other is failed with `reason`."""
+    its sidecar holds this job's settings (as run_batch decides); any other is failed with `reason`. `ranks`:
+    the plan's rank of each job handed out (0-based index)."""
     from vgen.config import output_path
-    from vgen.jobs import is_complete, previous_output, sidecar_path
+    from vgen.jobs import is_complete, previous_output, shared_outputs, sidecar_path
 
+    shared = shared_outputs(jobs)
     outcomes = []
-    for i, (job, rank) in enumerate(zip(jobs, assign(len(jobs), world_size)), 1):
+    for i, job in enumerate(jobs, 1):
+        rank = ranks.get(i - 1, 0)
         mp4 = output_path(job)
-        if is_complete(job) and sidecar_path(mp4).stat().st_mtime >= since:
+        if i - 1 in shared:
+            outcomes.append(Outcome(i, "failed", error=shared[i - 1]))
+        elif is_complete(job) and sidecar_path(mp4).stat().st_mtime >= since:
             try:
                 seconds = float(json.loads(sidecar_path(mp4).read_text())["timings"]["total_s"])
             except (OSError, ValueError, KeyError, TypeError):
                 seconds = 0.0
             outcomes.append(Outcome(i, "done", str(mp4), seconds, rank=rank))
         elif skip_existing and previous_output(job)[0]:
-            outcomes.append(Outcome(i, "skipped", str(mp4), rank=rank))
+            outcomes.append(Outcome(i, "skipped", str(mp4), rank=rank, note="same settings as its sidecar"))
         else:
             outcomes.append(Outcome(i, "failed", error=f"not finished on rank {rank}: {reason}", rank=rank))
     return outcomes
@@ -163,15 +215,16 @@ SUPERVISED_ENV = "VGEN_BATCH_SUPERVISED"  # set by `vgen batch --nproc` for its 
 
 
 def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Outcome], None],
-             world: Optional[Any] = None) -> Optional[Report]:
-    """Run this process's share of `jobs` (all of them in a plain run) and return the whole batch's Report on
-    rank 0, None on the other ranks.
+             world: Optional[Any] = None, plan: Optional[Plan] = None) -> Optional[Report]:
+    """Run this process's share of `jobs` (all of them in a plain run; under a launcher the jobs `plan` hands
+    this rank) and return the whole batch's Report on rank 0, None on the other ranks.
 
-    Results meet on rank 0 through torch.distributed (gather). If the gather fails (a rank died, or hung past
-    VGEN_DIST_TIMEOUT), rank 0 reads what the batch left on disk instead; outputs are written atomically, so every
-    finished one is kept whoever dies.
+    Rank 0 reports the jobs it handed to no rank (done, or sharing an output) itself. Results meet on rank 0
+    through torch.distributed (gather). If the gather fails (a rank died, or hung past VGEN_DIST_TIMEOUT), rank 0
+    reads what the batch left on disk instead; file sets are placed whole, so every finished one is kept
+    whoever dies.
     """
-    from vgen.jobs import run_batch
+    from vgen.jobs import JobResult, run_batch, shared_outputs
 
     if world is None:
         results: list[Outcome] = []
@@ -184,7 +237,10 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
         return Report(results)
 
     from vgen import distributed
+    from vgen.config import output_path
 
+    if plan is None:
+        raise ValueError("a launched batch runs the plan rank 0 shared (share_plan)")
     started = time.time()
     mine: list[Outcome] = []
 
@@ -192,9 +248,18 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
         mine.append(Outcome.of(i, result, world.rank))
         on_result(mine[-1])
 
+    if world.is_main:  # the jobs no rank runs: done (under --skip-existing) or sharing one output
+        shared = shared_outputs(jobs)
+        for i, job in enumerate(jobs):
+            if i in plan.ranks:
+                continue
+            result = (JobResult(job, "failed", error=shared[i]) if i in shared else
+                      JobResult(job, "skipped", output_path(job), note="same settings as its sidecar"))
+            record_rank(i + 1, result)
+
     def from_disk(reason: str) -> Report:
         own = {o.index: o for o in mine}
-        disk = outcomes_on_disk(jobs, world.world_size, started, skip_existing, reason)
+        disk = outcomes_on_disk(jobs, plan.ranks, started, skip_existing, reason)
         return Report([own.get(o.index, o) for o in disk], lost=reason)
 
     distributed.init(world)
@@ -203,7 +268,7 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
             try:
                 # only rank 0 draws progress bars; every rank prints one line per finished job
                 run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
-                          on_result=record_rank, world=world)
+                          on_result=record_rank, world=world, mine=plan.mine(world.rank))
                 gathered = distributed.gather(mine, world)
             except distributed.Stopped as err:
                 if not world.is_main:

@@ -6,6 +6,7 @@ they need when they run. Every user error ends as one ``error: ...`` line and a 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -120,17 +121,19 @@ def generate(
         help=_hint("ddim, dpm++, sde-dpm++, euler, euler-a, ddpm, unipc, pndm or model.", "sampler.scheduler")),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", metavar="N", help="Random seed [default: 0]."),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", metavar="PATH", help="Output folder, or the .mp4 path [default: outputs/<slug>-<method>-<seed>.mp4]."),
+        None, "--out", "-o", metavar="PATH", help="Output folder, or the .mp4 path [default: outputs/<slug>-<method>-<seed>-<config hash>.mp4]."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace an existing output (otherwise it is an error)."),
     skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Keep an existing output whose sidecar has the same settings; re-run (saying why) otherwise."),
+        False, "--skip-existing", help="Keep an existing output whose sidecar has the same settings; never replace another prompt's or model's output; re-run (saying why) otherwise."),
     device: Optional[str] = typer.Option(None, "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N [default: auto]."),
     dtype: Optional[str] = typer.Option(
         None, "--dtype", metavar="DTYPE", help="auto, float32, float16, bfloat16 [default: auto: float16 on cuda, else float32]."),
     gif: Optional[bool] = typer.Option(None, "--gif/--no-gif", help="Also write a GIF [default: no]."),
     save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame [default: no]."),
+    force: bool = typer.Option(
+        False, "--force", help="Run even when the estimated peak memory is far beyond the device's (it is refused otherwise)."),
 ) -> None:
-    """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>.mp4 and its .json sidecar."""
+    """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>-<config hash>.mp4 and its .json sidecar."""
     from vgen.config import build_job
 
     flags = {
@@ -154,9 +157,11 @@ def generate(
         **_out_flags(out),
     }
     job = build_job(str(config) if config else None, flags, overrides or [], strict=True)
+    if config is not None and (warning := _sidecar_version_warning(config)):
+        _echo_err(warning)
     from vgen.jobs import run_job
 
-    result = run_job(job, log=_echo_err, skip_existing=skip_existing)
+    result = run_job(job, log=_echo_err, skip_existing=skip_existing, force=force)
     if result.status == "skipped":
         _echo_err(f"skipped: {result.path} exists with the same settings ({result.path.with_suffix('.json').name})")
     typer.echo(str(result.path))
@@ -176,17 +181,29 @@ def batch(
              "leave it out when torchrun started vgen."),
 ) -> None:
     """Run many jobs from a YAML file; failed jobs never stop the others. Under torchrun, the jobs are split over the ranks."""
-    from vgen.batch import SUPERVISED_ENV, load_batch, run_jobs
+    from vgen.batch import SUPERVISED_ENV, load_batch, run_jobs, share_plan
     from vgen.distributed import world_from_env
 
     extra = [f"output.dir={out}"] if out is not None else []
-    items = load_batch(file, list(overrides or []) + extra)
+    world = world_from_env()
+    if nproc is not None and world is not None:
+        raise VgenError("--nproc starts its own workers: leave it out when vgen runs under torchrun")
+
+    def load() -> list:
+        loaded = load_batch(file, list(overrides or []) + extra)
+        for line in _sidecar_version_warnings(file, loaded):
+            _echo_err(line)
+        return loaded
+
+    plan = None
+    if world is None:
+        items = load()
+    else:  # rank 0 reads the batch and what is done, and hands the unfinished jobs out
+        plan = share_plan(load, skip_existing, world)
+        items = plan.items
     runnable = [item for item in items if item.job is not None]
     jobs = [item.job for item in runnable]
-    world = world_from_env()
     if nproc is not None:
-        if world is not None:
-            raise VgenError("--nproc starts its own workers: leave it out when vgen runs under torchrun")
         argv = ["batch", str(file), *(overrides or []), *(["--skip-existing"] if skip_existing else []),
                 *(["--out", str(out)] if out is not None else [])]
         _launch_batch(nproc, argv, items, jobs, skip_existing)
@@ -202,7 +219,7 @@ def batch(
     from vgen.distributed import RankLost
 
     try:
-        result = run_jobs(jobs, skip_existing, report, world)
+        result = run_jobs(jobs, skip_existing, report, world, plan)
     except RankLost as err:  # this rank's outputs are on disk; rank 0 (or the launcher) reports the batch
         _echo_err(f"error: {err}")
         raise typer.Exit(EXIT_FAILED_JOBS)
@@ -211,6 +228,34 @@ def batch(
     if result.lost and os.environ.get(SUPERVISED_ENV):
         raise typer.Exit(EXIT_FAILED_JOBS)  # `vgen batch --nproc` reports a lost rank itself, once
     _finish_batch(items, result.outcomes, result.lost)
+
+
+def _sidecar_version_warning(path: Path) -> Optional[str]:
+    """One line when `path` is a sidecar written by another vgen version (its re-run may give other frames)."""
+    import json
+
+    from vgen.provenance import version_warning
+
+    if Path(path).suffix.lower() != ".json":
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return version_warning(data, path) if isinstance(data, dict) else None
+
+
+def _sidecar_version_warnings(batch_file: Path, items: list) -> list[str]:
+    """The version warning of every sidecar a batch file's jobs re-run (`config: x.json`), once per file."""
+    from vgen.config import load_yaml
+
+    try:
+        entries = load_yaml(batch_file).get("jobs") or []
+    except VgenError:
+        return []
+    paths = {str(e.get("config")) for e in entries if hasattr(e, "get") and e.get("config")}
+    lines = [_sidecar_version_warning(Path(batch_file).parent / p) for p in sorted(paths)]
+    return [line for line in lines if line]
 
 
 def _finish_batch(items: list, outcomes: list, lost: str = "") -> None:
@@ -239,11 +284,10 @@ def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_exi
     import signal
     import time
 
-    from vgen.batch import SUPERVISED_ENV, outcomes_on_disk
+    from vgen.batch import SUPERVISED_ENV, outcomes_on_disk, plan_ranks
     from vgen.distributed import launch_local
-    from vgen.jobs import check_distinct_outputs
 
-    check_distinct_outputs(jobs)  # a user error: one line here, not one per worker
+    ranks = plan_ranks(jobs, nproc, skip_existing)  # what rank 0 will hand out (the same files, the same rule)
     started = time.time()
     os.environ[SUPERVISED_ENV] = "1"
     launch = launch_local(nproc, argv)
@@ -267,7 +311,7 @@ def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_exi
     reason = f"rank {first} stopped ({how(failures[first])})"
     if nproc > 1:
         reason += " and the launcher stopped the other ranks"
-    _finish_batch(items, outcomes_on_disk(jobs, nproc, started, skip_existing, reason), reason)
+    _finish_batch(items, outcomes_on_disk(jobs, ranks, started, skip_existing, reason), reason)
     raise typer.Exit(EXIT_FAILED_JOBS)
 
 
@@ -492,11 +536,41 @@ def _plain_argument_placeholders(command) -> None:
             param.display_type_rich = lambda ctx: None
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
+def _terminate_like_ctrl_c():
+    """SIGTERM (a scheduler or `kill` stopping vgen) unwinds as Ctrl-C does, so a job's staged files are removed
+    and no half-written output stays; returns the handler it replaced (None off the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return (signal.signal(signal.SIGTERM, stop),)
+
+
+def _restore_sigterm(saved) -> None:
+    import signal
+
+    if saved is not None:
+        signal.signal(signal.SIGTERM, saved[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command, built once per process (~30 ms): tests call main() hundreds of times in process."""
     command = typer.main.get_command(app)
     _plain_argument_placeholders(command)
+    return command
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
+    command = _command()
     usage_errors = _click_exception_types()
+    terminated = _terminate_like_ctrl_c()
     try:
         code = command.main(args=argv, prog_name="vgen", standalone_mode=False)
         if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a returned 130
@@ -524,6 +598,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         first = str(exc).splitlines()[0] if str(exc) else ""
         _echo_err(f"internal error: {type(exc).__name__}: {first} (set VGEN_DEBUG=1 for the traceback)")
         code = 1
+    finally:
+        _restore_sigterm(terminated)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -11,7 +11,9 @@ importable without torch.
 from __future__ import annotations
 
 import functools
+import math
 import re
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -45,6 +47,29 @@ class SamplerConfig:
     guidance: float = 7.5  # classifier-free guidance scale; <= 1 disables the unconditional pass
     scheduler: str = "ddim"  # see SCHEDULERS; "model" keeps the model's own
     eta: float = 0.0  # DDIM/DDPM stochasticity
+    # scheduler config keys set over the model's own (e.g. {beta_schedule: linear, steps_offset: 1}); the keys
+    # of the scheduler class sampler.scheduler names; {} = the model's own schedule (AnimateDiff's for motion models)
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        for key, value in self.scheduler_config.items():
+            check_scheduler_value(f"sampler.scheduler_config.{key}", value)
+
+
+def check_scheduler_value(key: str, value: Any) -> None:
+    """A scheduler config value is a finite number, a bool, a string, null or a list of finite numbers
+    (trained_betas): a mapping or a NaN is a mistake here, not a schedule."""
+    items = value if isinstance(value, (list, tuple, ListConfig)) else [value]
+    for item in items:
+        if isinstance(item, bool) or item is None or (isinstance(item, str) and not isinstance(value, (list, tuple, ListConfig))):
+            continue
+        if isinstance(item, (int, float)) and math.isfinite(item):
+            continue
+        shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        raise ConfigError(
+            f"config key '{key}' is {shown!r}; a scheduler setting is a finite number, true/false, a string or a "
+            "list of finite numbers"
+        )
 
 
 @dataclass
@@ -58,7 +83,7 @@ class VideoConfig:
 @dataclass
 class OutputConfig:
     dir: str = "outputs"
-    name: Optional[str] = None  # file stem; default "<prompt-slug>-<method>-<seed>"
+    name: Optional[str] = None  # file stem; default "<prompt-slug>-<method>-<seed>-<hash of the config>"
     overwrite: bool = False  # replace an existing output (otherwise an existing file is an error)
     gif: bool = False
     save_frames: bool = False  # PNG per frame in "<stem>_frames/"
@@ -103,7 +128,7 @@ class ZS2Config:
             raise ConfigError(f"config key 'zs2.momentum' must be in [0, 1], got {self.momentum}")
         if not 0.0 <= self.step_start <= self.step_end <= 1.0:
             raise ConfigError(
-                f"config keys zs2.step_start/step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
+                f"config keys zs2.step_start and zs2.step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
             )
         _at_least("zs2.frame_chunk", self.frame_chunk, 0)
         if not 0.0 < self.strength <= 1.0:
@@ -125,18 +150,23 @@ class VicoConfig:
     flow: str = "soft"  # soft (differentiable widest path) | hard | rollout
     tau: float = 0.01  # temperature of the soft max-min product
     residual: bool = True  # self-attention maps become (A + I)/2
+    order: str = "official"  # official: (R2 ⊗ R1) ⊗ C (public code) | sequential: R2 ⊗ (R1 ⊗ C) (ours, earlier)
+    units: str = "official"  # official: every cross-attention at the recorded resolution, mid block included | outer: no mid block (ours)
     scale: float = 100.0  # flows are multiplied by this before the softmax over tokens
     sigma: float = 0.5  # σ of the 3x3x3 smoothing of each key token's [F, h, w] map (0 = none)
     smoothing: str = "official"  # official: exp(-(d/2σ)²), reflect borders | textbook: exp(-d²/2σ²), replicate (ours)
     objective: str = "hinge"  # hinge: max_i relu(1 - A_i) (public code) | min: -min_i A_i (paper)
     lr: float = 1e-4  # Adam step size at step 0; scaled by sqrt(linspace(1, 0.5, steps))[i]
     adam_eps: float = 1e-7  # Adam's epsilon (public code)
-    fraction: float = 0.5  # update the latent at steps i < fraction * steps
-    iterative_at: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # refinement steps as fractions of the steps
-    iterative_steps: Optional[list[int]] = None  # absolute refinement steps instead (e.g. [0, 10, 20]); None: iterative_at
+    schedule: str = "absolute"  # absolute: update_until and iterative_steps (public code) | fraction: fraction and iterative_at (ours)
+    update_until: int = 25  # absolute schedule: update the latent at steps i < update_until (public code: 25)
+    iterative_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # absolute schedule: refinement steps
+    fraction: float = 0.5  # fraction schedule: update the latent at steps i < fraction * steps
+    iterative_at: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # fraction schedule: refinement steps as fractions
     thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # no (further) update there once loss < this
     threshold: float = 0.2  # other update steps: no update once the loss is below this (public code)
     max_iterations: int = 10  # iterations at most at a refinement step (other update steps: 1)
+    latent: str = "float32"  # float32: a float32 master latent across the loop (ours) | model: the model's dtype, Adam in place (public code)
     checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
     checkpoint_levels: Optional[int] = None  # checkpoint only the layers of this many finest resolutions (None: all)
 
@@ -146,10 +176,13 @@ class VicoConfig:
         _choice("vico.graph", self.graph, ("default", "full"))
         _choice("vico.flow", self.flow, ("soft", "hard", "rollout"))
         _choice("vico.objective", self.objective, ("hinge", "min"))
-        if self.tau <= 0:
-            raise ConfigError(f"config key 'vico.tau' must be > 0, got {self.tau}")
-        if self.adam_eps <= 0:
-            raise ConfigError(f"config key 'vico.adam_eps' must be > 0, got {self.adam_eps}")
+        _choice("vico.order", self.order, ("official", "sequential"))
+        _choice("vico.units", self.units, ("official", "outer"))
+        _choice("vico.schedule", self.schedule, ("absolute", "fraction"))
+        _choice("vico.latent", self.latent, ("float32", "model"))
+        _at_least("vico.update_until", self.update_until, 0)
+        _above("vico.tau", self.tau, 0)
+        _above("vico.adam_eps", self.adam_eps, 0)
         _at_least("vico.sigma", self.sigma, 0)
         _at_least("vico.lr", self.lr, 0)
         _at_least("vico.max_iterations", self.max_iterations, 1)
@@ -159,8 +192,10 @@ class VicoConfig:
             raise ConfigError(f"config key 'vico.fraction' must be in [0, 1], got {self.fraction}")
         if any(not 0.0 <= f < 1.0 for f in self.iterative_at):
             raise ConfigError(f"config key 'vico.iterative_at' holds fractions in [0, 1), got {list(self.iterative_at)}")
-        steps = self.iterative_at if self.iterative_steps is None else self.iterative_steps
-        key = "vico.iterative_at" if self.iterative_steps is None else "vico.iterative_steps"
+        if any(int(i) != i or i < 0 for i in self.iterative_steps):
+            raise ConfigError(f"config key 'vico.iterative_steps' holds step indices >= 0, got {list(self.iterative_steps)}")
+        steps = self.iterative_steps if self.schedule == "absolute" else self.iterative_at
+        key = "vico.iterative_steps" if self.schedule == "absolute" else "vico.iterative_at"
         if len(self.thresholds) != len(steps):
             raise ConfigError(
                 f"config keys {key} and vico.thresholds need one threshold per step, "
@@ -179,6 +214,9 @@ class I4VGenConfig:
     image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
     candidates: int = 0  # N anchor images sampled; 0 = the video length (official)
     candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
+    # the candidates' initial noise: frames = one [1, C, N, h, w] draw, candidate i its frame i (official: the same
+    # seed gives the official code's candidates) | batch = one [N, C, 1, h, w] draw (vgen before; other candidates)
+    candidate_layout: str = "frames"
     reward: str = "toy"  # toy (graded toy-world detector) | clip (CLIPModel) | imagereward
     reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
     image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
@@ -204,6 +242,7 @@ class I4VGenConfig:
         _choice("i4vgen.candidate_model", self.candidate_model, ("auto", "video", "image"))
         _at_least("i4vgen.candidates", self.candidates, 0)
         _at_least("i4vgen.candidate_batch", self.candidate_batch, 0)
+        _choice("i4vgen.candidate_layout", self.candidate_layout, CANDIDATE_LAYOUTS)
         _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
         _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
         _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
@@ -219,7 +258,7 @@ class I4VGenConfig:
             raise ConfigError(f"config key 'i4vgen.vsds_fraction' must be in [0, 1], got {self.vsds_fraction}")
         if not 0.0 <= self.t_end <= self.t_start <= 1.0:
             raise ConfigError(
-                f"config keys i4vgen.t_end/t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"
+                f"config keys i4vgen.t_end and i4vgen.t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"
             )
         _at_least("i4vgen.iterations", self.iterations, 0)
         _at_least("i4vgen.step_size", self.step_size, 0)
@@ -232,6 +271,7 @@ class I4VGenConfig:
 
 
 REGEN_HOLDS = ("none", "first", "middle")
+CANDIDATE_LAYOUTS = ("frames", "batch")
 STREAMING_MODES = ("auto", "trained", "training-free", "independent")
 
 
@@ -259,7 +299,7 @@ class StreamingConfig:
         _choice("streaming.mode", self.mode, STREAMING_MODES)
         _at_least("streaming.chunk", self.chunk, 2)
         _at_least("streaming.cond_frames", self.cond_frames, 1)
-        if self.cond_frames >= self.chunk:
+        if not self.cond_frames < self.chunk:
             raise ConfigError(
                 f"config key 'streaming.cond_frames' ({self.cond_frames}) must be smaller than streaming.chunk ({self.chunk})"
             )
@@ -267,7 +307,7 @@ class StreamingConfig:
             _at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
         _at_least("streaming.cam_scale", self.cam_scale, 0)
         _at_least("streaming.refine_overlap", self.refine_overlap, 0)
-        if self.refine_overlap >= self.refine_chunk:
+        if not self.refine_overlap < self.refine_chunk:
             raise ConfigError(
                 f"config key 'streaming.refine_overlap' ({self.refine_overlap}) must be smaller than "
                 f"streaming.refine_chunk ({self.refine_chunk})"
@@ -409,21 +449,32 @@ def leaf_keys(update: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _coerce_lists(update: Any, base: DictConfig) -> Any:
-    """A string for a list-valued key ("cat,dog", as the configs document) becomes the list [cat, dog]."""
+def _coerce_lists(update: Any, base: DictConfig, source: str = "") -> Any:
+    """A string for a list-valued key ("cat,dog", as the configs document) becomes the list [cat, dog].
+    A mapping where a list goes, or anything but a mapping where a section goes, is refused here, naming
+    the key: OmegaConf's own errors for those name no key, or are not its errors at all (a TypeError)."""
     if not isinstance(update, (DictConfig, dict)):
         return update
     node = OmegaConf.to_container(update) if isinstance(update, DictConfig) else dict(update)
+    where = f" (in {source})" if source else ""
 
-    def walk(part: dict, schema_node: Any) -> None:
+    def walk(part: dict, schema_node: Any, prefix: str) -> None:
         for key, value in part.items():
             sub = schema_node._get_node(key) if isinstance(schema_node, DictConfig) and key in schema_node else None
             if isinstance(value, dict) and isinstance(sub, DictConfig):
-                walk(value, sub)
+                walk(value, sub, f"{prefix}{key}.")
             elif isinstance(value, str) and isinstance(sub, ListConfig):
                 part[key] = [item.strip() for item in value.split(",") if item.strip()]
+            elif isinstance(value, dict) and isinstance(sub, ListConfig):
+                raise ConfigError(f"bad value for config key '{prefix}{key}'{where}: expected a list, got the mapping {value}")
+            elif value is not None and not isinstance(value, dict) and isinstance(sub, DictConfig):
+                keys = ", ".join(_valid_keys(sub))
+                raise ConfigError(
+                    f"bad value for config key '{prefix}{key}'{where}: it is a section of keys ({keys}), "
+                    f"got {value!r}; set one as {prefix}{key}.KEY=VALUE"
+                )
 
-    walk(node, base)
+    walk(node, base, "")
     return node
 
 
@@ -432,7 +483,7 @@ def _merge_layers(layers: Iterable[Layer]) -> DictConfig:
     the whole config); only when that fails, layer by layer, so the error names the layer that caused it."""
     layers = list(layers)
     base = _schema()
-    updates = [_coerce_lists(layer.update, base) for layer in layers]  # list keys are fixed by the schema
+    updates = [_coerce_lists(layer.update, base, layer.source) for layer in layers]  # list keys are fixed by the schema
     try:
         cfg = OmegaConf.merge(base, *updates)
     except OmegaConfBaseException:
@@ -468,8 +519,22 @@ def model_layers(method: str, before: list[Layer], after: list[Layer]) -> list[L
         if section is None:
             break
         found.append(Layer(section, f"{path} [{method}]", f"model:{model_id}"))
-        model_id = _merge_layers(before + found + after).model.id
+        sibling = OmegaConf.select(section, "model.id")
+        if sibling is None:
+            break
+        model_id = str(sibling)
     return found
+
+
+def sibling_layers(found: list[Layer]) -> list[Layer]:
+    """The last model.id a model's settings send the job to, as a layer over every given one: the given layers
+    named the model that sends it (the chain starts there), so `--model toy --method zs2` runs as
+    `--method zs2` does (on toy-t2i), and naming a model never changes what its own settings do."""
+    for layer in reversed(found):
+        sibling = OmegaConf.select(layer.update, "model.id")
+        if sibling is not None:
+            return [Layer(OmegaConf.create({"model": {"id": str(sibling)}}), layer.source, layer.label)]
+    return []
 
 
 def resolve(
@@ -483,6 +548,7 @@ def resolve(
     """
     given = [layer for layer in map(_as_layer, layers) if layer.update is not None]
     below: list[Layer] = []
+    above: list[Layer] = []
     if presets:
         from vgen.methods import get_method
 
@@ -490,19 +556,30 @@ def resolve(
         get_method(method)
         below = [layer for layer in [method_layer(method)] if layer is not None]
         below += model_layers(method, below, given)
-    cfg = _merge_layers(below + given)
+        above = sibling_layers(below)
+    cfg = _merge_layers(below + given + above)
     try:
         job = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise _explain(err, cfg, "") from None
     validate(job)
     sources = {key: DEFAULT for key in dataclass_keys(JobConfig)}
-    for layer in below + given:
+    for layer in below + given + above:
         for key in leaf_keys(layer.update):
+            key = key if key in sources else _mapping_key(key, sources)
             if key in sources:
                 sources[key] = layer.label
     job.__dict__["_sources"] = sources  # not a schema field: merges and to_dict never see it
     return job
+
+
+def _mapping_key(key: str, sources: dict) -> str:
+    """The schema key a dotted key lies inside (sampler.scheduler_config.beta_schedule -> sampler.scheduler_config)."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:end]) in sources:
+            return ".".join(parts[:end])
+    return key
 
 
 def config_sources(job: JobConfig, only_method: bool = True) -> dict[str, str]:
@@ -576,8 +653,63 @@ def _choice(key: str, value: str, choices: Iterable[str]) -> None:
 
 
 def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
+    if not value >= low:  # NaN fails every comparison: written so that it fails this one
         raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+
+
+def _above(key: str, value: float, low: float) -> None:
+    if not value > low:
+        raise ConfigError(f"config key '{key}' must be > {low}, got {value}")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _list_item_type(annotation: Any) -> Optional[type]:
+    """X of list[X] or Optional[list[X]]; None for any other annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is list and typing.get_args(annotation):
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def check_list_items(node: Any, key: str = "") -> None:
+    """The items of every list key are of the list's type: OmegaConf's merge lets a nested list ([[a]]) into
+    a list[str] or list[float] key, which then fails deep in a method (or in `config show`) as a TypeError."""
+    for f in fields(node):
+        value, dotted = getattr(node, f.name), f"{key}.{f.name}" if key else f.name
+        if is_dataclass(value):
+            check_list_items(value, dotted)
+            continue
+        item_type = _list_item_type(_hints(type(node)).get(f.name))
+        if item_type not in (int, float, str) or not isinstance(value, list):
+            continue
+        allowed = (int, float) if item_type is float else (item_type,)
+        if any(isinstance(item, bool) or not isinstance(item, allowed) for item in value):
+            raise ConfigError(f"config key '{dotted}' must be a list of {item_type.__name__}, got {value}")
+
+
+def check_finite(node: Any, key: str = "") -> None:
+    """Every number in the job is finite: NaN and ±inf pass range checks written as comparisons, make a
+    video of noise, and turn into null in the strict-JSON sidecar. Walks values, not annotations, so a key
+    added to any section (a float, a list of floats, a mapping such as a scheduler's config) is covered."""
+    if is_dataclass(node):
+        for f in fields(node):
+            check_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            check_finite(value, f"{key}.{name}")
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config key '{key}' must hold finite numbers, got {list(node)}")
+            check_finite(value, key)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {node}")
 
 
 def validate(job: JobConfig) -> None:
@@ -596,11 +728,14 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"config key 'runtime.device' is '{device}'; choose one of: {', '.join(DEVICES)}, cuda:N")
     if not job.model.id.strip():
         raise ConfigError("config key 'model.id' is empty; give a hub id, a local folder or a built-in name")
+    check_list_items(job)
+    check_finite(job)
     _at_least("video.frames", job.video.frames, 1)
     _at_least("video.fps", job.video.fps, 1)
     _at_least("sampler.steps", job.sampler.steps, 1)
     _at_least("sampler.guidance", job.sampler.guidance, 0)
     _at_least("sampler.eta", job.sampler.eta, 0)
+    job.sampler.check()
     _at_least("memory.decode_chunk", job.memory.decode_chunk, 1)
     for key in ("height", "width"):
         value = getattr(job.video, key)
@@ -642,7 +777,7 @@ def to_yaml(job: JobConfig, only_method: bool = True, sources: bool = False) -> 
     def emit(node: dict, prefix: str, indent: str) -> None:
         for key, value in node.items():
             dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
+            if isinstance(value, dict) and dotted not in origin:  # a section; a mapping-valued key is one value
                 lines.append(f"{indent}{key}:")
                 emit(value, dotted + ".", indent + "  ")
                 continue
@@ -659,8 +794,25 @@ def slugify(text: str, max_len: int = 60) -> str:
     return slug[:max_len].rstrip("-") or "video"
 
 
+OUTPUT_HASH_CHARS = 8
+
+
+def output_hash(job: JobConfig) -> str:
+    """Short sha256 of everything that makes the output: the resolved config of the job's method (prompt,
+    negative, model, seed, sampler, video, runtime, memory, the method's section), not where the files go
+    (output.*). Two jobs with one default name make the same frames."""
+    import hashlib
+    import json
+
+    data = to_dict(job, only_method=True)
+    data.pop("output", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:OUTPUT_HASH_CHARS]
+
+
 def output_stem(job: JobConfig) -> str:
-    return job.output.name or f"{slugify(job.prompt)}-{job.method}-{job.seed}"
+    """output.name, or "<prompt slug>-<method>-<seed>-<output_hash>" (the slug is cut, the hash is not)."""
+    return job.output.name or f"{slugify(job.prompt)}-{job.method}-{job.seed}-{output_hash(job)}"
 
 
 def output_path(job: JobConfig) -> Path:

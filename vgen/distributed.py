@@ -1,8 +1,8 @@
 """torch.distributed for `vgen batch`: who this process is, its device, the gather of job results, the launcher.
 
 A batch started by torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
-MASTER_PORT) runs one process per device. The process group only carries job results (a few hundred bytes a
-job), never video tensors, so it is gloo over CPU tensors whatever the device: it works on GPU nodes, on CPUs and
+MASTER_PORT) runs one process per device. The process group only carries the batch plan rank 0 hands out and job
+results (a few hundred bytes a job), never video tensors, so it is gloo over CPU tensors whatever the device: it works on GPU nodes, on CPUs and
 across machines alike. Runners never see this module; vgen.batch and vgen.jobs call it.
 """
 
@@ -138,6 +138,19 @@ def gather(obj: Any, world: World) -> Optional[list[Any]]:
         first = first.split(". ")[0]  # "Connection closed by peer [host]:port", without gloo's advice
         raise RankLost(first[:200]) from err
     return out
+
+
+def broadcast(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` on every rank (pickled through gloo); RankLost when a rank cannot be reached."""
+    import torch.distributed as dist
+
+    box = [obj if world.is_main else None]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RankLost(re.sub(r"^\[[^\]]*\]\s*", "", first)[:200]) from err
+    return box[0]
 
 
 def teardown() -> None:

@@ -87,7 +87,7 @@ def explain(job: JobConfig, components: Components, out_dir: str | Path, method:
         raise ConfigError(f"explain: no key tokens in '{job.prompt}'")
     n_tokens = prompt_length(components.tokenizer, job.prompt)
     panels: list = []
-    with record_attention(components.unet, job.vico.graph, stop_when_complete=True) as recorder:
+    with record_attention(components.unet, job.vico.graph, stop_when_complete=True, units=job.vico.units) as recorder:
         guide = VicoGuide(job.vico, components, scheduler, prompt, keys, n_tokens, recorder, s.steps)
 
         def hook(i, t, x):

@@ -82,29 +82,43 @@ def weight_files(folder: Path, subfolders: Iterable[str], variant: Optional[str]
     return files
 
 
-def model_folder(components: Any, model: Any) -> Optional[Path]:
-    """The local folder a model was loaded from, or its hub snapshot in the local cache (None: in memory)."""
-    if components.folder is not None:
-        return Path(components.folder)
-    if model.id.count("/") != 1:
+def source_folder(source: str, revision: Optional[str] = None) -> Optional[Path]:
+    """A local folder, or a hub id's snapshot in the local cache; None when neither (in memory, not cached)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if source.count("/") != 1:
         return None
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(model.id, revision=model.revision, local_files_only=True))
+        return Path(snapshot_download(source, revision=revision, local_files_only=True))
     except Exception:  # not cached, or not a hub id: nothing to fingerprint
         return None
 
 
-def model_weight_hashes(components: Any, model: Any) -> dict[str, str]:
-    """'<model id>/<file>' -> short hash for every weight file this model's components came from."""
+def model_folder(components: Any, model: Any) -> Optional[Path]:
+    """The local folder a model was loaded from, or its hub snapshot in the local cache (None: in memory)."""
+    if components.folder is not None:
+        return Path(components.folder)
+    return source_folder(model.id, model.revision)
+
+
+def model_weight_hashes(components: Any, model: Any, streaming: bool = False) -> dict[str, str]:
+    """'<model id>/<file>' -> short hash for every weight file this model's components came from, its motion
+    adapter's included; `streaming`: also the folder's CAM/APM memories (a streaming job loads them)."""
+    out: dict[str, str] = {}
     folder = model_folder(components, model)
-    if folder is None:
-        return {}
-    subfolders = ["text_encoder", "vae", "unet"]
-    if components.extras.get("streaming") is not None:
-        subfolders.append("streaming")  # the trained CAM/APM memories the streaming runner loaded
-    return {
-        f"{model.id}/{path.relative_to(folder).as_posix()}": file_hash(path)
-        for path in weight_files(folder, subfolders, model.variant)
-    }
+    if folder is not None:
+        subfolders = ["text_encoder", "vae", "unet"]
+        if components.extras.get("streaming") is not None or (streaming and (folder / "streaming").is_dir()):
+            subfolders.append("streaming")  # the trained CAM/APM memories the streaming runner may load
+        out.update({f"{model.id}/{path.relative_to(folder).as_posix()}": file_hash(path)
+                    for path in weight_files(folder, subfolders, model.variant)})
+    adapter = getattr(model, "motion_adapter", None)
+    if adapter:  # AnimateDiff: the MotionAdapter merged into an SD 1.5 UNet (loaded without a variant)
+        adapter_folder = source_folder(adapter)
+        if adapter_folder is not None:
+            out.update({f"{adapter}/{path.relative_to(adapter_folder).as_posix()}": file_hash(path)
+                        for path in weight_files(adapter_folder, ["."])})
+    return out

@@ -7,11 +7,12 @@ batch and reused by every job that asks for the same one.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -83,8 +84,9 @@ def settings_diff(previous: dict, job: JobConfig) -> list[str]:
     """'key old -> new' for each resolved value that differs from a sidecar's config (this method's keys)."""
     others = [s for s in METHOD_SECTIONS if s != job.method]
     keep = lambda key: key not in _NOT_COMPARED and key.split(".", 1)[0] not in others  # noqa: E731
-    old = {k: v for k, v in _flat(previous).items() if keep(k)}
-    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k)}
+    # an empty mapping (sampler.scheduler_config: {}) is as unset: a sidecar written before the key existed matches
+    old = {k: v for k, v in _flat(previous).items() if keep(k) and v != {}}
+    new = {k: v for k, v in _flat(to_dict(job, only_method=True)).items() if keep(k) and v != {}}
     missing = object()
     return [
         f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
@@ -93,24 +95,65 @@ def settings_diff(previous: dict, job: JobConfig) -> list[str]:
     ]
 
 
+def _read_sidecar(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("config"), dict) else None
+
+
+def describes(sidecar: dict, mp4: Path) -> bool:
+    """Whether the sidecar's recorded mp4 hash is that of `mp4` (sidecars from before the hash: True)."""
+    from vgen.fileset import short_file_hash
+
+    recorded = sidecar.get("output_sha256")
+    if not recorded:
+        return True
+    try:
+        return short_file_hash(mp4, len(recorded)) == recorded
+    except OSError:
+        return False
+
+
 def previous_output(job: JobConfig) -> tuple[bool, str]:
-    """(True, "") when the job's mp4 and sidecar exist and the sidecar's resolved config is this job's;
-    else (False, why not), the why empty when there is no output yet."""
+    """(True, "") when the job's mp4 and sidecar exist, the sidecar describes that mp4 and its resolved config
+    is this job's; else (False, why not), the why empty when there is no output yet."""
     mp4 = output_path(job)
     side = sidecar_path(mp4)
     if not mp4.is_file():
         return False, ""
     if not side.is_file():
         return False, f"{mp4.name} has no sidecar {side.name}"
-    try:
-        previous = json.loads(side.read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+    sidecar = _read_sidecar(side)
+    if sidecar is None:
         return False, f"sidecar {side.name} has no readable config"
-    diff = settings_diff(previous, job)
+    if not describes(sidecar, mp4):
+        return False, f"{mp4.name} is not the video {side.name} describes"
+    diff = settings_diff(sidecar["config"], job)
     if diff:
         more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
         return False, f"settings differ from {side.name}: {'; '.join(diff[:3])}{more}"
     return True, ""
+
+
+IDENTITY_KEYS = ("prompt", "negative", "method", "seed", "model.id", "model.kind", "model.motion_adapter",
+                 "model.revision", "model.variant")  # an output made with other values is another output
+
+
+def foreign_output(job: JobConfig) -> str:
+    """What makes the job's existing output another job's (its sidecar's prompt, negative, method, seed or
+    model differ: "another prompt ('a dog')"), or "" (no output, no readable sidecar, or this job's)."""
+    side = sidecar_path(output_path(job))
+    sidecar = _read_sidecar(side) if side.is_file() else None
+    if sidecar is None:
+        return ""
+    old, new = _flat(sidecar["config"]), _flat(to_dict(job, only_method=True))
+    for key in IDENTITY_KEYS:
+        if old.get(key) != new.get(key):
+            what = "model" if key.startswith("model.") else key
+            return f"another {what} ({key} {old.get(key)!r}, this job {new.get(key)!r})"
+    return ""
 
 
 CLOSED_VOCABULARY = 10_000  # tokens; fewer: a closed vocabulary (the toy's) that knows exactly its words
@@ -136,8 +179,10 @@ def unknown_words(tokenizer: Any, prompt: str) -> list[str]:
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for package in ("vgen", "torch", "diffusers", "transformers", "numpy"):
+    from vgen.provenance import vgen_version
+
+    out = {"python": platform.python_version(), "vgen": vgen_version()}  # the code that ran, not an install's metadata
+    for package in ("torch", "diffusers", "transformers", "numpy"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -156,7 +201,9 @@ class ModelCache:
         self.device = device
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
-        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
+        """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options.
+        The job's own model comes with sampler.scheduler_config set over its scheduler (a view: the cached
+        weights are shared, the scheduler is the job's)."""
         from vgen.models import load_components, resolve_device, resolve_dtype
 
         asked = job.runtime.device
@@ -171,7 +218,14 @@ class ModelCache:
             if job.memory.vae_tiling:
                 components.vae.enable_tiling()
             self._cache[key] = components
-        return self._cache[key]
+        components = self._cache[key]
+        if model is None and job.sampler.scheduler_config:
+            from vgen.core.schedulers import with_scheduler_config
+
+            overrides = dict(job.sampler.scheduler_config)
+            components = replace(components, scheduler=with_scheduler_config(components.scheduler, job.sampler.scheduler,
+                                                                              overrides))
+        return components
 
 
 def configure_kernels(job: JobConfig) -> str:
@@ -202,12 +256,17 @@ def run_job(
     log: Callable[[str], None] = lambda message: None,
     skip_existing: bool = False,
     distributed: Optional[dict] = None,
+    force: bool = False,
 ) -> JobResult:
     """Generate one video and its files; raises VgenError for anything the user can fix.
 
     An existing output is never replaced silently: with `skip_existing` a job whose sidecar holds the same
-    resolved config is skipped and any other re-runs (saying why); otherwise output.overwrite must be set.
-    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch.
+    resolved config is skipped, one made from another prompt, seed, method or model is an error, and any other
+    re-runs (saying why); otherwise output.overwrite must be set. The whole file set is written to a staging
+    folder and placed only when complete, the sidecar last (vgen.fileset); everything that can fail (loading,
+    hashing the weights, generating, encoding) runs before. Sizes far beyond the memory are refused before any
+    model loads (vgen.sizes), unless `force`. `distributed` ({rank, world_size}) goes into the sidecar of a job
+    run by a launched batch.
     """
     started = time.perf_counter()
     mp4 = output_path(job)
@@ -219,19 +278,36 @@ def run_job(
             f"'{mp4}' already exists; pass --overwrite to replace it, --skip-existing to keep it, "
             "or --out / --seed for another file"
         )
+    if skip_existing and not job.output.overwrite and (foreign := foreign_output(job)):
+        raise ConfigError(f"'{mp4}' holds the output of {foreign}; --skip-existing never replaces it: "
+                          "pass --overwrite, or --out / output.name for another file")
     if why:
         log(f"re-running {mp4.name}: {why}")
+    if job.__dict__.get("_sources", {}).get("model.id", "").startswith("model:"):
+        log(f"model: {job.model.id} (named by {job.__dict__['_sources']['model.id'].removeprefix('model:')}'s "
+            f"settings for {job.method})")
 
     import torch
 
+    from vgen.core.kernels.dispatch import kernels_ran
     from vgen.core.sampler import resolve_size
+    from vgen.fileset import commit, short_file_hash, staged
+    from vgen.fingerprint import model_weight_hashes
     from vgen.methods import get_method, load_runner
+    from vgen.models import resolve_device, resolve_dtype
+    from vgen.sizes import check_sizes
 
+    device = resolve_device(job.runtime.device)
+    check_sizes(job, device, str(resolve_dtype(job.runtime.dtype, device)).removeprefix("torch."), log, force)
     check_writable(mp4.parent)
     method = get_method(job.method)
 
     t0 = time.perf_counter()
-    configure_kernels(job)
+    kernels = configure_kernels(job)
+    if job.sampler.scheduler_config and job.sampler.scheduler != "model":  # known before the model loads
+        from vgen.core.schedulers import check_scheduler_config
+
+        check_scheduler_config(job.sampler.scheduler, None, dict(job.sampler.scheduler_config))
     models = models or ModelCache()
     components = models.get(job)
     if components.kind not in method.kinds:
@@ -244,53 +320,65 @@ def run_job(
         log(f"warning: '{job.model.id}' does not know the word(s) {', '.join(unknown)}; "
             "they reach the model as letters, not as a concept")
     height, width = resolve_size(components, job.video.height, job.video.width)
+    # the weights are hashed before anything is made (a first hash of a big model takes minutes)
+    weights: dict[str, str] = dict(model_weight_hashes(components, job.model, streaming=job.method == "streaming"))
     load_s = time.perf_counter() - t0
-    loaded: list[tuple[Any, ModelConfig]] = [(components, job.model)]
 
     def load_model(cfg: ModelConfig):
         extra = models.get(job, cfg)
-        loaded.append((extra, cfg))
+        weights.update(model_weight_hashes(extra, cfg))
         return extra
 
-    t0 = time.perf_counter()
-    ctx = RunContext(
-        generator=torch.Generator("cpu").manual_seed(job.seed),
-        height=height,
-        width=width,
-        output_stem=mp4.with_suffix(""),
-        progress=progress,
-        log=log,
-        load_model=load_model,
-    )
-    video: Video | WrittenVideo = load_runner(job.method)(job, components, ctx)
-    generate_s = time.perf_counter() - t0
+    folder = mp4.parent
+    with staged(mp4) as stage:
+        staged_mp4 = stage / mp4.name
 
-    t0 = time.perf_counter()
-    if isinstance(video, WrittenVideo):  # streamed by the runner; extras read it back
-        files = [video.path]
-        frames = read_video(video.path) if job.output.gif or job.output.save_frames else None
-    else:
-        files = [write_mp4(video, mp4)]
-        frames = video
-    if job.output.gif:
-        files.append(write_gif(frames, mp4.with_suffix(".gif")))
-    if job.output.save_frames:
-        files.append(write_pngs(frames, mp4.with_name(f"{mp4.stem}_frames")))
-    files += [Path(p) for p in video.metadata.pop("files", [])]
-    write_s = time.perf_counter() - t0
+        def placed(path: Path | str) -> Path:
+            path = Path(path)
+            return folder / path.relative_to(stage) if path.is_relative_to(stage) else path
 
-    timings = {"load_s": load_s, "generate_s": generate_s, "write_s": write_s, "total_s": time.perf_counter() - started}
-    from vgen.fingerprint import model_weight_hashes
+        t0 = time.perf_counter()
+        ctx = RunContext(
+            generator=torch.Generator("cpu").manual_seed(job.seed),
+            height=height,
+            width=width,
+            output_stem=staged_mp4.with_suffix(""),
+            progress=progress,
+            log=log,
+            load_model=load_model,
+        )
+        video: Video | WrittenVideo = load_runner(job.method)(job, components, ctx)
+        generate_s = time.perf_counter() - t0
 
-    weights: dict[str, str] = {}
-    for part, cfg in loaded:
-        weights.update(model_weight_hashes(part, cfg))
-    sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata, weights=weights,
-                           distributed=distributed)
-    if unknown:
-        sidecar["unknown_words"] = unknown
-    write_json(sidecar, sidecar_path(mp4))
-    return JobResult(job, "done", mp4, time.perf_counter() - started, files=files, note=why)
+        t0 = time.perf_counter()
+        if isinstance(video, WrittenVideo):  # streamed by the runner; extras read it back
+            files = [video.path]
+            frames = read_video(video.path) if job.output.gif or job.output.save_frames else None
+        else:
+            files = [write_mp4(video, staged_mp4)]
+            frames = video
+        if job.output.gif:
+            files.append(write_gif(frames, staged_mp4.with_suffix(".gif")))
+        if job.output.save_frames:
+            files.append(write_pngs(frames, staged_mp4.with_name(f"{mp4.stem}_frames")))
+        files += [Path(p) for p in video.metadata.pop("files", [])]
+        write_s = time.perf_counter() - t0
+
+        timings = {"load_s": load_s, "generate_s": generate_s, "write_s": write_s,
+                   "total_s": time.perf_counter() - started}
+        final = [placed(f) for f in files]
+        sidecar = build_sidecar(job, components, mp4, final[1:], video, timings, video.metadata, weights=weights,
+                                distributed=distributed)
+        sidecar["kernels"] = {"asked": job.runtime.kernels, "env": os.environ.get("VGEN_KERNELS"),
+                              "choice": kernels, "ran": kernels_ran()}
+        sidecar["output_sha256"] = short_file_hash(staged_mp4)
+        if unknown:
+            sidecar["unknown_words"] = unknown
+        write_json(sidecar, sidecar_path(staged_mp4))
+        old = _read_sidecar(sidecar_path(mp4)) if sidecar_path(mp4).is_file() else None
+        old_files = [folder / Path(str(f)).name for f in (old or {}).get("files", []) if Path(str(f)).name.startswith(mp4.stem)]
+        commit(stage, folder, sidecar_path(mp4).name, old_files)
+    return JobResult(job, "done", mp4, time.perf_counter() - started, files=final, note=why)
 
 
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
@@ -299,10 +387,14 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
     """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
 
     `config` is the resolved config with only the method's own section: `vgen generate --config` on this
-    file repeats the run; `config_sources` says where each value came from; `weights` fingerprints the
-    weight files loaded (short sha256); `distributed` ({rank, world_size}) is recorded only for a video made
+    file repeats the run; `config_sources` says where each value came from; `scheduler` is the scheduler the
+    job sampled with (class, full config, and `base`: the model's own schedule or its family's, before
+    sampler.scheduler_config); `weights` fingerprints the weight files loaded (short sha256); `vgen` is the
+    version and, in a git checkout, the commit; `distributed` ({rank, world_size}) is recorded only for a video made
     by a launched (torchrun) batch.
     """
+    from vgen import provenance
+
     return {
         "output": str(mp4),
         "files": [str(f) for f in files],
@@ -317,25 +409,40 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "method_info": method_info,
         "versions": versions(),
+        "vgen": provenance.source(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "config": to_dict(job, only_method=True),
         "config_sources": config_sources(job),
         "weights": weights or {},
+        **_scheduler_info(job, components),
     }
 
 
-def check_distinct_outputs(jobs: list[JobConfig]) -> None:
-    """Two jobs of one batch must not write the same file."""
-    seen: dict[Path, int] = {}
-    for i, job in enumerate(jobs, 1):
-        path = output_path(job).resolve()
-        if path in seen:
-            raise ConfigError(
-                f"jobs {seen[path]} and {i} would both write '{output_path(job)}'; "
-                "give them different seeds, output.name or output.dir"
-            )
-        seen[path] = i
+def _scheduler_info(job: JobConfig, components: Any) -> dict:
+    """{"scheduler": ...} for a sidecar, or {} for components without a scheduler (a test's stand-in)."""
+    if getattr(components, "scheduler", None) is None:
+        return {}
+    from vgen.core.schedulers import scheduler_record
+
+    record = scheduler_record(job.sampler.scheduler, components.scheduler)
+    return {"scheduler": {"name": job.sampler.scheduler, **record, "base": getattr(components, "scheduler_source", "model")}}
+
+
+def shared_outputs(jobs: list[JobConfig]) -> dict[int, str]:
+    """0-based index -> why, for every job of a batch that would write the same file as another one (those
+    jobs fail, the rest run)."""
+    by_path: dict[Path, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_path.setdefault(output_path(job).resolve(), []).append(i)
+    out = {}
+    for path, group in by_path.items():
+        if len(group) > 1:
+            names = ", ".join(str(i + 1) for i in group)
+            for i in group:
+                out[i] = (f"jobs {names} would all write '{output_path(jobs[i])}'; give them different seeds, "
+                          "output.name or output.dir")
+    return out
 
 
 def run_batch(
@@ -344,14 +451,14 @@ def run_batch(
     progress: Optional[bool] = None,
     on_result: Callable[[int, JobResult], None] = lambda i, r: None,
     world: Any = None,
+    mine: Optional[list[int]] = None,
 ) -> list[JobResult]:
-    """Run every job (or, in a launched run, this rank's share: `world` a vgen.distributed.World); a failure is
-    recorded and the next job runs (Ctrl-C stops the batch). `on_result` gets each job's 1-based batch index."""
-    from vgen.batch import assign
-
-    check_distinct_outputs(jobs)
-    world_size, rank = (world.world_size, world.rank) if world is not None else (1, 0)
-    mine = [i for i, r in enumerate(assign(len(jobs), world_size)) if r == rank]
+    """Run every job (or, in a launched run, the 0-based indices `mine` that rank 0 handed this rank; `world` a
+    vgen.distributed.World); a failure is recorded and the next job runs (Ctrl-C stops the batch). Jobs that
+    would write one file fail, saying so. `on_result` gets each job's 1-based batch index."""
+    shared = shared_outputs(jobs)
+    if mine is None:
+        mine = list(range(len(jobs)))
     if world is not None:
         from vgen.distributed import rank_device
 
@@ -361,7 +468,9 @@ def run_batch(
     results = []
     for i in mine:
         job = jobs[i]
-        if skip_existing and previous_output(job)[0]:
+        if i in shared:
+            result = JobResult(job, "failed", error=shared[i])
+        elif skip_existing and previous_output(job)[0]:
             result = JobResult(job, "skipped", output_path(job), note="same settings as its sidecar")
         else:
             started = time.perf_counter()

@@ -8,7 +8,8 @@ defaults and `--config`. The file maps a method name to a partial job config:
 vanilla: {sampler: {steps: 20, guidance: 5.0}, video: {frames: 8}}
 zs2: {model: {id: toy-t2i}}      # a method may send the job to a sibling model
 ```
-Hub ids carry none (nothing is fetched to resolve a config). Torch-free: `vgen --help` and
+One top-level key is not a method: `trained_frames: N`, the clip length the model was made for (vgen/sizes.py
+warns beyond it). Hub ids carry none (nothing is fetched to resolve a config). Torch-free: `vgen --help` and
 `vgen config show` read it.
 """
 
@@ -72,6 +73,7 @@ def model_settings(model_id: str, method: str):
     if path is None:
         return None, None
     loaded = load_yaml(path)
+    check_allowed_keys(loaded, path)  # the whole file, whichever method runs
     section = loaded.get(method)
     if section is None:
         return None, path
@@ -83,6 +85,36 @@ def model_settings(model_id: str, method: str):
         if key in section:
             raise ConfigError(f"'{path}' sets '{method}.{key}'; a model's settings cannot choose the {key}")
     return section, path
+
+
+def allowed_keys(method: str) -> tuple[str, ...]:
+    """What a model's settings for `method` may set: how to sample (sampler, video), the method's own section,
+    and model.id (a sibling model). Never where files go or whether they are replaced (output), the device or
+    the prompt: a downloaded model folder must not redirect or overwrite a user's files."""
+    from vgen.config import METHOD_SECTIONS
+
+    own = (method,) if method in METHOD_SECTIONS else ()
+    return ("sampler", "video", *own, "model.id")
+
+
+def check_allowed_keys(loaded, path: Path) -> None:
+    """One-line ConfigError naming the first key of any section of a model's vgen.yaml that is not a method,
+    or that sets something outside allowed_keys."""
+    from vgen.config import leaf_keys
+    from vgen.errors import ConfigError
+    from vgen.methods import METHODS
+
+    for method in loaded.keys():
+        if method not in METHODS:
+            raise ConfigError(f"'{path}' has a section '{method}', which is no method; "
+                              f"sections: {', '.join(METHODS)}")
+        section = loaded[method]
+        keys = leaf_keys(section) if hasattr(section, "keys") else []
+        allowed = allowed_keys(str(method))
+        for key in keys:
+            if not any(key == a or key.startswith(f"{a}.") for a in allowed):
+                raise ConfigError(f"'{path}' sets '{method}.{key}'; a model's settings may set only "
+                                  f"{', '.join(allowed)}")
 
 
 def folder_info(folder: Path) -> tuple[str, Optional[tuple[int, int]]]:

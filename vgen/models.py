@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from vgen.config import ModelConfig  # noqa: E402
 from vgen.errors import ConfigError, ModelLoadError
+from vgen.family_schedules import default_scheduler
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -62,6 +63,7 @@ class Components:
     cpu_offload: bool = False
     extras: dict = field(default_factory=dict)  # method-specific weights that ship with a model
     folder: Optional[Path] = None  # the local diffusers folder it was loaded from (None: hub or built in memory)
+    scheduler_source: str = "model"  # model: its folder's scheduler | animatediff: the family's (vgen.family_schedules)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -292,7 +294,9 @@ def load_components(
         if not cpu_offload:
             parts[module].to(dev)
     folder = Path(source) if source not in tiny.BUILDERS and Path(source).is_dir() else None
-    return Components(kind=kind, name=cfg.id, device=dev, dtype=dt, cpu_offload=cpu_offload, folder=folder, **parts)
+    parts["scheduler"], scheduler_source = default_scheduler(kind, parts["scheduler"])
+    return Components(kind=kind, name=cfg.id, device=dev, dtype=dt, cpu_offload=cpu_offload, folder=folder,
+                      scheduler_source=scheduler_source, **parts)
 
 
 def save_components(components: Components, folder: str | Path) -> Path:

@@ -131,10 +131,20 @@ def _layer_factor(unet: torch.nn.Module, m: "re.Match") -> int:
     return 2 ** (n_down - 1)
 
 
-def graph_layers(unet: torch.nn.Module, graph: str = "default") -> list[RecordSpec]:
-    """The layers Vico's graph records: cross and temporal attention at the coarsest cross-attention
-    resolution of the down/up blocks (the mid block only if no down/up block has cross-attention);
-    graph="full" adds the spatial self-attention there. Everything else keeps its fast processor."""
+UNITS = ("official", "outer")
+
+
+def graph_layers(unet: torch.nn.Module, graph: str = "default", units: str = "official") -> list[RecordSpec]:
+    """The layers Vico's graph records, at the recorded resolution: the coarsest cross-attention resolution of
+    the down/up blocks (the mid block's if no down/up block has cross-attention).
+
+    units official: every cross-attention at that resolution, in down, mid and up blocks alike, with its
+    temporal layers (the public code's store, which keeps every cross-attention map of ``attn_res``);
+    outer: the down/up blocks' only, never the mid block (ours, earlier). The two differ only where the
+    mid block sits at the recorded resolution (the toy: yes; ModelScope/ZeroScope: no). graph="full" adds
+    the spatial self-attention there. Everything else keeps its fast processor."""
+    if units not in UNITS:
+        raise ValueError(f"unknown Vico units {units!r} (expected one of {UNITS})")
     specs = []
     for layer in attention_layers(unet):
         m = _UNIT_RE.match(layer.name)
@@ -147,9 +157,10 @@ def graph_layers(unet: torch.nn.Module, graph: str = "default") -> list[RecordSp
     if not outer:
         return []
     factor = max(s.factor for s in outer)
-    units = {s.unit for s in outer if s.factor == factor}
+    chosen = outer if units == "outer" else cross
+    names = {s.unit for s in chosen if s.factor == factor}
     roles = ("cross", "temporal", "spatial-self") if graph == "full" else ("cross", "temporal")
-    return [s for s in specs if s.unit in units and s.role in roles]
+    return [s for s in specs if s.unit in names and s.role in roles]
 
 
 class AttentionRecorder:
@@ -363,10 +374,10 @@ class RecordingAttnProcessor:
 
 @contextmanager
 def record_attention(unet: torch.nn.Module, graph: str = "default", stop_when_complete: bool = False,
-                     tokens: Optional[int] = None) -> Iterator[AttentionRecorder]:
+                     tokens: Optional[int] = None, units: str = "official") -> Iterator[AttentionRecorder]:
     """Install recording processors on the layers of Vico's graph (see ``graph_layers``) for the
     length of the block; the recorder starts inactive (``recorder.active = True`` to record)."""
-    recorder = AttentionRecorder(graph_layers(unet, graph), stop_when_complete, tokens)
+    recorder = AttentionRecorder(graph_layers(unet, graph, units), stop_when_complete, tokens)
     with attention_processors(unet, recorder.factory):
         yield recorder
 

@@ -24,7 +24,7 @@ Both soft and hard products are monotone and 1-Lipschitz (sup-norm) in each argu
 along a chain: for L products with inner sizes k_1..k_L and M soft joins (tau*logaddexp of two flows,
 which lies in [max, max + tau*log2]),
     hard - L*tau*log2  <=  soft chain  <=  hard + tau*(sum_l log k_l + M*log2).
-For ``st_flow`` with n temporal layers: L = n, k_l = F, M = 0 (also after averaging blocks).
+For ``st_flow`` with n temporal layers: L = n, k_l = F, M = 0 in either order (also after averaging blocks).
 """
 
 from __future__ import annotations
@@ -340,24 +340,39 @@ def _unpack(block):
     raise ValueError("a block is (cross, temporals) or (cross, spatial, temporals)")
 
 
+ORDERS = ("official", "sequential")
+
+
 def st_flow(cross: torch.Tensor, temporals: Sequence[torch.Tensor], mode: str = "soft", tau: float = 0.01,
-            residual: bool = True, tiled: bool | None = None) -> torch.Tensor:
+            residual: bool = True, tiled: bool | None = None, order: str = "official") -> torch.Tensor:
     """ST-Flow of one block (default graph): text -> cross-attention -> temporal 1 -> temporal 2 ...
 
     Graph: j -> (g, p) with weight C[g, p, j]; then for each temporal layer in order (g, p) -> (f, p) with
     weight R[p, f, g], R = (T + I)/2 (``residual=False`` uses T as given). Positions never mix, so per p
-    flow = R_n ⊗ ... ⊗ R_1 ⊗ C[:, p, :] (batched over p). ``mode`` "soft" | "hard" | "rollout"
+    the flow is the product of R_n, ..., R_1 and C[:, p, :] (batched over p), grouped by ``order``:
+      official   (R_n ⊗ ... ⊗ (R_2 ⊗ R_1)) ⊗ C: the temporal maps first, then the cross-attention (the
+                 public code's (R2 ⊗ R1) ⊗ C);
+      sequential R_n ⊗ (... ⊗ (R_1 ⊗ C)): layer by layer from the text, in the forward pass's order (ours).
+    Hard max-min and rollout products are associative, so both orders agree there; the soft product is
+    not (the two differ by up to about tau*log F per product). ``mode`` "soft" | "hard" | "rollout"
     (ordinary products: attention rollout on the same graph). Returns [F, P, J].
     """
+    if order not in ORDERS:
+        raise ValueError(f"unknown flow order {order!r} (expected one of {ORDERS})")
     X = cross.transpose(0, 1)  # [P, F, J]
-    for T in temporals:
-        R = with_residual(T) if residual else T
+    Rs = [with_residual(T) if residual else T for T in temporals]
+    if order == "official" and len(Rs) > 1:
+        effect = Rs[0]
+        for R in Rs[1:]:
+            effect = _product(R, effect, mode, tau, tiled)  # [P, F, F]
+        Rs = [effect]
+    for R in Rs:
         X = _product(R, X, mode, tau, tiled)
     return X.transpose(0, 1)
 
 
 def st_flow_blocks(blocks, mode: str = "soft", tau: float = 0.01, residual: bool = True,
-                   tiled: bool | None = None) -> torch.Tensor:
+                   tiled: bool | None = None, order: str = "official") -> torch.Tensor:
     """Default graph of the spec: ``st_flow`` of every block (same F, P, J), averaged over blocks -> [F, P, J].
 
     ``blocks``: list of (cross [F,P,J], [temporal [P,F,F], ...]); a spatial map in a 3-tuple is ignored.
@@ -365,12 +380,12 @@ def st_flow_blocks(blocks, mode: str = "soft", tau: float = 0.01, residual: bool
     flows = []
     for block in blocks:
         cross, _, temporals = _unpack(block)
-        flows.append(st_flow(cross, temporals, mode, tau, residual, tiled))
+        flows.append(st_flow(cross, temporals, mode, tau, residual, tiled, order))
     return torch.stack(flows).mean(0)
 
 
 def full_graph_flow(blocks, mode: str = "soft", tau: float = 0.01, residual: bool = True,
-                    tiled: bool | None = None) -> torch.Tensor:
+                    tiled: bool | None = None, order: str = "official") -> torch.Tensor:
     """Full graph (``vico.graph: full``): spatial and temporal self-attention, blocks chained.
 
     ``blocks``: list of (cross [F,P,J], spatial [F,P,P] or None, [temporal [P,F,F], ...]) in forward order,
@@ -383,7 +398,8 @@ def full_graph_flow(blocks, mode: str = "soft", tau: float = 0.01, residual: boo
       t^{l-1}_b(g,p) -> t^l_b(f,p) weight (T_b^l+I)/2 [p,f,g] (t^0_b = c_b)
     The text reaches block 1 only through its cross-attention (s_1 carries no flow). Returned: flow into
     out_B (last block) [F, P, J], i.e. per block X_b = T-chain(max(C_b, S_b ⊗ X_{b-1})). In soft mode the
-    max of the two incoming flows is tau*logaddexp (adds at most tau*log2 per block b > 1). Spatial products
+    max of the two incoming flows is tau*logaddexp (adds at most tau*log2 per block b > 1); the temporal chain
+    of each block is grouped by ``order`` as in ``st_flow``. Spatial products
     are [F,P,P] ⊗ [F,P,J]; ``tiled=None`` tiles them above TILED_THRESHOLD so memory stays O(F*P*J).
     """
     X = None
@@ -394,7 +410,7 @@ def full_graph_flow(blocks, mode: str = "soft", tau: float = 0.01, residual: boo
         else:
             Y = X if spatial is None else _product(with_residual(spatial) if residual else spatial, X, mode, tau, tiled)
             Z = _join(cross, Y, mode, tau)
-        X = st_flow(Z, temporals, mode, tau, residual, tiled)
+        X = st_flow(Z, temporals, mode, tau, residual, tiled, order)
     return X
 
 

@@ -237,8 +237,19 @@ def seams_table(results: list[FileScore]):
                         "chunk -> later chunks (kept: higher is better); step: the mean object step, which counts wobble "
                         "and flicker as motion")
     for name in ("file", "layout", "pixels jump/step", "warp jump/step", "object jump/step px", "bg jump/step",
-                 "speed first -> later", "step first -> later"):
+                 "speed first -> later", "step first -> later", "objects lost/new/reshaped at seams (rate | inside)",
+                 "largest jump / median step px"):
         table.add_column(name, overflow="fold")
+
+    def events(e) -> str:
+        if e is None:
+            return "-"
+        rate = "-" if e.boundary_rate is None else f"{100 * e.boundary_rate:.0f}%"
+        inside = "-" if e.inside_rate is None else f"{100 * e.inside_rate:.0f}%"
+        return f"{e.lost}/{e.appeared}/{e.changed} ({rate} | {inside})"
+
+    def jump(j) -> str:
+        return "-" if j is None else f"{j.largest:.1f}/{j.median:.1f} ({j.ratio:.1f}x, frames {j.at}->{j.at + 1})"
 
     def cell(m) -> str:
         return "-" if m is None else f"{fmt(m.boundary)}/{fmt(m.inside)} ({fmt(m.ratio, '.1f')})"
@@ -251,5 +262,6 @@ def seams_table(results: list[FileScore]):
         table.add_row(escape(str(r.path)), f"{s.layout.chunk}+{s.layout.stride}k ({len(s.boundaries)} seams, "
                       f"{s.layout.source})", cell(s.pixels), cell(s.warp), cell(s.object), cell(s.background),
                       f"{fmt(s.speed_first)} -> {fmt(s.speed_later)}{kept(s.speed_kept)}",
-                      f"{fmt(s.motion_first)} -> {fmt(s.motion_later)}{kept(s.motion_kept)}")
+                      f"{fmt(s.motion_first)} -> {fmt(s.motion_later)}{kept(s.motion_kept)}", events(s.events),
+                      jump(s.jump))
     return table

@@ -19,6 +19,12 @@ either scores boundary/floor, near 0-1, not 0/0). Measures:
                 one object jumping between the copies (13 px/frame on two-object toy prompts whose objects
                 move 2-3.5). With the prompt known, only the prompted colours count
     background  change of the background level: mean grey of the low-chroma pixels (0-255), floor 0.5
+Two readings the means above cannot give (a pair with no match is left out of a mean, and a mean hides one glitch):
+    events      per pair, the prompted objects lost (seen in frame i, not in i+1), appearing, or changing shape
+                (matched, another shape), from the same matching: the share of boundaries with any event beside
+                the share of pairs inside chunks with one, and the counts at the boundaries
+    jump        the largest move of one object in any pair of the video against the median object step: one
+                glitch anywhere (inside a chunk too) reads here, not in the boundary mean
 Also the in-chunk motion of the first chunk and of the later ones (px/frame): a memory that keeps objects
 in place by stopping them shows as a later/first ratio well below 1. Two readings:
     motion      the mean object step inside chunks (as above): a centroid that wobbles or a blob that flickers
@@ -82,6 +88,31 @@ class SeamMeasure:
 
 
 @dataclass(frozen=True)
+class SeamEvents:
+    """Prompted objects lost, appearing or changing shape from one frame to the next, at boundaries vs inside."""
+
+    lost: int  # at boundary pairs, summed over the boundaries
+    appeared: int
+    changed: int
+    boundary_rate: Optional[float]  # share of boundary pairs with any event (None: no boundary)
+    inside_rate: Optional[float]  # share of the other pairs with any event
+
+
+@dataclass(frozen=True)
+class Jump:
+    """The largest move of one object between two frames anywhere in the video, against the median step."""
+
+    largest: float  # px
+    at: int  # pair index: frames at -> at + 1
+    median: float  # median over pairs of the mean object step (px)
+    ratio: float  # largest / max(median, the object floor)
+    over: int  # pairs whose largest move exceeds JUMP_FACTOR x the median step (floored)
+
+
+JUMP_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
 class Seams:
     layout: Layout
     boundaries: tuple[int, ...]
@@ -93,6 +124,8 @@ class Seams:
     motion_later: Optional[float]  # ... inside the later chunks
     speed_first: Optional[float] = None  # object px/frame in the first chunk's windows (Theil-Sen fit per window)
     speed_later: Optional[float] = None  # ... in the later windows
+    events: Optional[SeamEvents] = None  # objects lost / appearing / changing shape (None without detections)
+    jump: Optional[Jump] = None  # the largest single move in the video (None without a matched pair)
 
     @property
     def motion_kept(self) -> Optional[float]:
@@ -150,14 +183,14 @@ def background_levels(frames: np.ndarray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-Detection = tuple[str, float, float]  # (colour, cx, cy) of one detected object, px
+Detection = tuple  # (colour, cx, cy) or (colour, cx, cy, shape) of one detected object, px
 
 
 def toy_detections(detection, colours: Optional[Iterable[str]] = None) -> list[list[Detection]]:
-    """Per frame, the toy detector's objects (a VideoDetection) as (colour, cx, cy); only `colours` when given
-    (the prompted ones: a stray blob of another colour is not an object the video is about)."""
+    """Per frame, the toy detector's objects (a VideoDetection) as (colour, cx, cy, shape); only `colours` when
+    given (the prompted ones: a stray blob of another colour is not an object the video is about)."""
     keep = None if colours is None else set(colours)
-    return [[(o.colour, float(o.cx), float(o.cy)) for o in objs if keep is None or o.colour in keep]
+    return [[(o.colour, float(o.cx), float(o.cy), o.shape) for o in objs if keep is None or o.colour in keep]
             for objs in detection.frames]
 
 
@@ -167,10 +200,10 @@ def match(a: list[Detection], b: list[Detection]) -> list[tuple[int, int, float]
     from scipy.optimize import linear_sum_assignment
 
     out = []
-    for colour in sorted({c for c, _, _ in a} & {c for c, _, _ in b}):
+    for colour in sorted({d[0] for d in a} & {d[0] for d in b}):
         ia = [i for i, d in enumerate(a) if d[0] == colour]
         ib = [i for i, d in enumerate(b) if d[0] == colour]
-        pa, pb = np.array([a[i][1:] for i in ia]), np.array([b[i][1:] for i in ib])
+        pa, pb = np.array([a[i][1:3] for i in ia]), np.array([b[i][1:3] for i in ib])
         cost = np.hypot(pa[:, None, 0] - pb[None, :, 0], pa[:, None, 1] - pb[None, :, 1])
         rows, cols = linear_sum_assignment(cost)
         out += [(ia[r], ib[c], float(cost[r, c])) for r, c in zip(rows, cols)]
@@ -195,7 +228,7 @@ def link_tracks(objects: list[list[Detection]]) -> list[np.ndarray]:
             if ib not in linked:
                 tracks.append(np.full((len(objects), 2), np.nan))
                 linked[ib] = len(tracks) - 1
-            tracks[linked[ib]][i] = det[1:]
+            tracks[linked[ib]][i] = det[1:3]
             live.append((linked[ib], det))
     return tracks
 
@@ -211,6 +244,41 @@ def object_steps(objects: list[list[Detection]]) -> Optional[np.ndarray]:
         if d.size:
             steps[i] = d.mean()
     return steps
+
+
+def pair_events(a: list[Detection], b: list[Detection]) -> tuple[int, int, int]:
+    """(lost, appeared, changed) from frame a to frame b: detections of a matched to none of b, of b to none of a
+    (match(), per colour), and matched pairs whose shapes are both known and differ."""
+    pairs = match(a, b)
+    changed = sum(1 for ia, ib, _ in pairs
+                  if len(a[ia]) > 3 and len(b[ib]) > 3 and a[ia][3] and b[ib][3] and a[ia][3] != b[ib][3])
+    return len(a) - len(pairs), len(b) - len(pairs), changed
+
+
+def seam_events(objects: list[list[Detection]], boundaries: list[int]) -> SeamEvents:
+    """pair_events at every pair, split at the boundary pairs (b-1, b)."""
+    at = {b - 1 for b in boundaries if 1 <= b < len(objects)}
+    events = [pair_events(objects[i], objects[i + 1]) for i in range(len(objects) - 1)]
+    hit = [sum(e) > 0 for e in events]
+    on = [hit[i] for i in sorted(at)]
+    off = [hit[i] for i in range(len(events)) if i not in at]
+    return SeamEvents(
+        lost=sum(events[i][0] for i in at), appeared=sum(events[i][1] for i in at),
+        changed=sum(events[i][2] for i in at),
+        boundary_rate=float(np.mean(on)) if on else None, inside_rate=float(np.mean(off)) if off else None)
+
+
+def largest_jump(objects: list[list[Detection]], steps: np.ndarray) -> Optional[Jump]:
+    """The largest matched move of one object in any pair against the median of the per-pair mean steps."""
+    moves = np.array([d.max() if (d := matched_distances(objects[i], objects[i + 1])).size else np.nan
+                      for i in range(len(objects) - 1)])
+    finite = np.isfinite(moves)
+    if not finite.any():
+        return None
+    at = int(np.nanargmax(moves))
+    median = float(np.nanmedian(steps))
+    base = max(median, FLOORS["object"])
+    return Jump(float(moves[at]), at, median, float(moves[at] / base), int(np.sum(moves[finite] > JUMP_FACTOR * base)))
 
 
 MIN_FIT_FRAMES = 3  # a colour seen in fewer frames of a window gives no speed there
@@ -258,7 +326,7 @@ def seams(frames: np.ndarray, layout: Layout, warp_errors: Optional[np.ndarray] 
     bounds = layout.boundaries(len(frames))
     pixels = seam_measure(pixel_changes(frames), bounds, FLOORS["pixels"])
     warp = None if warp_errors is None else seam_measure(np.asarray(warp_errors), bounds, FLOORS["warp"])
-    obj = background = None
+    obj = background = events = jump = None
     first = later = speed_first = speed_later = None
     if objects is not None:
         if len(objects) != len(frames):
@@ -267,6 +335,8 @@ def seams(frames: np.ndarray, layout: Layout, warp_errors: Optional[np.ndarray] 
         background = seam_measure(np.abs(np.diff(bg)), bounds, FLOORS["background"])
         steps = object_steps(objects)
         if steps is not None:
+            events = seam_events(objects, bounds)
+            jump = largest_jump(objects, steps)
             obj = seam_measure(steps, bounds, FLOORS["object"])
             first = _inside_chunk(steps, 0, layout.chunk, bounds)
             later_vals = [i for i in range(layout.chunk, len(frames) - 1) if (i + 1) not in bounds]
@@ -274,4 +344,5 @@ def seams(frames: np.ndarray, layout: Layout, warp_errors: Optional[np.ndarray] 
             first_spans, later_spans = windows(layout, len(frames))
             speed_first = _mean(np.array(window_speeds(objects, first_spans)))
             speed_later = _mean(np.array(window_speeds(objects, later_spans)))
-    return Seams(layout, tuple(bounds), pixels, warp, obj, background, first, later, speed_first, speed_later)
+    return Seams(layout, tuple(bounds), pixels, warp, obj, background, first, later, speed_first, speed_later,
+                 events, jump)

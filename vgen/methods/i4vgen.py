@@ -1,7 +1,9 @@
 """I4VGen (SPEC §3): text -> anchor image -> a video animated from it -> the video regenerated.
 
     1. anchor      N candidate images, drawn by the video model itself as 1-frame videos (the public code; or by
-                   an image model in its latent space), scored by a reward; keep the best one, a
+                   an image model in its latent space), scored by a reward; keep the best one, a. Their noise is
+                   one [1, C, N, h, w] draw, candidate i its frame i, then NI-VSDS's ε and the regeneration's noise
+                   are drawn, each [1, C, F, h, w]: the public code's order, so a seed gives its candidates
     2. NI-VSDS     v = a repeated over frames; draw ε once and keep it. For t in the sampler's first
                    int(0.6·steps) + 1 timesteps (961 ... 361 with 25 DDIM steps):
                    v_t = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·ε
@@ -87,6 +89,21 @@ def check_latent_space(video: Components, image: Components) -> None:
         )
 
 
+def candidate_noise(image: Components, n: int, height: int, width: int, generator: torch.Generator,
+                    layout: str = "frames") -> torch.Tensor:
+    """The N candidates' initial noise as [N, C, 1, h, w].
+
+    frames (the public code's prepare_latents + rearrange "b c f h w -> (b f) c h w"): one [1, C, N, h, w] draw, and
+    candidate i is its frame i, so a seed gives the public code's candidates. batch: one [N, C, 1, h, w] draw
+    (vgen's earlier layout: the same numbers, assigned to other candidates)."""
+    if layout == "batch":
+        return iid_noise(latent_shape(image, 1, height, width, batch=n), generator, image.device, image.dtype)
+    if layout != "frames":
+        raise ConfigError(f"config key 'i4vgen.candidate_layout' is '{layout}'; choose one of: frames, batch")
+    draw = iid_noise(latent_shape(image, n, height, width), generator, image.device, image.dtype)
+    return draw[0].transpose(0, 1).unsqueeze(2).contiguous()  # [C, N, h, w] -> [N, C, 1, h, w]
+
+
 @torch.no_grad()
 def sample_candidates(
     image: Components,
@@ -103,11 +120,11 @@ def sample_candidates(
     batch: int = 0,
     eta: float = 0.0,
     progress: Optional[bool] = None,
+    layout: str = "frames",
 ) -> tuple[torch.Tensor, np.ndarray]:
     """N images: latents [N, C, 1, h, w] and uint8 [N, H, W, 3]. All N noises are drawn first, in one
-    call, so candidate i is the same for any batch size."""
-    shape = latent_shape(image, 1, height, width, batch=n)
-    noise = iid_noise(shape, generator, image.device, image.dtype)
+    call (`candidate_noise`), so candidate i is the same for any batch size."""
+    noise = candidate_noise(image, n, height, width, generator, layout)
     batch = batch or n
     latents = []
     with one_frame_temporal_attention(image.unet):  # exact: a frame attends only to itself
@@ -326,7 +343,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         steps=cfg.image_steps or s.steps,
         guidance=s.guidance if cfg.image_guidance is None else cfg.image_guidance,
         scheduler=s.scheduler, generator=ctx.generator, height=ctx.height, width=ctx.width,
-        batch=cfg.candidate_batch, eta=s.eta, progress=ctx.progress,
+        batch=cfg.candidate_batch, eta=s.eta, progress=ctx.progress, layout=cfg.candidate_layout,
     )
     scores = reward(images, job.prompt)
     best = best_candidate(scores)
@@ -366,6 +383,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
             "image_model": image.name,
             "source": source,
             "reward": cfg.reward,
+            "layout": cfg.candidate_layout,
             "chosen": best,
             "scores": [round(float(x), 6) for x in scores],
             **summary,

@@ -1,11 +1,13 @@
 """Vico: compositional video by equalising attention flow (SPEC.md section 1, arXiv 2407.06182).
 
 Algorithm (per denoising step i of N, before the usual CFG step), as the public code (Adamdad/vico) does it:
-    if i < N/2:
-        x <- the float32 master latent;  Adam(x, lr = lr0 * sqrt(linspace(1, 0.5, N))[i], eps 1e-7)
-        repeat (10 times at most at steps 0, N/5, 2N/5 with thresholds 0.95/0.5/0.2; once at other steps, 0.2):
-            record cross + temporal attention of one positive-prompt forward pass (with autograd)
-            flow   = ST-Flow of the recorded graph                          [F, P, J]
+    if i < 25 (absolute: every step when N <= 25):
+        x <- the float32 master latent (ours; the public code's is in the model's dtype: vico.latent model)
+        Adam(x, lr = lr0 * sqrt(linspace(1, 0.5, N))[i], eps 1e-7)
+        repeat (10 times at most at steps 0, 10, 20 with thresholds 0.95/0.5/0.2; once at other steps, 0.2):
+            record cross + temporal attention of one positive-prompt forward pass (with autograd): every
+                cross-attention at the recorded resolution (down, mid and up blocks) with its temporal layers
+            flow   = ST-Flow of the recorded graph, (R2 ⊗ R1) ⊗ C per unit, units averaged   [F, P, J]
             A_k    = max over (f, h, w) of Smooth3x3x3(softmax_j(100 * flow[real tokens]))[key token k]
             loss   = max_k relu(1 - A_k)        (raise the weakest key token)
             stop if loss < threshold            (checked before the update: a step may make none)
@@ -161,20 +163,27 @@ def lr_schedule(lr: float, steps: int) -> list[float]:
 
 
 def iterative_steps(cfg: VicoConfig, steps: int) -> list[int]:
-    """The steps with iterative refinement: vico.iterative_steps if given, else vico.iterative_at scaled to
-    the step count (0, 0.2, 0.4 -> steps 0, 10, 20 of 50 as in the public code; 0, 2, 4 of 10)."""
-    if cfg.iterative_steps is not None:
-        return list(cfg.iterative_steps)
+    """The steps with iterative refinement. schedule absolute (public code): vico.iterative_steps as given
+    (0, 10, 20: with 20 steps the refinements are at 0 and 10). schedule fraction (ours): vico.iterative_at
+    scaled to the step count (0, 0.2, 0.4 -> 0, 10, 20 of 50; 0, 2, 4 of 10), so none vanishes."""
+    if cfg.schedule == "absolute":
+        return [int(i) for i in cfg.iterative_steps]
     return [min(int(round(f * steps)), steps - 1) for f in cfg.iterative_at]
+
+
+def updates_at(cfg: VicoConfig, i: int, steps: int) -> bool:
+    """Whether step i may update the latent: i < vico.update_until (absolute, public code: every step of
+    a run of 25 steps or fewer) or i < vico.fraction * steps (fraction, ours)."""
+    return i < cfg.update_until if cfg.schedule == "absolute" else i < cfg.fraction * steps
 
 
 def update_plan(cfg: VicoConfig, steps: int) -> dict[int, tuple[int, float]]:
     """step -> (max iterations, loss threshold) for the steps that may update the latent: refinement steps
-    (vico.max_iterations, their own threshold), other early steps (one iteration, vico.threshold)."""
+    (vico.max_iterations, their own threshold), other update steps (one iteration, vico.threshold)."""
     iterative = dict(zip(iterative_steps(cfg, steps), cfg.thresholds))
     plan = {}
     for i in range(steps):
-        if i < cfg.fraction * steps:
+        if updates_at(cfg, i, steps):
             plan[i] = (cfg.max_iterations, float(iterative[i])) if i in iterative else (1, float(cfg.threshold))
     return plan
 
@@ -182,8 +191,8 @@ def update_plan(cfg: VicoConfig, steps: int) -> dict[int, tuple[int, float]]:
 def attention_flow(blocks: list, cfg: VicoConfig, tiled: Optional[bool] = None) -> torch.Tensor:
     """[F, P, J] flow of the recorded graph (flow.py kernels; ``tiled`` as in ``flow.bottleneck``)."""
     if cfg.graph == "full":
-        return full_graph_flow(blocks, cfg.flow, cfg.tau, cfg.residual, tiled)
-    return st_flow_blocks(blocks, cfg.flow, cfg.tau, cfg.residual, tiled)
+        return full_graph_flow(blocks, cfg.flow, cfg.tau, cfg.residual, tiled, cfg.order)
+    return st_flow_blocks(blocks, cfg.flow, cfg.tau, cfg.residual, tiled, cfg.order)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -302,14 +311,17 @@ class VicoGuide:
     def __call__(self, i: int, t, latents: torch.Tensor) -> torch.Tensor:
         """pre_step hook: the latent update of step i (public code's order). Each iteration measures the
         loss first and stops once it is below the step's threshold, so a step may make no update; otherwise
-        one Adam step. The latent stays float32 (the sampler's master copy): a 1e-4 step survives."""
+        one Adam step. vico.latent float32 (ours): Adam steps a float32 copy and the sampler keeps a float32
+        master latent, so a 1e-4 step survives a half-precision model; model (public code): Adam steps the
+        latent in the model's dtype, where such a step may round away."""
         if i == self.after_step:
             with torch.no_grad():
                 self.scores_after = self.named(self.measure(latents, t)[1])
         if i not in self.plan:
             return latents
         iterations, threshold = self.plan[i]
-        x = latents.detach().float().clone().requires_grad_(True)
+        dtype = torch.float32 if self.cfg.latent == "float32" else self.c.dtype
+        x = latents.detach().to(dtype).clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.lrs[i], eps=self.cfg.adam_eps)
         record = {"step": i, "t": int(t), "lr": self.lrs[i], "threshold": threshold, "losses": [], "updates": 0}
         with torch.enable_grad():
@@ -389,11 +401,12 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
                           eta=s.eta, progress=ctx.progress)
     else:
         n_tokens = prompt_length(components.tokenizer, job.prompt)
-        with record_attention(components.unet, cfg.graph, stop_when_complete=True) as recorder:
+        master = torch.float32 if cfg.latent == "float32" else None  # model: x_T stays in the model's dtype
+        with record_attention(components.unet, cfg.graph, stop_when_complete=True, units=cfg.units) as recorder:
             guide = VicoGuide(cfg, components, scheduler, prompt, keys, n_tokens, recorder, s.steps, ctx.log)
             latents = denoise(components, scheduler, latents, prompt, s.guidance, generator=ctx.generator,
                               eta=s.eta, progress=ctx.progress, pre_step=guide, description="denoising (vico)",
-                              master_dtype=torch.float32)
+                              master_dtype=master)
         weakest = guide.weakest()
         updates = sum(r["updates"] for r in guide.history)
         if updates == 0:

@@ -23,6 +23,7 @@ from vgen.errors import ConfigError
 KERNELS = ("auto", "torch", "triton")
 ENV = "VGEN_KERNELS"
 _configured: Optional[str] = None  # set by configure(); None: the env or "auto"
+_ran: set[str] = set()  # the implementations core kernels ran since the last configure() ("torch", "triton")
 
 
 def interpreting() -> bool:
@@ -70,6 +71,7 @@ def configure(name: str = "auto", device=None) -> str:
     one). Returns the effective choice ("auto" | "torch" | "triton"); raises ConfigError (see ``check``)."""
     global _configured
     _configured = name
+    _ran.clear()
     choice, source = requested()
     if device is None:
         import torch
@@ -96,8 +98,20 @@ def use_kernels(name: str) -> Iterator[None]:
 _TRITON_DTYPES = ("float16", "bfloat16", "float32")
 
 
+def kernels_ran() -> list[str]:
+    """The implementations ("torch", "triton") the core kernels ran since the last ``configure`` (for the
+    sidecar: what the frames were computed with, not only what was asked)."""
+    return sorted(_ran)
+
+
 def use_triton(*tensors) -> bool:
     """Whether a core kernel called on ``tensors`` runs its Triton version (see the module docstring)."""
+    chosen = _use_triton(*tensors)
+    _ran.add("triton" if chosen else "torch")
+    return chosen
+
+
+def _use_triton(*tensors) -> bool:
     choice, source = requested()
     if choice == "torch":
         return False

@@ -259,8 +259,8 @@ class Streaming(NamedTuple):
 
 def load_seam_check(folder: str | Path) -> Optional[dict]:
     """What ``folder/streaming/config.json`` records of the memories' seam test (scripts/compare_streaming.py
-    --record): {"passed": bool, "object_ratio", "background_ratio", "floor", "measured"}; None when never
-    measured (or no weights). mode=auto uses the memories only when it passed."""
+    --record): {"passed": bool, "object_ratio", "background_ratio", "floor", "settings", "measured", ...}; None when
+    never measured (or no weights). mode=auto uses the memories only when it passed at the job's `settings`."""
     path = Path(folder) / FOLDER / "config.json"
     if not path.is_file():
         return None

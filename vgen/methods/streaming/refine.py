@@ -128,6 +128,9 @@ def refine_file(
     t0 = time.perf_counter()
     components = ModelCache().get(job)
     height, width = check_refinable(components, video, upscale, source)
+    from vgen.fingerprint import model_weight_hashes
+
+    weights = model_weight_hashes(components, job.model)  # before anything is made (vgen.fileset)
     load_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -140,9 +143,24 @@ def refine_file(
     latents = refine_latents(components, latents, prompt, settings, generator, progress=progress)
     refine_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    frames = write_decoded(components, latents, mp4, video.fps, job.memory.decode_chunk)
-    write_s = time.perf_counter() - t0
+    from vgen.fileset import commit, staged
+
+    with staged(mp4) as stage:  # the mp4 and its sidecar are placed together, the sidecar last
+        staged_mp4 = stage / mp4.name
+        t0 = time.perf_counter()
+        frames = write_decoded(components, latents, staged_mp4, video.fps, job.memory.decode_chunk)
+        write_s = time.perf_counter() - t0
+        _write_refine_sidecar(job, components, mp4, staged_mp4, source, video, upscale, settings, frames,
+                              (height, width), weights, {"load_s": load_s, "encode_s": encode_s, "refine_s": refine_s,
+                                                         "write_s": write_s, "total_s": time.perf_counter() - started})
+        commit(stage, mp4.parent, sidecar_path(mp4).name)
+    return mp4
+
+
+def _write_refine_sidecar(job, components, mp4, staged_mp4, source, video, upscale, settings, frames, size, weights,
+                          timings) -> None:
+    from vgen.fileset import short_file_hash
+    from vgen.methods.streaming.blend import chunk_spans
 
     method_info = {
         "source": str(source),
@@ -155,9 +173,7 @@ def refine_file(
         "overlap": settings.overlap,
         "chunks": len(chunk_spans(frames, settings.chunk, settings.overlap)),
     }
-    timings = {"load_s": load_s, "encode_s": encode_s, "refine_s": refine_s, "write_s": write_s,
-               "total_s": time.perf_counter() - started}
-    written = WrittenVideo(mp4, frames, (height, width), video.fps)
-    sidecar = build_sidecar(job, components, mp4, [], written, timings, method_info, method="refine")
-    write_json(sidecar, sidecar_path(mp4))
-    return mp4
+    written = WrittenVideo(mp4, frames, size, video.fps)
+    sidecar = build_sidecar(job, components, mp4, [], written, timings, method_info, method="refine", weights=weights)
+    sidecar["output_sha256"] = short_file_hash(staged_mp4)
+    write_json(sidecar, sidecar_path(staged_mp4))

@@ -41,6 +41,8 @@ from vgen.video import Mp4Writer, WrittenVideo
 MODES = ("trained", "training-free", "independent")
 SEAM_FLOOR = 2.0  # mode=auto trusts trained memories whose object and background seam ratios are both at most this
 MOTION_KEPT_FLOOR = 0.8  # ... and whose later chunks keep this share of the first chunk's motion (seamless by freezing fails)
+EVENTS_FLOOR, EVENTS_FACTOR = 0.05, 2.0  # ... and whose seams lose, add or reshape a prompted object at most at
+#   max(EVENTS_FLOOR, EVENTS_FACTOR x the rate of such events between frames inside chunks)
 
 
 def chunk_count(frames: int, chunk: int, cond: int) -> int:
@@ -74,33 +76,58 @@ def seam_check(components: Components) -> Optional[dict]:
     return load_seam_check(components.folder)
 
 
-TRAINED_OPTIONS = ("trained_dc_lock", "trained_inpaint", "cam_scale")  # a seam check vouches only for the same values
-TRAINED_DEFAULTS = {"trained_dc_lock": False, "trained_inpaint": False, "cam_scale": 1.0}  # the paper's (absent = these)
+TRAINED_OPTIONS = ("trained_dc_lock", "trained_inpaint", "cam_scale")  # the memory options (also under `settings`)
+TRAINED_DEFAULTS = {"trained_dc_lock": False, "trained_inpaint": False, "cam_scale": 1.0}  # the paper's
+# Every setting that changes a trained chunk's frames: a seam check vouches for the memories only at its own values
+CHECK_SETTINGS = ("sampler.steps", "sampler.guidance", "sampler.eta", "sampler.scheduler", "streaming.chunk",
+                  "streaming.cond_frames", "streaming.anchor_guidance", "streaming.trained_dc_lock",
+                  "streaming.trained_inpaint", "streaming.cam_scale")
 
 
 def trained_options(cfg: Any) -> dict[str, Any]:
-    """The job's trained-mode options a seam check was measured with (streaming.trained_dc_lock, trained_inpaint,
-    cam_scale)."""
+    """The job's trained-mode memory options (streaming.trained_dc_lock, trained_inpaint, cam_scale)."""
     return {key: getattr(cfg, key) for key in TRAINED_OPTIONS}
 
 
-def memories_trusted(check: Optional[dict], options: dict[str, Any]) -> bool:
+def check_settings(job: JobConfig) -> dict[str, Any]:
+    """The job's values of CHECK_SETTINGS, as a seam check records them (anchor_guidance resolved: None is the
+    text guidance)."""
+    s, c = job.sampler, job.streaming
+    return {"sampler.steps": int(s.steps), "sampler.guidance": float(s.guidance), "sampler.eta": float(s.eta),
+            "sampler.scheduler": str(s.scheduler), "streaming.chunk": int(c.chunk),
+            "streaming.cond_frames": int(c.cond_frames),
+            "streaming.anchor_guidance": float(s.guidance if c.anchor_guidance is None else c.anchor_guidance),
+            "streaming.trained_dc_lock": bool(c.trained_dc_lock), "streaming.trained_inpaint": bool(c.trained_inpaint),
+            "streaming.cam_scale": float(c.cam_scale)}
+
+
+def check_mismatch(check: Optional[dict], settings: dict[str, Any]) -> list[str]:
+    """'key=job value (checked at recorded value)' for every CHECK_SETTINGS key where the job differs from the
+    check's recorded `settings`; a key the check did not record differs (it vouches for nothing there)."""
+    recorded = (check or {}).get("settings") or {}
+    out = []
+    for key in CHECK_SETTINGS:
+        mine, theirs = settings.get(key), recorded.get(key)
+        same = theirs is not None and (mine == theirs if isinstance(mine, (str, bool)) or mine is None
+                                       else float(mine) == float(theirs))
+        if not same:
+            shown = "not recorded" if theirs is None else f"checked at {json.dumps(theirs)}"
+            out.append(f"{key}={json.dumps(mine)} ({shown})")
+    return out
+
+
+def memories_trusted(check: Optional[dict], settings: dict[str, Any]) -> bool:
     """Whether a recorded seam check vouches for the trained mode as this job would run it: it passed, and it was
-    measured with the same trained-mode options (an absent one: the paper's value)."""
-    def value(source: dict, key: str) -> Any:
-        v = source.get(key, TRAINED_DEFAULTS[key])
-        return float(v) if key == "cam_scale" else bool(v)
-
-    return (check is not None and check.get("passed") is True
-            and all(value(check, key) == value(options, key) for key in TRAINED_OPTIONS))
+    measured at every one of this job's CHECK_SETTINGS values."""
+    return check is not None and check.get("passed") is True and not check_mismatch(check, settings)
 
 
-def resolve_mode(asked: str, components: Components, options: Optional[dict[str, Any]] = None) -> str:
-    """auto: trained only for shipped memories whose recorded seam check passed (SEAM_FLOOR, MOTION_KEPT_FLOOR) with
-    this job's trained-mode options, else training-free."""
+def resolve_mode(asked: str, components: Components, settings: Optional[dict[str, Any]] = None) -> str:
+    """auto: trained only for shipped memories whose recorded seam check passed at this job's settings
+    (check_settings), else training-free."""
     has_weights = streaming_weights(components) is not None
     if asked == "auto":
-        return "trained" if has_weights and memories_trusted(seam_check(components), options or {}) else "training-free"
+        return "trained" if has_weights and memories_trusted(seam_check(components), settings or {}) else "training-free"
     if asked == "trained" and not has_weights:
         raise ConfigError(
             f"streaming.mode=trained needs CAM/APM weights in '{components.name}' (a streaming/ folder; train them with "
@@ -235,16 +262,18 @@ def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, wei
 def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo:
     cfg, s = job.streaming, job.sampler
     F, Fc = cfg.chunk, cfg.cond_frames
-    mode = resolve_mode(cfg.mode, components, trained_options(cfg))
+    settings = check_settings(job)
+    mode = resolve_mode(cfg.mode, components, settings)
     weights = streaming_weights(components) if mode == "trained" else None
     n = chunk_count(job.video.frames, F, Fc)
     w_text = s.guidance
     w_anchor = s.guidance if cfg.anchor_guidance is None else cfg.anchor_guidance
     if cfg.mode == "auto" and mode != "trained" and streaming_weights(components) is not None:
         check = seam_check(components)
+        differ = check_mismatch(check, settings)
         why = ("have not passed the seam check" if check is None or check.get("passed") is not True else
-               "passed the seam check only with " + ", ".join(
-                   f"streaming.{key}={json.dumps(check.get(key, TRAINED_DEFAULTS[key]))}" for key in TRAINED_OPTIONS))
+               f"were seam-checked at other settings than this run's: {', '.join(differ[:4])}"
+               + (f" (+{len(differ) - 4} more)" if len(differ) > 4 else ""))
         ctx.log(f"streaming: the model's trained memories {why}; auto uses training-free "
                 "(streaming.mode=trained forces them)")
     ctx.log(f"streaming: {mode}, {n} chunk(s) of {F} frames ({Fc} conditioning)")
