@@ -51,6 +51,14 @@ def test_1_zs2_on_the_default_model_uses_its_image_sibling(tmp_path):
     side = sidecar(Path(r.stdout.splitlines()[0]))
     assert side["model"] == {"id": "toy-t2i", "kind": "unet2d"}
     assert side["config_sources"]["model.id"] == "model:toy"
+    # issue 30 item 7: naming the default model changes nothing (the same output, skipped), and says which model ran
+    named = vgen("generate", "a red circle moving left", "--model", "toy", "--method", "zs2", "--steps", "2",
+                 "--out", tmp_path, "--skip-existing")
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.splitlines()[0] == r.stdout.splitlines()[0] and "skipped" in named.stderr
+    fresh = vgen("generate", "a red circle moving left", "--model", "toy", "--method", "zs2", "--steps", "2",
+                 "--out", tmp_path / "named")
+    assert fresh.returncode == 0 and "model: toy-t2i (named by toy's settings for zs2)" in fresh.stderr
 
 
 def test_1_streaming_and_vico_get_settings_that_work_on_the_toy():

@@ -3,6 +3,7 @@ a saved folder that chose its own schedule keeping it, and sampler.scheduler_con
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_scheduler_config_runs_and_is_recorded_in_the_sidecar(tmp_path):
     r = vgen("generate", PROMPT, "--model", "tiny-random-unet3d", "--steps", "2", "--frames", "2", "--out", tmp_path,
              "sampler.scheduler_config.beta_schedule=linear", "sampler.scheduler_config.timestep_spacing=trailing")
     assert r.returncode == 0, r.stderr
-    side = json.loads((tmp_path / "a-red-circle-moving-left-vanilla-0.json").read_text())
+    side = json.loads(Path(r.stdout.splitlines()[0]).with_suffix(".json").read_text())
     assert side["config"]["sampler"]["scheduler_config"] == {"beta_schedule": "linear", "timestep_spacing": "trailing"}
     assert side["config_sources"]["sampler.scheduler_config"] == "override"
     used = side["scheduler"]
@@ -127,10 +128,12 @@ def test_scheduler_config_runs_and_is_recorded_in_the_sidecar(tmp_path):
      "unknown key 'sampler.scheduler_config.beta_shedule' for DDIMScheduler (sampler.scheduler=ddim); valid keys: beta_end, "),
     (["--scheduler", "euler", "sampler.scheduler_config.clip_sample=false"], "for EulerDiscreteScheduler"),
     (["--scheduler", "model", "sampler.scheduler_config.solver_order=2"], "for DDIMScheduler (sampler.scheduler=model)"),
-    (["sampler.scheduler_config.beta_end=.nan"], "'sampler.scheduler_config.beta_end' is nan; a scheduler setting is a finite number"),
-    (["sampler.scheduler_config.beta_end=.inf"], "is inf;"),
-    (["sampler.scheduler_config.trained_betas=[0.1,.nan]"], "'sampler.scheduler_config.trained_betas' is [0.1, nan]"),
-    (["sampler.scheduler_config.steps_offset.x=1"], "'sampler.scheduler_config.steps_offset' is {'x': 1}"),
+    (["sampler.scheduler_config.beta_end=.nan"], "config key 'sampler.scheduler_config.beta_end' must be a finite number, got nan"),
+    (["sampler.scheduler_config.beta_end=.inf"], "must be a finite number, got inf"),
+    (["sampler.scheduler_config.trained_betas=[0.1,.nan]"], "'sampler.scheduler_config.trained_betas' must hold finite numbers"),
+    (["sampler.scheduler_config.steps_offset.x=1"],
+     "'sampler.scheduler_config.steps_offset' is {'x': 1}; a scheduler setting is a finite number"),
+    (["sampler.scheduler_config.trained_betas=[0.1,[0.2]]"], "'sampler.scheduler_config.trained_betas' is [0.1, [0.2]]"),
     (["--scheduler", "sde-dpm++", "sampler.scheduler_config.algorithm_type=dpmsolver++"],
      "contradicts sampler.scheduler=sde-dpm++, which sets algorithm_type=sde-dpmsolver++"),
 ])

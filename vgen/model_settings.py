@@ -87,6 +87,9 @@ def model_settings(model_id: str, method: str):
     return section, path
 
 
+MODEL_FACTS = ("trained_frames",)  # top-level keys that describe the model rather than set a method's config
+
+
 def allowed_keys(method: str) -> tuple[str, ...]:
     """What a model's settings for `method` may set: how to sample (sampler, video), the method's own section,
     and model.id (a sibling model). Never where files go or whether they are replaced (output), the device or
@@ -105,9 +108,11 @@ def check_allowed_keys(loaded, path: Path) -> None:
     from vgen.methods import METHODS
 
     for method in loaded.keys():
+        if method in MODEL_FACTS:  # a fact about the model (vgen/sizes.py checks its value), not settings
+            continue
         if method not in METHODS:
             raise ConfigError(f"'{path}' has a section '{method}', which is no method; "
-                              f"sections: {', '.join(METHODS)}")
+                              f"sections: {', '.join(METHODS)} (and {', '.join(MODEL_FACTS)})")
         section = loaded[method]
         keys = leaf_keys(section) if hasattr(section, "keys") else []
         allowed = allowed_keys(str(method))
