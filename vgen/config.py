@@ -729,13 +729,13 @@ def validate(job: JobConfig) -> None:
     if not job.model.id.strip():
         raise ConfigError("config key 'model.id' is empty; give a hub id, a local folder or a built-in name")
     check_list_items(job)
-    job.sampler.check()  # before the generic check: its message says what a scheduler setting may be
     check_finite(job)
     _at_least("video.frames", job.video.frames, 1)
     _at_least("video.fps", job.video.fps, 1)
     _at_least("sampler.steps", job.sampler.steps, 1)
     _at_least("sampler.guidance", job.sampler.guidance, 0)
     _at_least("sampler.eta", job.sampler.eta, 0)
+    job.sampler.check()
     _at_least("memory.decode_chunk", job.memory.decode_chunk, 1)
     for key in ("height", "width"):
         value = getattr(job.video, key)
