@@ -385,7 +385,7 @@ def test_shipped_memories_re_cover_the_conditioning_frames_better_than_independe
 def test_working_memories_remove_a_fifth_of_the_re_cover_error():
     """What memories that work should reach (RECOVER_TARGET). The first toy weights re-covered only 5% better than
     independent chunks (0.0418 vs 0.0440) and this was a strict xfail; the 1200-step weights shipped since
-    re-cover at 0.0282 vs 0.0440 (ratio 0.64; scripts/train_streaming.py, docs/streaming-toy.md)."""
+    re-cover at 0.0282 vs 0.0440 (ratio 0.64; scripts/train_streaming.py, docs/streaming.md)."""
     trained, independent = _recover_means()
     assert trained < RECOVER_TARGET * independent, (trained, independent)
 
