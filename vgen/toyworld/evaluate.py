@@ -38,6 +38,18 @@ class EvalTable:
         return "\n".join(lines)
 
 
+def vanilla_defaults(model_id) -> tuple[int, int, float]:
+    """(frames, steps, guidance) of the model's vgen.yaml vanilla section; else 8 (17 on Wan folders), 20, 5."""
+    from vgen.model_settings import folder_info, local_folder, model_settings
+
+    folder = local_folder(model_id) if model_id else None
+    frames = 17 if folder is not None and folder_info(folder)[0] == "wan" else 8
+    section, _ = model_settings(model_id, "vanilla") if model_id else (None, None)
+    sampler = section.get("sampler", {}) if section is not None else {}
+    video = section.get("video", {}) if section is not None else {}
+    return int(video.get("frames", frames)), int(sampler.get("steps", 20)), float(sampler.get("guidance", 5.0))
+
+
 def _components(model, dtype=torch.float32):
     from vgen.config import ModelConfig
     from vgen.models import Components, load_components
