@@ -116,3 +116,14 @@ def test_wan_stage_rejects_frames_off_the_4k_plus_1_rule(tmp_path):
 
     with pytest.raises(ValueError, match="frames must be 4k\\+1"):
         WanTrainer(_cfg(tmp_path, "vae", 1, frames=8))
+
+
+def test_decoder_stage_keeps_the_encoder_and_latent_statistics(tmp_path):
+    """The decoder stage trains the decoder only: encoder weights and latents_mean/std stay those of the vae stage."""
+    from vgen.toyworld.train_wan import train_wan
+
+    vae = torch.load(train_wan(_cfg(tmp_path, "vae", 1)), weights_only=False)
+    dec = torch.load(train_wan(_cfg(tmp_path, "decoder", 2)), weights_only=False)
+    changed = {k.split(".")[0] for k, v in vae["models"]["vae"].items() if not torch.equal(v, dec["models"]["vae"][k])}
+    assert changed == {"decoder", "post_quant_conv"}
+    assert dec["latents_mean"] == vae["latents_mean"] and dec["latents_std"] == vae["latents_std"]

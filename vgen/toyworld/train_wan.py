@@ -14,6 +14,9 @@ Stages (``scripts/train_toy.py --family wan STAGE``):
   transformer). Latents come from a ring buffer of encoded clips refreshed by ``fresh`` new clips per step:
   encoding 17 frames costs far more than a DiT step on a CPU.
 
+- ``decoder``: the VAE's decoder alone, from a vae-stage checkpoint, its encoder (and so its latents and their
+  mean/std) frozen: it can keep improving the round trip while ``t2v`` trains on the same latents.
+
 Checkpoints hold models, optimizer, step and both RNGs (the latent buffer is refilled on resume).
 """
 
@@ -32,7 +35,7 @@ from .captions import vocabulary
 from .dataset import sample_training_batch
 from .train import open_trainer, resume_training, run_steps, save_checkpoint
 
-WAN_STAGES = ("vae", "t2v")
+WAN_STAGES = ("vae", "decoder", "t2v")
 TEXT_TOKENS = 32  # the longest toy caption is ~25 tokens; the rest of WanPipeline's 512 is zero padding
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
 TEXT_DIM = 64
@@ -212,6 +215,11 @@ class WanTrainer:
         self.frozen: dict[str, torch.nn.Module] = {}
         if cfg.stage == "vae":
             self.models["vae"] = build_wan_vae(cfg.vae_base)
+        elif cfg.stage == "decoder":
+            vae = load_wan_vae(self.vae_path())
+            for part in (vae.decoder, vae.post_quant_conv):
+                part.requires_grad_(True)
+            self.models["vae"] = vae
         else:
             self.frozen["vae"] = load_wan_vae(self.vae_path())
             self.tokenizer, self.models["text_encoder"] = build_wan_text()
@@ -219,8 +227,10 @@ class WanTrainer:
             self.buffer: Optional[torch.Tensor] = None
             self.buffer_caps: list[str] = []
             self.buffer_next = 0
-        params = [p for m in self.models.values() for p in m.parameters()]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+        self.opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=0.01)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.models.values() for p in m.parameters() if p.requires_grad]
 
     def vae_path(self) -> Path:
         return Path(self.cfg.vae) if self.cfg.vae else Path(self.cfg.out).parent / "vae" / "last.pt"
@@ -248,7 +258,7 @@ class WanTrainer:
         state = torch.load(path, map_location="cpu", weights_only=False)
         for k, m in self.models.items():
             m.load_state_dict(state["models"][k])
-        if "vae" in self.models:
+        if self.cfg.stage == "vae":
             self.models["vae"].register_to_config(latents_mean=state["latents_mean"], latents_std=state["latents_std"])
         self.step_count = resume_training(state, self.opt, self.rng, self.cfg.lr)
 
@@ -256,11 +266,13 @@ class WanTrainer:
     def step(self) -> dict[str, float]:
         for m in self.models.values():
             m.train()
-        losses = self._vae_loss() if self.cfg.stage == "vae" else self._flow_loss()
+        if self.cfg.stage == "decoder":  # the frozen encoder stays in eval mode
+            self.models["vae"].encoder.eval()
+        losses = self._flow_loss() if self.cfg.stage == "t2v" else self._vae_loss()
         total = sum(losses.values())
         self.opt.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_([p for m in self.models.values() for p in m.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
         self.opt.step()
         self.step_count += 1
         return {k: float(v.detach()) for k, v in losses.items()}
@@ -269,7 +281,8 @@ class WanTrainer:
         vae = self.models["vae"]
         _, vids = sample_training_batch(self.rng, self.cfg.batch, self.cfg.vae_frames, self.cfg.size, self.cfg.objects)
         x = random_crop(clips_to_tensor(vids), self.cfg.vae_crop, self.rng)
-        post = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(self.cfg.stage == "vae"):  # decoder stage: the encoder is frozen
+            post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         # object pixels are a small part of the frame but all the detector reads (colour, then shape moments)
         chroma = (x.max(1, keepdim=True).values - x.min(1, keepdim=True).values) > 0.5
