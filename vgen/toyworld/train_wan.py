@@ -15,7 +15,8 @@ Stages (``scripts/train_toy.py --family wan STAGE``):
   encoding 17 frames costs far more than a DiT step on a CPU.
 
 - ``decoder``: the VAE's decoder alone, from a vae-stage checkpoint, its encoder (and so its latents and their
-  mean/std) frozen: it can keep improving the round trip while ``t2v`` trains on the same latents.
+  mean/std) frozen, decoding the posterior mean (what ``t2v`` learns to generate): it can keep improving the round
+  trip while ``t2v`` trains on the same latents.
 
 Checkpoints hold models, optimizer, step and both RNGs (the latent buffer is refilled on resume).
 """
@@ -283,7 +284,8 @@ class WanTrainer:
         x = random_crop(clips_to_tensor(vids), self.cfg.vae_crop, self.rng)
         with torch.set_grad_enabled(self.cfg.stage == "vae"):  # decoder stage: the encoder is frozen
             post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
+        # the decoder stage decodes the posterior mean: what the transformer learns to generate (encode_normalised)
+        rec = vae.decode(post.sample() if self.cfg.stage == "vae" else post.mode()).sample
         # object pixels are a small part of the frame but all the detector reads (colour, then shape moments)
         chroma = (x.max(1, keepdim=True).values - x.min(1, keepdim=True).values) > 0.5
         w = 1.0 + 4.0 * chroma.float()
@@ -319,7 +321,8 @@ class WanTrainer:
         if self.buffer is None:
             for _ in range(0, cfg.warm, 8):
                 self._refresh(8)
-        self._refresh(cfg.fresh)
+        if cfg.fresh:
+            self._refresh(cfg.fresh)
         idx = self.rng.integers(0, self.filled, cfg.batch)
         x0 = self.buffer[torch.from_numpy(idx)]
         caps = ["" if self.rng.random() < P_UNCOND else self.buffer_caps[i] for i in idx]
