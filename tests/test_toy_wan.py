@@ -127,3 +127,16 @@ def test_decoder_stage_keeps_the_encoder_and_latent_statistics(tmp_path):
     changed = {k.split(".")[0] for k, v in vae["models"]["vae"].items() if not torch.equal(v, dec["models"]["vae"][k])}
     assert changed == {"decoder", "post_quant_conv"}
     assert dec["latents_mean"] == vae["latents_mean"] and dec["latents_std"] == vae["latents_std"]
+
+
+def test_export_takes_a_decoder_checkpoint_only_with_the_transformers_encoder(exported, tmp_path):
+    """A decoder-stage VAE of the same vae stage exports; a VAE with another encoder is refused."""
+    from vgen.toyworld.train_wan import export_wan, train_wan
+
+    tmp, _ = exported
+    dec = train_wan(_cfg(tmp, "decoder", 1, vae=str(tmp / "vae" / "last.pt")))
+    folder = export_wan(tmp / "t2v" / "last.pt", dec, tmp_path / "a")
+    assert (folder / "vae" / "config.json").is_file()
+    other = train_wan(_cfg(tmp_path, "vae", 1, seed=1))
+    with pytest.raises(ValueError, match="encodes differently"):
+        export_wan(tmp / "t2v" / "last.pt", other, tmp_path / "b")

@@ -357,8 +357,12 @@ def load_wan_checkpoint(ckpt: str | Path, vae_ckpt: Optional[str | Path] = None)
     if state.get("family") != "wan" or "transformer" not in state["models"]:
         raise ValueError(f"{ckpt} is not a t2v checkpoint of the Wan toy")
     cfg = state["config"]
-    if vae_ckpt:
+    if vae_ckpt:  # e.g. a decoder-stage checkpoint: its encoder must be the one the transformer learnt on
         vae = load_wan_vae(vae_ckpt)
+        enc = {k: v for k, v in state["frozen"]["vae"].items() if not k.startswith(("decoder.", "post_quant_conv."))}
+        same = all(torch.equal(v, vae.state_dict()[k]) for k, v in enc.items())
+        if not same or list(vae.config.latents_mean) != list(state["latents_mean"]):
+            raise ValueError(f"{vae_ckpt} encodes differently from the VAE {ckpt} was trained on")
     else:
         vae = build_wan_vae(cfg.get("vae_base", 16))
         vae.load_state_dict(state["frozen"]["vae"])
