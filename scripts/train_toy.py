@@ -22,7 +22,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=("unet", "wan"), default="unet",
                     help="unet: the UNet3D/UNet2D toy (toy, toy-t2i); wan: the Wan-architecture toy (toy-wan)")
-    ap.add_argument("stage", choices=tuple(dict.fromkeys(STAGES + ("t2v", "export"))))
+    ap.add_argument("stage", choices=tuple(dict.fromkeys(STAGES + ("decoder", "export"))))
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=None, help="clip frames (unet: 8; wan: 17, 4k+1)")
@@ -52,6 +52,8 @@ def main(argv=None) -> None:
     if a.family == "wan":
         return main_wan(a)
     a.frames, a.save_every = a.frames or 8, a.save_every or 200
+    if a.stage not in STAGES + ("export",):
+        raise SystemExit(f"error: stage {a.stage!r} is for --family wan")
     if a.stage == "export":
         for folder in export(a.ckpt or "runs/toy/joint/last.pt", a.vae or "runs/toy/vae/last.pt", a.assets):
             print(f"wrote {folder}")

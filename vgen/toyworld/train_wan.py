@@ -179,7 +179,8 @@ def vae_round_trip(vae, n: int = 64, frames: int = 17, size: int = 64, seed: int
     from .detector import score_video
 
     rng = np.random.default_rng(seed)
-    kept = {"original colour+shape": [], "round trip colour+shape": [], "round trip motion": []}
+    kept = {"original colour+shape": [], "round trip present": [], "round trip colour": [],
+            "round trip colour+shape": [], "round trip motion": []}
     vae.eval()
     for start in range(0, n, 8):
         caps, vids = sample_training_batch(rng, min(8, n - start), frames, size)
@@ -189,6 +190,8 @@ def vae_round_trip(vae, n: int = 64, frames: int = 17, size: int = 64, seed: int
             for o in score_video(vid, cap).objects:
                 kept["original colour+shape"].append(o.present and o.colour_ok and o.shape_ok)
             for o in score_video(out, cap).objects:
+                kept["round trip present"].append(o.present)
+                kept["round trip colour"].append(o.present and o.colour_ok)
                 kept["round trip colour+shape"].append(o.present and o.colour_ok and o.shape_ok)
                 if o.motion_ok is not None:
                     kept["round trip motion"].append(bool(o.motion_ok))
