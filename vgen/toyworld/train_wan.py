@@ -381,9 +381,20 @@ def load_wan_checkpoint(ckpt: str | Path, vae_ckpt: Optional[str | Path] = None)
     return parts, cfg
 
 
+VGEN_YAML = """\
+# Settings of the toy world's Wan-architecture model (read by vgen/model_settings.py); the methods' sections come
+# with the methods issue. The flow shift is the scheduler's own (scheduler/scheduler_config.json: flow_shift 3.0,
+# the shift it was trained with); `auto` runs that UniPC flow scheduler.
+vanilla:
+  sampler: {steps: 20, guidance: 5.0, scheduler: auto}
+  video: {frames: 17}
+"""
+
+
 def save_wan_folder(parts: dict, folder: str | Path, size: tuple[int, int] = (64, 64)) -> Path:
     """A diffusers WanPipeline folder (what the Wan family and WanPipeline.from_pretrained load), written
-    atomically, with its native size in model_index.json; a vgen.yaml already in the folder is kept."""
+    atomically, with its native size in model_index.json and a vgen.yaml (the one already in the folder is kept,
+    else VGEN_YAML)."""
     import json
     import shutil
 
@@ -400,6 +411,8 @@ def save_wan_folder(parts: dict, folder: str | Path, size: tuple[int, int] = (64
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     if (folder / "vgen.yaml").is_file():
         shutil.copy2(folder / "vgen.yaml", tmp / "vgen.yaml")
+    else:
+        (tmp / "vgen.yaml").write_text(VGEN_YAML)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     return folder
