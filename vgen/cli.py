@@ -377,6 +377,10 @@ def eval_(
     clip: Optional[str] = typer.Option(
         None, "--clip", show_default=False,
         help="CLIPModel folder (or cached hub id) for the CLIP score; default: openai/clip-vit-large-patch14 if cached."),
+    model: Optional[str] = typer.Option(
+        None, "--model", show_default=False,
+        help="With `toy`: the video model to benchmark (default toy, with toy-t2i's image row); another model runs at "
+             "its own vanilla frames/steps/guidance (toy-wan: 17 frames) without the image row."),
 ) -> None:
     """Scene cuts, warp error (MAWE), seams at chunk boundaries, CLIP score and toy-world detector scores of videos.
 
@@ -387,9 +391,19 @@ def eval_(
     if [str(f) for f in files] == ["toy"]:
         from vgen.toyworld.evaluate import evaluate
 
-        table = evaluate(progress=True)  # vanilla sampling on toy / toy-t2i, held-out prompts, seed 0
+        if model in (None, "toy"):
+            table = evaluate(progress=True)  # vanilla sampling on toy / toy-t2i, held-out prompts, seed 0
+        else:
+            from vgen.toyworld.evaluate import vanilla_defaults
+
+            frames, steps, guidance = vanilla_defaults(model)
+            table = evaluate(model, None, frames=frames, steps=steps, guidance=guidance, progress=True)
         typer.echo(dumps_json(table.as_dict()) if as_json else table.render())
         return
+    if model is not None:
+        from vgen.errors import ConfigError
+
+        raise ConfigError("--model applies to `vgen eval toy` only; scored files carry their model in the sidecar")
 
     from vgen.eval.clipscore import load_clip_scorer
     from vgen.eval.files import results_table, score_file, seams_table

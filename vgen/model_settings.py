@@ -133,6 +133,9 @@ def folder_info(folder: Path) -> tuple[str, Optional[tuple[int, int]]]:
     """(kind, native (height, width)) of a diffusers folder from its JSON files (no torch)."""
     index = json.loads((folder / "model_index.json").read_text())
     kind = _FOLDER_KINDS.get(index.get("_class_name", ""), "?")
+    if index.get("_vgen_native_size"):  # a Wan folder trained at its own size (toy-wan), see vgen/models/wan.py
+        h, w = index["_vgen_native_size"]
+        return kind, (int(h), int(w))
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())

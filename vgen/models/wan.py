@@ -22,6 +22,8 @@ from vgen.models.family import AttentionSite, Family, TextEmbeds
 from vgen.models.hub import load_scheduler, read_json
 
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
+# model_index.json key of a folder's native (height, width); diffusers drops "_"-keys it does not know silently
+NATIVE_SIZE_KEY = "_vgen_native_size"
 
 
 def _flow_shift(config: Any) -> float:
@@ -88,6 +90,8 @@ class WanFamily(Family):
             "scheduler": load_scheduler(source, cfg.revision, fallback="UniPCMultistepScheduler"),
             "config": {k: index.get(k) for k in ("boundary_ratio", "expand_timesteps")},
         }
+        if index.get(NATIVE_SIZE_KEY):  # a folder trained at its own size (toy-wan: 64x64)
+            parts["config"]["native_size"] = tuple(int(v) for v in index[NATIVE_SIZE_KEY])
         experts = [name for name in ("transformer", "transformer_2") if (index.get(name) or [None])[0]]
         for slot, name in zip(("unet", "unet_2"), experts):
             parts[slot] = WanTransformer3DModel.from_pretrained(source, subfolder=name, **weights)

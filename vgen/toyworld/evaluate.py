@@ -38,6 +38,18 @@ class EvalTable:
         return "\n".join(lines)
 
 
+def vanilla_defaults(model_id) -> tuple[int, int, float]:
+    """(frames, steps, guidance) of the model's vgen.yaml vanilla section; else 8 (17 on Wan folders), 20, 5."""
+    from vgen.model_settings import folder_info, local_folder, model_settings
+
+    folder = local_folder(model_id) if model_id else None
+    frames = 17 if folder is not None and folder_info(folder)[0] == "wan" else 8
+    section, _ = model_settings(model_id, "vanilla") if model_id else (None, None)
+    sampler = section.get("sampler", {}) if section is not None else {}
+    video = section.get("video", {}) if section is not None else {}
+    return int(video.get("frames", frames)), int(sampler.get("steps", 20)), float(sampler.get("guidance", 5.0))
+
+
 def _components(model, dtype=torch.float32):
     from vgen.config import ModelConfig
     from vgen.models import Components, load_components
@@ -49,11 +61,13 @@ def _components(model, dtype=torch.float32):
 
 @torch.no_grad()
 def generate(components, prompts: Sequence[str], seeds: Sequence[int], frames: int, steps: int, guidance: float,
-             scheduler: str = "ddim", batch: int = 8, progress: bool = False) -> np.ndarray:
-    """uint8 [N, F, H, W, 3]: prompt i from noise seeded with seeds[i], `batch` prompts per sampler call."""
+             scheduler: str = "auto", batch: int = 8, progress: bool = False) -> np.ndarray:
+    """uint8 [N, F, H, W, 3]: prompt i from noise seeded with seeds[i], `batch` prompts per sampler call.
+    scheduler "auto" is the family's default (DDIM on the UNet toys, the folder's own UniPC flow sampler on Wan);
+    noise is drawn in the dtype latents live in (float32 on Wan, as WanPipeline)."""
     from vgen.core.noise import iid_noise
     from vgen.core.prompts import PromptEmbeds, encode_prompt
-    from vgen.core.sampler import decode_latents, denoise, latent_shape, to_uint8
+    from vgen.core.sampler import decode_latents, denoise, latent_dtype, latent_shape, to_uint8
     from vgen.core.schedulers import prepare_scheduler
 
     h, w = components.native_size
@@ -65,9 +79,9 @@ def generate(components, prompts: Sequence[str], seeds: Sequence[int], frames: i
             cond=torch.cat([e.cond for e in embeds]),
             uncond=torch.cat([e.uncond for e in embeds]) if embeds[0].guided else None,
         )
-        sched = prepare_scheduler(scheduler, components.scheduler, steps, components.device)
         shape = latent_shape(components, frames, h, w)
-        noise = [iid_noise(shape, torch.Generator().manual_seed(int(s)), components.device, components.dtype)
+        sched = prepare_scheduler(scheduler, components.scheduler, steps, components.device, components.family, shape)
+        noise = [iid_noise(shape, torch.Generator().manual_seed(int(s)), components.device, latent_dtype(components))
                  for s in seeds[start : start + batch]]
         latents = torch.cat(noise) * sched.init_noise_sigma
         latents = denoise(components, sched, latents, prompt, guidance, progress=progress)
