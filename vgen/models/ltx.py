@@ -203,8 +203,8 @@ def tiny_ltx() -> dict:
 
 @torch.no_grad()
 def ltx_quarter() -> dict:
-    """LTX-Video 0.9's layout (28 blocks of 64-channel heads, the VAE's 32x/8x compression to 128 channels, a
-    timestep-conditioned decoder) at a quarter of its widths, random: for benchmarks at LTX's sizes."""
+    """LTX-Video 0.9's layout (28 blocks of 64-channel heads, the VAE's 32x/8x compression to 128 channels) at a
+    quarter of its widths, random: for benchmarks at LTX's sizes. Its decoder is not timestep-conditioned."""
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -217,8 +217,10 @@ def ltx_quarter() -> dict:
         text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=1024, d_kv=64, d_ff=2560,
                                                num_layers=2, num_heads=16, dropout_rate=0.0, pad_token_id=0,
                                                eos_token_id=1, decoder_start_token_id=0)).eval()
+        # timestep_conditioning=True with this default decoder layout fails inside diffusers' decoder (temb of the
+        # wrong rank), so the quarter model decodes unconditioned; the tiny tests cover the decode-noise path's RNG order
         vae = AutoencoderKLLTXVideo(block_out_channels=(32, 64, 128, 128), decoder_block_out_channels=(32, 64, 128, 128),
-                                    timestep_conditioning=True)
+                                    timestep_conditioning=False)
         transformer = LTXVideoTransformer3DModel(in_channels=128, out_channels=128, num_attention_heads=8,
                                                  attention_head_dim=64, cross_attention_dim=512, num_layers=28,
                                                  caption_channels=1024)
