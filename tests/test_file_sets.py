@@ -20,6 +20,15 @@ from conftest import vgen_in_process
 TINY = ["--model", "tiny-random-unet3d", "--steps", "1", "--frames", "2"]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal: a shell that starts pytest in the background starts it
+    with SIGINT ignored, which Python then keeps (the real-process test in test_cli.py resets it the same way)."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
