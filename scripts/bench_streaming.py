@@ -74,7 +74,7 @@ def child(args) -> None:
     job = build_job(flags={**flags, "video.frames": args.frames[0]})
     t0 = time.perf_counter()
     components = ModelCache().get(job)
-    mode = resolve_mode(args.mode, components, check_settings(job))  # loads CAM/APM weights now, so they count in the baseline
+    mode = resolve_mode(args.mode, components, check_settings(job, components.family))  # loads CAM/APM weights now, so they count in the baseline
     load_s = time.perf_counter() - t0
     h, w = resolve_size(components, None, None)
     cuda = components.device.type == "cuda"

@@ -696,6 +696,27 @@ def _list_item_type(annotation: Any) -> Optional[type]:
     return None
 
 
+def split_lora_spec(spec: str) -> tuple[str, float]:
+    """'PATH' or 'PATH:SCALE' -> (path, scale); a tail that is not a number belongs to the path."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def check_loras(specs: list[str]) -> None:
+    """Each model.lora names an existing file with a finite scale, known before any model loads."""
+    for spec in specs:
+        path, scale = split_lora_spec(spec)
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"model.lora: '{path}' does not exist (give PATH or PATH:SCALE of a LoRA .safetensors)")
+        if not math.isfinite(scale):
+            raise ConfigError(f"model.lora: the scale of '{spec}' must be a finite number, got {scale}")
+
+
 def check_list_items(node: Any, key: str = "") -> None:
     """The items of every list key are of the list's type: OmegaConf's merge lets a nested list ([[a]]) into
     a list[str] or list[float] key, which then fails deep in a method (or in `config show`) as a TypeError."""
@@ -749,6 +770,7 @@ def validate(job: JobConfig) -> None:
         raise ConfigError("config key 'model.id' is empty; give a hub id, a local folder or a built-in name")
     check_list_items(job)
     check_finite(job)
+    check_loras(list(job.model.lora))
     _at_least("video.frames", job.video.frames, 1)
     _at_least("video.fps", job.video.fps, 1)
     _at_least("sampler.steps", job.sampler.steps, 1)

@@ -34,7 +34,7 @@ def make_scheduler(name: str, base: Any, family: Any = None) -> Any:
     import diffusers
 
     table = family.schedulers if family is not None else SCHEDULER_CLASSES
-    name = _resolve_name(name, family)
+    name = resolve_scheduler_name(name, family)
     if name == "model":
         return type(base).from_config(base.config)
     if name not in table:
@@ -45,7 +45,7 @@ def make_scheduler(name: str, base: Any, family: Any = None) -> Any:
     return getattr(diffusers, cls_name).from_config(base.config, **overrides)
 
 
-def _resolve_name(name: str, family: Any) -> str:
+def resolve_scheduler_name(name: str, family: Any) -> str:
     """"auto" is the family's default scheduler (DDIM when no family is given)."""
     if name == "auto":
         return family.default_scheduler if family is not None else "ddim"
@@ -57,7 +57,7 @@ def scheduler_class(name: str, base: Any, family: Any = None) -> type:
     import diffusers
 
     table = family.schedulers if family is not None else SCHEDULER_CLASSES
-    name = _resolve_name(name, family)
+    name = resolve_scheduler_name(name, family)
     if name == "model":
         return type(base)
     if name not in table:
@@ -76,7 +76,7 @@ def check_scheduler_config(name: str, base: Any, overrides: dict, family: Any = 
     cls = scheduler_class(name, base, family)
     valid = config_keys(cls)
     table = family.schedulers if family is not None else SCHEDULER_CLASSES
-    fixed = table.get(_resolve_name(name, family), ("", {}))[1]
+    fixed = table.get(resolve_scheduler_name(name, family), ("", {}))[1]
     if callable(fixed):
         fixed = fixed(base.config) if base is not None else {}
     for key, value in overrides.items():

@@ -22,13 +22,9 @@ _PREFIXES = {"transformer": "unet", "transformer_2": "unet_2", "unet": "unet", "
 
 def parse_lora(spec: str) -> tuple[Path, float]:
     """'PATH' or 'PATH:SCALE' -> (path, scale); the path must exist."""
-    path, scale = spec, 1.0
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            path, scale = head, float(tail)
-        except ValueError:
-            path = spec
+    from vgen.config import split_lora_spec
+
+    path, scale = split_lora_spec(spec)
     if not Path(path).expanduser().exists():
         raise ModelLoadError(f"model.lora: '{path}' does not exist (give PATH or PATH:SCALE of a LoRA .safetensors)")
     return Path(path).expanduser(), scale

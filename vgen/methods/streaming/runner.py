@@ -89,12 +89,14 @@ def trained_options(cfg: Any) -> dict[str, Any]:
     return {key: getattr(cfg, key) for key in TRAINED_OPTIONS}
 
 
-def check_settings(job: JobConfig) -> dict[str, Any]:
+def check_settings(job: JobConfig, family: Any = None) -> dict[str, Any]:
     """The job's values of CHECK_SETTINGS, as a seam check records them (anchor_guidance resolved: None is the
-    text guidance)."""
+    text guidance; sampler.scheduler=auto resolved to the scheduler it runs, the family's default)."""
+    from vgen.core.schedulers import resolve_scheduler_name
+
     s, c = job.sampler, job.streaming
     return {"sampler.steps": int(s.steps), "sampler.guidance": float(s.guidance), "sampler.eta": float(s.eta),
-            "sampler.scheduler": str(s.scheduler), "streaming.chunk": int(c.chunk),
+            "sampler.scheduler": resolve_scheduler_name(str(s.scheduler), family), "streaming.chunk": int(c.chunk),
             "streaming.cond_frames": int(c.cond_frames),
             "streaming.anchor_guidance": float(s.guidance if c.anchor_guidance is None else c.anchor_guidance),
             "streaming.trained_dc_lock": bool(c.trained_dc_lock), "streaming.trained_inpaint": bool(c.trained_inpaint),
@@ -262,7 +264,7 @@ def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, wei
 def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo:
     cfg, s = job.streaming, job.sampler
     F, Fc = cfg.chunk, cfg.cond_frames
-    settings = check_settings(job)
+    settings = check_settings(job, components.family)
     mode = resolve_mode(cfg.mode, components, settings)
     weights = streaming_weights(components) if mode == "trained" else None
     n = chunk_count(job.video.frames, F, Fc)
