@@ -13,7 +13,9 @@ seeds: [0, 1]        # seeds for the prompts file (default [0])
 ```
 A job whose config is wrong becomes a failed item; the other jobs still run.
 
-Started by torchrun, each process runs its share of the jobs (`assign`) and rank 0 reports the whole batch.
+Started by torchrun, each process runs its share of the jobs (`assign`) and rank 0 reports the whole batch. With
+runtime.context_parallel the ranks form groups that each split one video at a time: the jobs go to the groups
+(`jobs_of_group`) rather than to the ranks.
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ def assign(n_jobs: int, world_size: int) -> list[int]:
     return [i % world_size for i in range(n_jobs)]
 
 
+def jobs_of_group(n_jobs: int, n_groups: int, group: int) -> list[int]:
+    """The jobs (0-based) that one group of ranks runs: `assign` over groups instead of ranks (a group of one rank
+    when no video is split)."""
+    return [i for i, g in enumerate(assign(n_jobs, n_groups)) if g == group]
+
+
 @dataclass
 class Outcome:
     """One job's result as the summary needs it: small and picklable, so every rank's can be gathered on rank 0."""
@@ -128,15 +136,18 @@ class Outcome:
                    getattr(result, "note", "") or "")
 
 
-def outcomes_on_disk(jobs: list[JobConfig], world_size: int, since: float, skip_existing: bool, reason: str) -> list[Outcome]:
+def outcomes_on_disk(jobs: list[JobConfig], world_size: int, since: float, skip_existing: bool, reason: str,
+                     degree: int = 1) -> list[Outcome]:
     """What a batch left on disk, for when a rank stopped before reporting: a job whose mp4 and sidecar were
     written since `since` (epoch seconds) is done; one from before is skipped under --skip-existing only when
-    its sidecar holds this job's settings (as run_batch decides); any other is failed with `reason`."""
+    its sidecar holds this job's settings (as run_batch decides); any other is failed with `reason`. With groups
+    of `degree` ranks (context parallelism) a job is reported as its group's first rank's."""
     from vgen.config import output_path
     from vgen.jobs import is_complete, previous_output, sidecar_path
 
     outcomes = []
-    for i, (job, rank) in enumerate(zip(jobs, assign(len(jobs), world_size)), 1):
+    leaders = [g * degree for g in assign(len(jobs), world_size // degree)]
+    for i, (job, rank) in enumerate(zip(jobs, leaders), 1):
         mp4 = output_path(job)
         if is_complete(job) and sidecar_path(mp4).stat().st_mtime >= since:
             try:
@@ -163,13 +174,13 @@ SUPERVISED_ENV = "VGEN_BATCH_SUPERVISED"  # set by `vgen batch --nproc` for its 
 
 
 def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Outcome], None],
-             world: Optional[Any] = None) -> Optional[Report]:
+             world: Optional[Any] = None, parallel: Optional[Any] = None) -> Optional[Report]:
     """Run this process's share of `jobs` (all of them in a plain run) and return the whole batch's Report on
     rank 0, None on the other ranks.
 
     Results meet on rank 0 through torch.distributed (gather). If the gather fails (a rank died, or hung past
     VGEN_DIST_TIMEOUT), rank 0 reads what the batch left on disk instead; outputs are written atomically, so every
-    finished one is kept whoever dies.
+    finished one is kept whoever dies. `parallel` (a vgen.context_parallel.Group) splits each video over a group.
     """
     from vgen.jobs import run_batch
 
@@ -194,16 +205,17 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
 
     def from_disk(reason: str) -> Report:
         own = {o.index: o for o in mine}
-        disk = outcomes_on_disk(jobs, world.world_size, started, skip_existing, reason)
+        disk = outcomes_on_disk(jobs, world.world_size, started, skip_existing, reason,
+                                parallel.layout.degree if parallel is not None else 1)
         return Report([own.get(o.index, o) for o in disk], lost=reason)
 
-    distributed.init(world)
+    distributed.init(world, tensors=parallel is not None)
     try:
         with distributed.stop_on_sigterm():
             try:
-                # only rank 0 draws progress bars; every rank prints one line per finished job
+                # only rank 0 draws progress bars; every writing rank prints one line per finished job
                 run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
-                          on_result=record_rank, world=world)
+                          on_result=record_rank, world=world, parallel=parallel)
                 gathered = distributed.gather(mine, world)
             except distributed.Stopped as err:
                 if not world.is_main:

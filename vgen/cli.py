@@ -129,6 +129,10 @@ def generate(
         None, "--dtype", metavar="DTYPE", help="auto, float32, float16, bfloat16 [default: auto: float16 on cuda, else float32]."),
     gif: Optional[bool] = typer.Option(None, "--gif/--no-gif", help="Also write a GIF [default: no]."),
     save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame [default: no]."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, show_default=False,
+        help="Split the video's sequence over N local processes (context parallelism, runtime.context_parallel "
+             "[default: ulysses]; as `torchrun --standalone --nproc-per-node N`); leave it out under torchrun."),
 ) -> None:
     """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>.mp4 and its .json sidecar."""
     from vgen.config import build_job
@@ -154,14 +158,130 @@ def generate(
         **_out_flags(out),
     }
     job = build_job(str(config) if config else None, flags, overrides or [], strict=True)
+    from vgen.distributed import world_from_env
     from vgen.jobs import run_job
 
-    result = run_job(job, log=_echo_err, skip_existing=skip_existing)
+    world = world_from_env()
+    if nproc is not None:
+        if world is not None:
+            raise VgenError("--nproc starts its own workers: leave it out when vgen runs under torchrun")
+        _launch_generate(nproc, job)
+        return
+    if world is not None and world.world_size > 1:
+        result = _generate_ranked(job, world, skip_existing)
+        if result is None:
+            return
+    else:
+        result = run_job(job, log=_echo_err, skip_existing=skip_existing)
     if result.status == "skipped":
         _echo_err(f"skipped: {result.path} exists with the same settings ({result.path.with_suffix('.json').name})")
     typer.echo(str(result.path))
     for extra in result.files[1:]:
         typer.echo(str(extra))
+
+
+def _split_plan(job, world_size: int):
+    """The context-parallel plan of one video over `world_size` processes, checked as far as it can be without
+    a model (one line, before any worker starts or waits)."""
+    from vgen.context_parallel import check_device, parse, plan, refusal
+    from vgen.methods import get_method
+    from vgen.models import resolve_device
+
+    p = plan(parse(job.runtime.context_parallel), world_size, whole_world=True)
+    if p is not None:
+        refused = refusal(get_method(job.method))
+        if refused:
+            raise VgenError(refused)
+        check_device(p, resolve_device(job.runtime.device).type)
+    return p
+
+
+def _generate_ranked(job, world, skip_existing: bool):
+    """`vgen generate` as one rank of a launched run: the video split over every rank; rank 0 writes and returns
+    the result, the others return None. A user error is printed by rank 0 only."""
+    from vgen import distributed
+    from vgen.batch import SUPERVISED_ENV
+    from vgen.context_parallel import Group, Layout
+    from vgen.jobs import ModelCache, run_job
+
+    try:
+        p = _split_plan(job, world.world_size)
+    except VgenError:
+        if not world.is_main:
+            raise typer.Exit(EXIT_USER_ERROR)
+        raise
+    group = Group(Layout(world.world_size, p.degree), p, world.rank)
+    distributed.init(world, tensors=True)
+    try:
+        with distributed.stop_on_sigterm():
+            try:
+                models = ModelCache(distributed.rank_device(world), group)
+                result = run_job(job, models, progress=None if world.is_main else False,
+                                 log=_echo_err if world.is_main else (lambda message: None),
+                                 skip_existing=skip_existing, distributed=world.sidecar())
+            except VgenError:
+                if not world.is_main:
+                    raise typer.Exit(EXIT_USER_ERROR)
+                raise
+            except distributed.Stopped as err:
+                lost = f"rank {world.rank} {err}"
+            except Exception as err:  # a collective failed: another rank of the video died
+                lost = f"rank {world.rank} lost the video's group ({distributed.collective_error(err)})"
+            else:
+                lost = ""
+            if lost:
+                if not os.environ.get(SUPERVISED_ENV):  # `vgen generate --nproc` reports a lost rank itself, once
+                    _echo_err(f"error: {lost}; no output was written")
+                raise typer.Exit(EXIT_FAILED_JOBS)
+    finally:
+        distributed.teardown()
+    return result if world.is_main else None
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch_generate(nproc: int, job) -> None:
+    """`vgen generate --nproc N`: check once, start N workers on the same command, and report a lost rank."""
+    from vgen.config import output_path
+    from vgen.distributed import launch_local
+
+    from vgen.batch import SUPERVISED_ENV
+
+    _split_plan(job, nproc)
+    mp4 = output_path(job)
+    os.environ[SUPERVISED_ENV] = "1"
+    launch = launch_local(nproc, _without_nproc(_ARGV))
+    failures = launch.failures
+    if not failures:
+        return
+    if set(failures.values()) <= {EXIT_USER_ERROR, EXIT_FAILED_JOBS} and 0 in failures:
+        raise typer.Exit(failures[0])  # rank 0 printed the one-line error
+    first = launch.first if launch.first in failures else min(failures)
+    kept = "kept" if mp4.is_file() and mp4.with_suffix(".json").is_file() else "no output was written"
+    _echo_err(f"error: rank {first} stopped ({_how(failures[first])})"
+              f"{' and the launcher stopped the other ranks' if nproc > 1 else ''}; {mp4.name}: {kept}")
+    raise typer.Exit(EXIT_FAILED_JOBS)
+
+
+def _how(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 @app.command()
@@ -184,13 +304,17 @@ def batch(
     runnable = [item for item in items if item.job is not None]
     jobs = [item.job for item in runnable]
     world = world_from_env()
+    from vgen.context_parallel import Group, Layout, batch_plan
+
+    split = batch_plan([job.runtime.context_parallel for job in jobs], nproc or (world.world_size if world else 1))
     if nproc is not None:
         if world is not None:
             raise VgenError("--nproc starts its own workers: leave it out when vgen runs under torchrun")
         argv = ["batch", str(file), *(overrides or []), *(["--skip-existing"] if skip_existing else []),
                 *(["--out", str(out)] if out is not None else [])]
-        _launch_batch(nproc, argv, items, jobs, skip_existing)
+        _launch_batch(nproc, argv, items, jobs, skip_existing, split.degree if split else 1)
         return
+    parallel = Group(Layout(world.world_size, split.degree), split, world.rank) if split and world else None
 
     prefix = f"rank {world.rank}: " if world is not None else ""
 
@@ -202,7 +326,7 @@ def batch(
     from vgen.distributed import RankLost
 
     try:
-        result = run_jobs(jobs, skip_existing, report, world)
+        result = run_jobs(jobs, skip_existing, report, world, parallel)
     except RankLost as err:  # this rank's outputs are on disk; rank 0 (or the launcher) reports the batch
         _echo_err(f"error: {err}")
         raise typer.Exit(EXIT_FAILED_JOBS)
@@ -234,9 +358,8 @@ def _finish_batch(items: list, outcomes: list, lost: str = "") -> None:
         raise typer.Exit(EXIT_FAILED_JOBS)
 
 
-def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_existing: bool) -> None:
+def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_existing: bool, degree: int = 1) -> None:
     """`vgen batch --nproc N`: check what all workers would check, once, start them, and report a lost rank."""
-    import signal
     import time
 
     from vgen.batch import SUPERVISED_ENV, outcomes_on_disk
@@ -255,19 +378,11 @@ def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_exi
     if set(failures.values()) == {EXIT_USER_ERROR}:  # every worker printed the same one-line error
         raise typer.Exit(EXIT_USER_ERROR)
 
-    def how(code: int) -> str:
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
-
     first = launch.first if launch.first in failures else min(failures)
-    reason = f"rank {first} stopped ({how(failures[first])})"
+    reason = f"rank {first} stopped ({_how(failures[first])})"
     if nproc > 1:
         reason += " and the launcher stopped the other ranks"
-    _finish_batch(items, outcomes_on_disk(jobs, nproc, started, skip_existing, reason), reason)
+    _finish_batch(items, outcomes_on_disk(jobs, nproc, started, skip_existing, reason, degree), reason)
     raise typer.Exit(EXIT_FAILED_JOBS)
 
 
@@ -496,8 +611,12 @@ def _plain_argument_placeholders(command) -> None:
             param.display_type_rich = lambda ctx: None
 
 
+_ARGV: list[str] = []  # the command's arguments, for `--nproc` to start its workers on the same command
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     command = typer.main.get_command(app)
     _plain_argument_placeholders(command)
     usage_errors = _click_exception_types()

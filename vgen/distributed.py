@@ -1,9 +1,12 @@
-"""torch.distributed for `vgen batch`: who this process is, its device, the gather of job results, the launcher.
+"""torch.distributed for `vgen batch` and `vgen generate`: who this process is, its device, the gather of job
+results, the launcher.
 
-A batch started by torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
-MASTER_PORT) runs one process per device. The process group only carries job results (a few hundred bytes a
-job), never video tensors, so it is gloo over CPU tensors whatever the device: it works on GPU nodes, on CPUs and
-across machines alike. Runners never see this module; vgen.batch and vgen.jobs call it.
+A run started by torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT) runs one process per device. Job results (a few hundred bytes a job) travel on a gloo group over
+CPU tensors whatever the device: it works on GPU nodes, on CPUs and across machines alike. When one video is
+split over processes (context parallelism, vgen.context_parallel) its tensors need a group of their own: the
+default group is then NCCL on CUDA (gloo on CPU) and the results keep a gloo group beside it. Runners never see
+this module; vgen.batch and vgen.jobs call it.
 """
 
 from __future__ import annotations
@@ -115,14 +118,30 @@ def timeout_s() -> float:
     return value
 
 
-def init(world: World) -> None:
-    """Join the process group (gloo; env:// rendezvous from MASTER_ADDR/MASTER_PORT or torchrun's store)."""
+_RESULTS: list[Any] = []  # the gloo group of job results when the default group is NCCL (empty: the default group)
+
+
+def init(world: World, tensors: bool = False) -> None:
+    """Join the process group (env:// rendezvous from MASTER_ADDR/MASTER_PORT or torchrun's store): gloo, or with
+    `tensors` (context parallelism) NCCL on CUDA plus a gloo group for the results."""
+    import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "gloo", rank=world.rank, world_size=world.world_size, timeout=timedelta(seconds=timeout_s())
-        )
+    if dist.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s())
+    nccl = tensors and torch.cuda.is_available()
+    dist.init_process_group("nccl" if nccl else "gloo", rank=world.rank, world_size=world.world_size, timeout=timeout)
+    _RESULTS.clear()
+    if nccl:
+        _RESULTS.append(dist.new_group(backend="gloo", timeout=timeout))
+
+
+def collective_error(err: BaseException) -> str:
+    """The first useful line of a failed collective's error (gloo's source location and advice left out)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " source location
+    return first.split(". ")[0][:200]  # "Connection closed by peer [host]:port", without gloo's advice
 
 
 def gather(obj: Any, world: World) -> Optional[list[Any]]:
@@ -131,18 +150,16 @@ def gather(obj: Any, world: World) -> Optional[list[Any]]:
 
     out: Optional[list[Any]] = [None] * world.world_size if world.is_main else None
     try:
-        dist.gather_object(obj, out, dst=0)
+        dist.gather_object(obj, out, dst=0, group=_RESULTS[0] if _RESULTS else None)
     except Exception as err:  # gloo raises RuntimeError / DistBackendError on a closed socket or a timeout
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " source location
-        first = first.split(". ")[0]  # "Connection closed by peer [host]:port", without gloo's advice
-        raise RankLost(first[:200]) from err
+        raise RankLost(collective_error(err)) from err
     return out
 
 
 def teardown() -> None:
     import torch.distributed as dist
 
+    _RESULTS.clear()
     if dist.is_initialized():
         dist.destroy_process_group()
 

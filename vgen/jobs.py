@@ -126,12 +126,14 @@ def versions() -> dict[str, str]:
 class ModelCache:
     """Components by (model, device, dtype, offload), so a batch loads each model once.
 
-    `device` (a distributed rank's own GPU, e.g. "cuda:1") replaces the jobs' "auto" and "cuda".
+    `device` (a distributed rank's own GPU, e.g. "cuda:1") replaces the jobs' "auto" and "cuda"; with `parallel`
+    (a vgen.context_parallel.Group) every model is split over the rank's group as it loads.
     """
 
-    def __init__(self, device: Optional[str] = None) -> None:
+    def __init__(self, device: Optional[str] = None, parallel: Any = None) -> None:
         self._cache: dict[tuple, Any] = {}
         self.device = device
+        self.parallel = parallel
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
         """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options."""
@@ -154,6 +156,11 @@ class ModelCache:
                 components.vae.enable_slicing()
             if job.memory.vae_tiling:
                 components.vae.enable_tiling()
+            if self.parallel is not None:
+                from vgen.context_parallel import check_model, enable
+
+                check_model(components, self.parallel.plan)
+                enable(components, self.parallel.layout, self.parallel.plan)
             self._cache[key] = components
         return self._cache[key]
 
@@ -191,7 +198,8 @@ def run_job(
 
     An existing output is never replaced silently: with `skip_existing` a job whose sidecar holds the same
     resolved config is skipped and any other re-runs (saying why); otherwise output.overwrite must be set.
-    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch.
+    `distributed` ({rank, world_size}) goes into the sidecar of a job run by a launched batch. Under context
+    parallelism (`models.parallel`), every rank of the group runs the job and only the group's first rank writes.
     """
     started = time.perf_counter()
     mp4 = output_path(job)
@@ -213,10 +221,17 @@ def run_job(
 
     check_writable(mp4.parent)
     method = get_method(job.method)
+    models = models or ModelCache()
+    parallel = models.parallel
+    if parallel is not None:
+        from vgen.context_parallel import refusal
+
+        refused = refusal(method)
+        if refused:
+            raise ConfigError(refused)
 
     t0 = time.perf_counter()
     configure_kernels(job)
-    models = models or ModelCache()
     components = models.get(job)
     if components.kind not in method.kinds:
         raise ConfigError(
@@ -228,6 +243,12 @@ def run_job(
         log(f"warning: '{job.model.id}' does not know the word(s) {', '.join(unknown)}; "
             "they reach the model as letters, not as a concept")
     height, width = resolve_size(components, job.video.height, job.video.width)
+    if parallel is not None:
+        from vgen.context_parallel import check_video
+        from vgen.core.sampler import latent_shape
+
+        check_video(components, latent_shape(components, components.family.video_frames(components, job.video.frames),
+                                             height, width), parallel.plan)
     load_s = time.perf_counter() - t0
     loaded: list[tuple[Any, ModelConfig]] = [(components, job.model)]
 
@@ -248,6 +269,8 @@ def run_job(
     )
     video: Video | WrittenVideo = load_runner(job.method)(job, components, ctx)
     generate_s = time.perf_counter() - t0
+    if parallel is not None and not parallel.writes:  # the group's first rank writes the files
+        return JobResult(job, "done", mp4, time.perf_counter() - started, note=why)
 
     t0 = time.perf_counter()
     if isinstance(video, WrittenVideo):  # streamed by the runner; extras read it back
@@ -270,7 +293,8 @@ def run_job(
     for part, cfg in loaded:
         weights.update(model_weight_hashes(part, cfg))
     sidecar = build_sidecar(job, components, mp4, files[1:], video, timings, video.metadata, weights=weights,
-                           distributed=distributed)
+                           distributed=distributed,
+                           context_parallel=parallel.sidecar() if parallel is not None else None)
     if unknown:
         sidecar["unknown_words"] = unknown
     write_json(sidecar, sidecar_path(mp4))
@@ -279,13 +303,14 @@ def run_job(
 
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
                   method_info: dict, method: Optional[str] = None, weights: Optional[dict] = None,
-                  distributed: Optional[dict] = None) -> dict:
+                  distributed: Optional[dict] = None, context_parallel: Optional[dict] = None) -> dict:
     """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
 
     `config` is the resolved config with only the method's own section: `vgen generate --config` on this
     file repeats the run; `config_sources` says where each value came from; `weights` fingerprints the
     weight files loaded (short sha256); `distributed` ({rank, world_size}) is recorded only for a video made
-    by a launched (torchrun) batch.
+    by a launched (torchrun) run, and `context_parallel` (kind, degree, ulysses, ring, group, groups, ranks)
+    only for one whose sequence was split over several processes.
     """
     return {
         "output": str(mp4),
@@ -298,6 +323,7 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "device": str(components.device),
         "dtype": str(components.dtype).removeprefix("torch."),
         **({"distributed": dict(distributed)} if distributed is not None else {}),
+        **({"context_parallel": dict(context_parallel)} if context_parallel is not None else {}),
         "video": {"frames": video.num_frames, "height": video.size[0], "width": video.size[1], "fps": video.fps},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "method_info": method_info,
@@ -329,18 +355,28 @@ def run_batch(
     progress: Optional[bool] = None,
     on_result: Callable[[int, JobResult], None] = lambda i, r: None,
     world: Any = None,
+    parallel: Any = None,
 ) -> list[JobResult]:
     """Run every job (or, in a launched run, this rank's share: `world` a vgen.distributed.World); a failure is
-    recorded and the next job runs (Ctrl-C stops the batch). `on_result` gets each job's 1-based batch index."""
-    from vgen.batch import assign
+    recorded and the next job runs (Ctrl-C stops the batch). `on_result` gets each job's 1-based batch index.
+
+    With `parallel` (a vgen.context_parallel.Group) the jobs go to groups of ranks, every rank of a group runs
+    its group's jobs, and only the group's first rank writes and reports (`on_result`). An internal error in a
+    split job stops the process (the launcher then stops the others): the group's ranks would no longer agree
+    on which collective comes next.
+    """
+    from vgen.batch import jobs_of_group
+    from vgen.context_parallel import Layout
 
     check_distinct_outputs(jobs)
     world_size, rank = (world.world_size, world.rank) if world is not None else (1, 0)
-    mine = [i for i, r in enumerate(assign(len(jobs), world_size)) if r == rank]
+    layout = parallel.layout if parallel is not None else Layout(world_size)
+    mine = jobs_of_group(len(jobs), layout.groups, layout.group_of(rank))
+    writes = layout.writes(rank)
     if world is not None:
         from vgen.distributed import rank_device
 
-        models, distributed = ModelCache(rank_device(world)), world.sidecar()
+        models, distributed = ModelCache(rank_device(world), parallel), world.sidecar()
     else:
         models, distributed = ModelCache(), None
     results = []
@@ -355,8 +391,13 @@ def run_batch(
             except VgenError as err:
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=str(err))
             except Exception as err:  # an internal error in one job must not stop the batch
+                if parallel is not None:
+                    from vgen.distributed import RankLost, collective_error
+
+                    raise RankLost(f"job {i + 1} stopped on rank {rank} ({collective_error(err)})") from err
                 message = f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=message)
         results.append(result)
-        on_result(i + 1, result)
+        if writes:
+            on_result(i + 1, result)
     return results
