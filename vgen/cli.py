@@ -264,9 +264,11 @@ def _launch_generate(nproc: int, job) -> None:
     failures = launch.failures
     if not failures:
         return
-    if set(failures.values()) <= {EXIT_USER_ERROR, EXIT_FAILED_JOBS} and 0 in failures:
-        raise typer.Exit(failures[0])  # rank 0 printed the one-line error
-    first = launch.first if launch.first in failures else min(failures)
+    if failures.get(0) == EXIT_USER_ERROR:
+        raise typer.Exit(EXIT_USER_ERROR)  # rank 0 printed the one-line error
+    # a rank that exits 1 lost its group (it says nothing when supervised): the cause is another one
+    causes = [rank for rank, code in failures.items() if code != EXIT_FAILED_JOBS]
+    first = launch.first if launch.first in causes else min(causes or failures)
     kept = "kept" if mp4.is_file() and mp4.with_suffix(".json").is_file() else "no output was written"
     _echo_err(f"error: rank {first} stopped ({_how(failures[first])})"
               f"{' and the launcher stopped the other ranks' if nproc > 1 else ''}; {mp4.name}: {kept}")
