@@ -42,7 +42,7 @@ def frames(path) -> np.ndarray:
 def test_parse_and_plan():
     from vgen.context_parallel import Plan, Spec, parse, plan
 
-    assert parse("off") == Spec() and parse("off").off
+    assert parse("off") == Spec() and parse("off").off and parse(False).off  # YAML's bare off
     assert parse("ulysses") == Spec(ulysses=0) and parse("ring") == Spec(ring=0)
     assert parse("ulysses=2,ring=4") == Spec(ulysses=2, ring=4) and parse("ring:2") == Spec(ring=2)
     for bad in ("ulyses", "ulysses=0", "ring=2,ring=2", "ulysses=x"):

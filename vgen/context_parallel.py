@@ -35,7 +35,7 @@ class Spec:
 def parse(text: str) -> Spec:
     """'off' | 'ulysses' | 'ring' | 'ulysses=2' | 'ring=4' | 'ulysses=2,ring=2' -> Spec; ConfigError otherwise."""
     value = str(text).strip().lower().replace(" ", "")
-    if value in ("off", "none", ""):
+    if value in ("off", "none", "", "false"):  # YAML reads a bare `off` as false
         return Spec()
     if value in KINDS:
         return Spec(**{value: 0})
