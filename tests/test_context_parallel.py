@@ -102,6 +102,8 @@ def test_models_without_a_cp_plan_and_ring_on_cpu_are_one_line_errors(tiny):
 
     with pytest.raises(ConfigError, match="has no context-parallel plan in diffusers"):
         check_model(tiny("tiny-random-unet3d"), Plan(2, 1))
+    with pytest.raises(ConfigError, match="does not run on ltx models: diffusers 0.42.1's LTX transformer fails under Ulysses"):
+        check_model(tiny("tiny-random-ltx"), Plan(2, 1))
     with pytest.raises(ConfigError, match="needs an attention backend that returns the log-sum-exp"):
         check_model(tiny("tiny-random-wan"), Plan(1, 2))
     with pytest.raises(ConfigError, match=r"heads \(2\) divisible"):

@@ -224,13 +224,19 @@ def _generate_ranked(job, world, skip_existing: bool):
                     raise typer.Exit(EXIT_USER_ERROR)
                 raise
             except distributed.Stopped as err:
-                lost = f"rank {world.rank} {err}"
-            except Exception as err:  # a collective failed: another rank of the video died
-                lost = f"rank {world.rank} lost the video's group ({distributed.collective_error(err)})"
+                lost = "quiet" if os.environ.get(SUPERVISED_ENV) else f"rank {world.rank} {err}"
+            except Exception as err:  # most often a collective that failed because another rank died
+                if os.environ.get("VGEN_DEBUG"):
+                    raise
+                import torch.distributed as dist
+
+                lost = f"rank {world.rank} stopped the video ({type(err).__name__}: {distributed.collective_error(err)})"
+                if isinstance(err, dist.DistError) and os.environ.get(SUPERVISED_ENV):
+                    lost = "quiet"  # a lost peer: `vgen generate --nproc` names the rank that died, once
             else:
                 lost = ""
             if lost:
-                if not os.environ.get(SUPERVISED_ENV):  # `vgen generate --nproc` reports a lost rank itself, once
+                if lost != "quiet":
                     _echo_err(f"error: {lost}; no output was written")
                 raise typer.Exit(EXIT_FAILED_JOBS)
     finally:

@@ -175,6 +175,9 @@ def check_video(components: Any, shape: tuple, p: Plan) -> None:
 def check_model(components: Any, p: Plan) -> None:
     """A model or device that this split cannot run: one line, before any process waits for another."""
     model = components.unet
+    refused = components.family.no_context_parallel
+    if refused:
+        raise ConfigError(f"context parallelism does not run on {components.family.name} models: {refused}")
     if getattr(model, "_cp_plan", None) is None:
         raise ConfigError(f"'{components.name}' ({type(model).__name__}) has no context-parallel plan in diffusers; "
                           "context parallelism runs on the DiT families (wan, ltx)")
