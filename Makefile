@@ -9,13 +9,14 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-dit bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
+.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
 	@echo "make demo    - create/refresh .venv (runtime only) and make outputs/demo*.mp4 with the default model, then score them"
 	@echo "make bench   - speed and memory benchmarks (prints numbers)"
 	@echo "make bench-dit - Wan decode peak memory at 17/81/241 frames; vanilla vs WanPipeline/LTXPipeline (median of 5)"
+	@echo "make bench-cp - one Wan video over 1 vs 2 CPU processes (context parallelism; not representative of GPUs)"
 	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
 	@echo "make measure-memory - peak memory of vanilla sampling, measured against vgen.sizes' estimate (docs/sizes.md)"
@@ -77,6 +78,12 @@ bench-batch: $(STAMP)
 # peak RSS of one vanilla step per size, fresh process each, against vgen.sizes.estimate_peak (docs/sizes.md)
 measure-memory: $(STAMP)
 	$(BIN)/python scripts/measure_peak_memory.py --set all --json docs/sizes-measured.json
+
+# one video over 1 vs 2 processes (context parallelism, gloo on CPU: not representative of GPUs), tiny and
+# benchmark-size random Wan; the device check times 2/4/8 GPUs
+bench-cp: $(STAMP)
+	$(BIN)/python scripts/bench_context_parallel.py --model tiny-random-wan --steps 10
+	$(BIN)/python scripts/bench_context_parallel.py --model wan-quarter --frames 9 --height 64 --width 64 --steps 3
 
 # one update's cost per checkpoint policy, then end to end (50 steps, 16 frames, 320x512)
 bench-vico-zeroscope: $(STAMP)

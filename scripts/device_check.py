@@ -21,6 +21,10 @@ seconds is skipped and says so:
               LTXPipeline on ltx-quarter (161 frames 512x704), --dit-steps steps, median of 5, time and peak
               CUDA memory (scripts/bench_dit_loop.py); Wan's streamed decode against vae.decode at 17/81/241
               frames, 480x832 (scripts/bench_wan_decode.py)
+  6 cp        one video split over 1/2/4/8 GPUs (as many as the machine has; context parallelism, Ulysses,
+              `vgen generate --nproc N`, NCCL): wan-quarter, 81 frames 480x832, bfloat16, --dit-steps steps; time
+              (the sidecar's generate_s), speed-up over one GPU, max frame difference to one GPU
+              (scripts/bench_context_parallel.py). Skipped on a machine with one GPU.
 then one summary with the issue's targets: bottleneck product >= 5x the torch tiled version, recorded
 attention <= 1.5x SDPA's time, Vico <= 1.6x vanilla's time and <= 1.3x its memory in float16, vanilla on a
 DiT <= 1.02x its diffusers pipeline's time.
@@ -297,8 +301,30 @@ def run_dits(args) -> list[dict]:
     return rows
 
 
-def targets(methods: list[dict], kernels: list[dict], dits: list[dict] = ()) -> list[str]:
+def run_cp(args) -> list[dict]:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_context_parallel
+
+    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+    counts = [n for n in (2, 4, 8) if n <= gpus]
+    if not counts:
+        log(f"[6 cp] skipped: context parallelism needs 2 or more GPUs, this machine has {gpus}")
+        return []
+    return bench_context_parallel.main(["--model", "wan-quarter", "--frames", "81", "--height", "480", "--width",
+                                        "832", "--steps", str(args.dit_steps), "--device", "cuda", "--dtype",
+                                        "bfloat16", "--threads", "4", "--nproc", *map(str, counts),
+                                        "--out", "/tmp/vgen-device-check/cp"])
+
+
+def targets(methods: list[dict], kernels: list[dict], dits: list[dict] = (), cp: list[dict] = ()) -> list[str]:
     out = []
+    for r in cp:
+        if r.get("nproc", 1) > 1 and "speedup_gen" in r:
+            out.append(f"context parallelism on {r['nproc']} GPUs: {r['speedup_gen']:.2f}x one GPU's generate time "
+                       f"(xDiT reports 3.8x/4 and 7.4x/8 on Wan 14B; wan-quarter is smaller), "
+                       f"max frame diff {r['max_diff']} grey levels")
     for r in dits:
         if "ours_s" in r:
             ratio = r["ours_s"] / r["pipe_s"]
@@ -340,7 +366,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtypes", nargs="*", default=["float16", "bfloat16"])
     ap.add_argument("--methods", nargs="*", default=METHODS)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "methods", "kernels", "dits"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "methods", "kernels", "dits", "cp"])
     ap.add_argument("--dit-steps", type=int, default=10, help="steps of the DiT loop comparison")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel")
     ap.add_argument("--out", help="folder for results.json")
@@ -367,6 +393,7 @@ def main() -> None:
 
         for m in args.methods:
             build_job(flags={"prompt": PROMPT, "method": m, "model.id": args.model, "video.frames": args.frames})
+        import bench_context_parallel  # noqa: F401
         import bench_dit_loop  # noqa: F401
         import bench_wan_decode  # noqa: F401
         log("[dry-run] imports ok, the method jobs validate; nothing was run")
@@ -402,8 +429,9 @@ def main() -> None:
 
     results["kernels"] = section("kernels", kernels) or []
     results["dits"] = section("dits", lambda: run_dits(args)) or []
+    results["cp"] = section("cp", lambda: run_cp(args)) or []
     log("\ntargets:")
-    for line in targets(results["methods"], results["kernels"], results["dits"]):
+    for line in targets(results["methods"], results["kernels"], results["dits"], results["cp"]):
         log("  " + line)
     log(f"device-check done in {time.perf_counter() - started:.0f}s"
         + (f"; skipped: {', '.join(results['skipped'])}" if results["skipped"] else ""))

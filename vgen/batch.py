@@ -13,8 +13,11 @@ seeds: [0, 1]        # seeds for the prompts file (default [0])
 ```
 A job whose config is wrong becomes a failed item; the other jobs still run.
 
-Started by torchrun, rank 0 reads the batch and what is done and hands the unfinished jobs out over the ranks
-(`share_plan`); each process runs its share and rank 0 reports the whole batch.
+Started by torchrun, rank 0 reads the batch and what is done and hands the unfinished jobs out (`share_plan`);
+each process runs its share and rank 0 reports the whole batch. With runtime.context_parallel the ranks form
+groups that each split one video at a time: the plan hands the jobs round robin to the groups rather than to the
+ranks (`plan_ranks`, `jobs_of_group`), every rank of a group runs its group's jobs, and the group's first rank
+writes and reports them.
 """
 
 from __future__ import annotations
@@ -106,47 +109,67 @@ def assign(n_jobs: int, world_size: int) -> list[int]:
     return [i % world_size for i in range(n_jobs)]
 
 
-def plan_ranks(jobs: list[JobConfig], world_size: int, skip_existing: bool) -> dict[int, int]:
-    """0-based job index -> rank, for the jobs still to run: under --skip-existing a job whose output is done
-    (its sidecar holds this job's settings) is handed to no rank, and the unfinished ones are spread round robin,
-    so a resume after a lost rank keeps every rank busy. Jobs that share one output (they fail) go to no rank."""
+def plan_ranks(jobs: list[JobConfig], world_size: int, skip_existing: bool, degree: int = 1) -> dict[int, int]:
+    """0-based job index -> the rank that runs it (with groups of `degree` ranks, context parallelism: the group's
+    first rank, which writes; the group's other ranks run the job beside it), for the jobs still to run: under
+    --skip-existing a job whose output is done (its sidecar holds this job's settings) is handed to no group, and
+    the unfinished ones are spread round robin over the groups (a group per rank when nothing is split), so a
+    resume after a lost rank keeps every group busy. Jobs that share one output (they fail) go to no group."""
     from vgen.jobs import previous_output, shared_outputs
 
     shared = shared_outputs(jobs)
     todo = [i for i, job in enumerate(jobs) if i not in shared and not (skip_existing and previous_output(job)[0])]
-    return dict(zip(todo, assign(len(todo), world_size)))
+    return {i: group * degree for i, group in zip(todo, assign(len(todo), world_size // degree))}
+
+
+def jobs_of_group(n_jobs: int, n_groups: int, group: int) -> list[int]:
+    """The jobs (0-based) that one group of ranks runs when no plan hands them out: `assign` over groups instead
+    of ranks (a group of one rank when no video is split)."""
+    return [i for i, g in enumerate(assign(n_jobs, n_groups)) if g == group]
 
 
 @dataclass
 class Plan:
     """What rank 0 read and handed out, the same on every rank (broadcast): the batch's items (the file is
-    parsed once, on rank 0), each unfinished job's rank, and an error that stops the whole batch."""
+    parsed once, on rank 0), each unfinished job's rank (its group's first rank), how each video is split
+    (`split`, a vgen.context_parallel.Plan, None when none is), and an error that stops the whole batch."""
 
     items: list[BatchItem]
-    ranks: dict[int, int]  # 0-based index among the runnable jobs -> rank
+    ranks: dict[int, int]  # 0-based index among the runnable jobs -> the rank (group leader) that runs it
     error: str = ""
+    split: Optional[Any] = None
 
     @property
     def jobs(self) -> list[JobConfig]:
         return [item.job for item in self.items if item.job is not None]
 
+    @property
+    def degree(self) -> int:
+        return self.split.degree if self.split is not None else 1
+
     def mine(self, rank: int) -> list[int]:
-        return sorted(i for i, r in self.ranks.items() if r == rank)
+        """The jobs `rank` runs: its group's (every rank of a group runs the same jobs)."""
+        leader = rank - rank % self.degree
+        return sorted(i for i, r in self.ranks.items() if r == leader)
 
 
 def share_plan(load: Callable[[], list[BatchItem]], skip_existing: bool, world: Any) -> Plan:
-    """Rank 0 reads the batch (`load`) and what is already done and hands out the unfinished jobs; the other
-    ranks receive that Plan (torch.distributed broadcast), so a batch or prompts file that differs between
-    nodes (or is missing on one) cannot shift work. A batch-file error is raised on every rank."""
+    """Rank 0 reads the batch (`load`) and what is already done, decides how videos are split
+    (runtime.context_parallel, vgen.context_parallel.batch_plan) and hands out the unfinished jobs to the groups;
+    the other ranks receive that Plan (torch.distributed broadcast), so a batch or prompts file that differs
+    between nodes (or is missing on one) cannot shift work. A batch-file error is raised on every rank."""
     from vgen import distributed
+    from vgen.context_parallel import batch_plan
 
-    distributed.init(world)
+    distributed.init(world)  # able to carry a split video's tensors: only rank 0 knows yet whether one is split
     plan = None
     if world.is_main:
         try:
             items = load()
             jobs = [item.job for item in items if item.job is not None]
-            plan = Plan(items, plan_ranks(jobs, world.world_size, skip_existing))
+            split = batch_plan([job.runtime.context_parallel for job in jobs], world.world_size)
+            plan = Plan(items, plan_ranks(jobs, world.world_size, skip_existing, split.degree if split else 1),
+                        split=split)
         except VgenError as err:
             plan = Plan([], {}, str(err))
     plan = distributed.broadcast(plan, world)
@@ -179,7 +202,8 @@ def outcomes_on_disk(jobs: list[JobConfig], ranks: dict[int, int], since: float,
     """What a batch left on disk, for when a rank stopped before reporting: a job whose mp4 and sidecar were
     written since `since` (epoch seconds) is done; one from before is skipped under --skip-existing only when
     its sidecar holds this job's settings (as run_batch decides); any other is failed with `reason`. `ranks`:
-    the plan's rank of each job handed out (0-based index)."""
+    the plan's rank of each job handed out (0-based index); with groups (context parallelism) that is the
+    group's first rank, so a job is reported as its group leader's."""
     from vgen.config import output_path
     from vgen.jobs import is_complete, previous_output, shared_outputs, sidecar_path
 
@@ -215,14 +239,15 @@ SUPERVISED_ENV = "VGEN_BATCH_SUPERVISED"  # set by `vgen batch --nproc` for its 
 
 
 def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Outcome], None],
-             world: Optional[Any] = None, plan: Optional[Plan] = None) -> Optional[Report]:
+             world: Optional[Any] = None, plan: Optional[Plan] = None,
+             parallel: Optional[Any] = None) -> Optional[Report]:
     """Run this process's share of `jobs` (all of them in a plain run; under a launcher the jobs `plan` hands
-    this rank) and return the whole batch's Report on rank 0, None on the other ranks.
+    this rank's group) and return the whole batch's Report on rank 0, None on the other ranks.
 
-    Rank 0 reports the jobs it handed to no rank (done, or sharing an output) itself. Results meet on rank 0
+    Rank 0 reports the jobs it handed to no group (done, or sharing an output) itself. Results meet on rank 0
     through torch.distributed (gather). If the gather fails (a rank died, or hung past VGEN_DIST_TIMEOUT), rank 0
     reads what the batch left on disk instead; file sets are placed whole, so every finished one is kept
-    whoever dies.
+    whoever dies. `parallel` (a vgen.context_parallel.Group) splits each video over a group.
     """
     from vgen.jobs import JobResult, run_batch, shared_outputs
 
@@ -262,13 +287,13 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
         disk = outcomes_on_disk(jobs, plan.ranks, started, skip_existing, reason)
         return Report([own.get(o.index, o) for o in disk], lost=reason)
 
-    distributed.init(world)
+    distributed.init(world)  # made by share_plan already (a no-op then)
     try:
         with distributed.stop_on_sigterm():
             try:
-                # only rank 0 draws progress bars; every rank prints one line per finished job
+                # only rank 0 draws progress bars; every writing rank prints one line per finished job
                 run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
-                          on_result=record_rank, world=world, mine=plan.mine(world.rank))
+                          on_result=record_rank, world=world, mine=plan.mine(world.rank), parallel=parallel)
                 gathered = distributed.gather(mine, world)
             except distributed.Stopped as err:
                 if not world.is_main:

@@ -132,6 +132,10 @@ def generate(
     save_frames: Optional[bool] = typer.Option(None, "--save-frames/--no-save-frames", help="Also write one PNG per frame [default: no]."),
     force: bool = typer.Option(
         False, "--force", help="Run even when the estimated peak memory is far beyond the device's (it is refused otherwise)."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, show_default=False,
+        help="Split the video's sequence over N local processes (context parallelism, runtime.context_parallel "
+             "[default: ulysses]; as `torchrun --standalone --nproc-per-node N`); leave it out under torchrun."),
 ) -> None:
     """Generate one video from a text prompt: outputs/<slug>-<method>-<seed>-<config hash>.mp4 and its .json sidecar."""
     from vgen.config import build_job
@@ -159,14 +163,138 @@ def generate(
     job = build_job(str(config) if config else None, flags, overrides or [], strict=True)
     if config is not None and (warning := _sidecar_version_warning(config)):
         _echo_err(warning)
+    from vgen.distributed import world_from_env
     from vgen.jobs import run_job
 
-    result = run_job(job, log=_echo_err, skip_existing=skip_existing, force=force)
+    world = world_from_env()
+    if nproc is not None:
+        if world is not None:
+            raise VgenError("--nproc starts its own workers: leave it out when vgen runs under torchrun")
+        _launch_generate(nproc, job)
+        return
+    if world is not None and world.world_size > 1:
+        result = _generate_ranked(job, world, skip_existing, force)
+        if result is None:
+            return
+    else:
+        result = run_job(job, log=_echo_err, skip_existing=skip_existing, force=force)
     if result.status == "skipped":
         _echo_err(f"skipped: {result.path} exists with the same settings ({result.path.with_suffix('.json').name})")
     typer.echo(str(result.path))
     for extra in result.files[1:]:
         typer.echo(str(extra))
+
+
+def _split_plan(job, world_size: int):
+    """The context-parallel plan of one video over `world_size` processes, checked as far as it can be without
+    a model (one line, before any worker starts or waits)."""
+    from vgen.context_parallel import check_device, parse, plan, refusal
+    from vgen.methods import get_method
+    from vgen.models import resolve_device
+
+    p = plan(parse(job.runtime.context_parallel), world_size, whole_world=True)
+    if p is not None:
+        refused = refusal(get_method(job.method))
+        if refused:
+            raise VgenError(refused)
+        check_device(p, resolve_device(job.runtime.device).type)
+    return p
+
+
+def _generate_ranked(job, world, skip_existing: bool, force: bool = False):
+    """`vgen generate` as one rank of a launched run: the video split over every rank; rank 0 writes and returns
+    the result, the others return None. A user error is printed by rank 0 only."""
+    from vgen import distributed
+    from vgen.batch import SUPERVISED_ENV
+    from vgen.context_parallel import Group, Layout
+    from vgen.jobs import ModelCache, run_job
+
+    try:
+        p = _split_plan(job, world.world_size)
+    except VgenError:
+        if not world.is_main:
+            raise typer.Exit(EXIT_USER_ERROR)
+        raise
+    group = Group(Layout(world.world_size, p.degree), p, world.rank)
+    distributed.init(world, tensors=True)
+    try:
+        with distributed.stop_on_sigterm():
+            try:
+                models = ModelCache(distributed.rank_device(world), group)
+                result = run_job(job, models, progress=None if world.is_main else False,
+                                 log=_echo_err if world.is_main else (lambda message: None),
+                                 skip_existing=skip_existing, force=force, distributed=world.sidecar())
+            except VgenError:
+                if not world.is_main:
+                    raise typer.Exit(EXIT_USER_ERROR)
+                raise
+            except distributed.Stopped as err:
+                lost = "quiet" if os.environ.get(SUPERVISED_ENV) else f"rank {world.rank} {err}"
+            except Exception as err:  # most often a collective that failed because another rank died
+                if os.environ.get("VGEN_DEBUG"):
+                    raise
+                import torch.distributed as dist
+
+                lost = f"rank {world.rank} stopped the video ({type(err).__name__}: {distributed.collective_error(err)})"
+                if isinstance(err, dist.DistError) and os.environ.get(SUPERVISED_ENV):
+                    lost = "quiet"  # a lost peer: `vgen generate --nproc` names the rank that died, once
+            else:
+                lost = ""
+            if lost:
+                if lost != "quiet":
+                    _echo_err(f"error: {lost}; no output was written")
+                raise typer.Exit(EXIT_FAILED_JOBS)
+    finally:
+        distributed.teardown()
+    return result if world.is_main else None
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch_generate(nproc: int, job) -> None:
+    """`vgen generate --nproc N`: check once, start N workers on the same command, and report a lost rank."""
+    from vgen.config import output_path
+    from vgen.distributed import launch_local
+
+    from vgen.batch import SUPERVISED_ENV
+
+    _split_plan(job, nproc)
+    mp4 = output_path(job)
+    os.environ[SUPERVISED_ENV] = "1"
+    launch = launch_local(nproc, _without_nproc(_ARGV))
+    failures = launch.failures
+    if not failures:
+        return
+    if failures.get(0) == EXIT_USER_ERROR:
+        raise typer.Exit(EXIT_USER_ERROR)  # rank 0 printed the one-line error
+    # a rank that exits 1 lost its group (it says nothing when supervised): the cause is another one
+    causes = [rank for rank, code in failures.items() if code != EXIT_FAILED_JOBS]
+    first = launch.first if launch.first in causes else min(causes or failures)
+    kept = "kept" if mp4.is_file() and mp4.with_suffix(".json").is_file() else "no output was written"
+    _echo_err(f"error: rank {first} stopped ({_how(failures[first])})"
+              f"{' and the launcher stopped the other ranks' if nproc > 1 else ''}; {mp4.name}: {kept}")
+    raise typer.Exit(EXIT_FAILED_JOBS)
+
+
+def _how(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 @app.command()
@@ -203,11 +331,18 @@ def batch(
         items = plan.items
     runnable = [item for item in items if item.job is not None]
     jobs = [item.job for item in runnable]
+    from vgen.context_parallel import Group, Layout, batch_plan
+
+    if plan is not None:  # rank 0 decided the split with the plan
+        split = plan.split
+    else:
+        split = batch_plan([job.runtime.context_parallel for job in jobs], nproc or 1)
     if nproc is not None:
         argv = ["batch", str(file), *(overrides or []), *(["--skip-existing"] if skip_existing else []),
                 *(["--out", str(out)] if out is not None else [])]
-        _launch_batch(nproc, argv, items, jobs, skip_existing)
+        _launch_batch(nproc, argv, items, jobs, skip_existing, split.degree if split else 1)
         return
+    parallel = Group(Layout(world.world_size, split.degree), split, world.rank) if split and world else None
 
     prefix = f"rank {world.rank}: " if world is not None else ""
 
@@ -219,7 +354,7 @@ def batch(
     from vgen.distributed import RankLost
 
     try:
-        result = run_jobs(jobs, skip_existing, report, world, plan)
+        result = run_jobs(jobs, skip_existing, report, world, plan, parallel)
     except RankLost as err:  # this rank's outputs are on disk; rank 0 (or the launcher) reports the batch
         _echo_err(f"error: {err}")
         raise typer.Exit(EXIT_FAILED_JOBS)
@@ -279,15 +414,14 @@ def _finish_batch(items: list, outcomes: list, lost: str = "") -> None:
         raise typer.Exit(EXIT_FAILED_JOBS)
 
 
-def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_existing: bool) -> None:
+def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_existing: bool, degree: int = 1) -> None:
     """`vgen batch --nproc N`: check what all workers would check, once, start them, and report a lost rank."""
-    import signal
     import time
 
     from vgen.batch import SUPERVISED_ENV, outcomes_on_disk, plan_ranks
     from vgen.distributed import launch_local
 
-    ranks = plan_ranks(jobs, nproc, skip_existing)  # what rank 0 will hand out (the same files, the same rule)
+    ranks = plan_ranks(jobs, nproc, skip_existing, degree)  # what rank 0 will hand out (the same files, the same rule)
     started = time.time()
     os.environ[SUPERVISED_ENV] = "1"
     launch = launch_local(nproc, argv)
@@ -299,16 +433,8 @@ def _launch_batch(nproc: int, argv: list[str], items: list, jobs: list, skip_exi
     if set(failures.values()) == {EXIT_USER_ERROR}:  # every worker printed the same one-line error
         raise typer.Exit(EXIT_USER_ERROR)
 
-    def how(code: int) -> str:
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit code {code}"
-
     first = launch.first if launch.first in failures else min(failures)
-    reason = f"rank {first} stopped ({how(failures[first])})"
+    reason = f"rank {first} stopped ({_how(failures[first])})"
     if nproc > 1:
         reason += " and the launcher stopped the other ranks"
     _finish_batch(items, outcomes_on_disk(jobs, ranks, started, skip_existing, reason), reason)
@@ -576,6 +702,9 @@ def _restore_sigterm(saved) -> None:
         signal.signal(signal.SIGTERM, saved[0])
 
 
+_ARGV: list[str] = []  # the command's arguments, for `--nproc` to start its workers on the same command
+
+
 @functools.lru_cache(maxsize=1)
 def _command():
     """The click command, built once per process (~30 ms): tests call main() hundreds of times in process."""
@@ -586,6 +715,7 @@ def _command():
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: one-line errors, exit codes 0 ok / 1 failed jobs / 2 user error / 130 Ctrl-C."""
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     command = _command()
     usage_errors = _click_exception_types()
     terminated = _terminate_like_ctrl_c()

@@ -100,6 +100,9 @@ class RuntimeConfig:
     # core kernels (flow products, Vico's recorded attention): auto (Triton on CUDA when it imports, else
     # torch) | torch | triton (without CUDA only under TRITON_INTERPRET=1); env VGEN_KERNELS overrides
     kernels: str = "auto"
+    # one video split over several processes (vgen generate --nproc N, torchrun; vgen batch: groups of this degree):
+    # off | ulysses | ring (every process of the group) | ulysses=2 | ring=4 | ulysses=2,ring=2 (diffusers' CP)
+    context_parallel: str = "off"
 
 
 @dataclass
@@ -742,6 +745,14 @@ def validate(job: JobConfig) -> None:
     _choice("runtime.dtype", job.runtime.dtype, DTYPES)
     _choice("runtime.kernels", job.runtime.kernels, KERNELS)
     _choice("model.kind", job.model.kind, MODEL_KINDS)
+    from vgen.context_parallel import parse
+
+    if not parse(job.runtime.context_parallel).off:
+        from vgen.context_parallel import refusal
+
+        refused = refusal(get_method(job.method))
+        if refused:
+            raise ConfigError(refused)
     device = job.runtime.device
     if not (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
         raise ConfigError(f"config key 'runtime.device' is '{device}'; choose one of: {', '.join(DEVICES)}, cuda:N")

@@ -1,9 +1,12 @@
-"""torch.distributed for `vgen batch`: who this process is, its device, the gather of job results, the launcher.
+"""torch.distributed for `vgen batch` and `vgen generate`: who this process is, its device, the gather of job
+results, the launcher.
 
-A batch started by torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
-MASTER_PORT) runs one process per device. The process group only carries the batch plan rank 0 hands out and job
-results (a few hundred bytes a job), never video tensors, so it is gloo over CPU tensors whatever the device: it works on GPU nodes, on CPUs and
-across machines alike. Runners never see this module; vgen.batch and vgen.jobs call it.
+A run started by torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT) runs one process per device. The batch plan rank 0 hands out and the job results (a few hundred
+bytes a job) travel on a gloo group over CPU tensors whatever the device: it works on GPU nodes, on CPUs and
+across machines alike. When one video is split over processes (context parallelism, vgen.context_parallel) its
+tensors need a group of their own: the default group is then NCCL on CUDA (gloo on CPU) and the plan and results
+keep a gloo group beside it. Runners never see this module; vgen.batch and vgen.jobs call it.
 """
 
 from __future__ import annotations
@@ -115,14 +118,32 @@ def timeout_s() -> float:
     return value
 
 
-def init(world: World) -> None:
-    """Join the process group (gloo; env:// rendezvous from MASTER_ADDR/MASTER_PORT or torchrun's store)."""
+_RESULTS: list[Any] = []  # the gloo group of job results when the default group is NCCL (empty: the default group)
+
+
+def init(world: World, tensors: bool = True) -> None:
+    """Join the process group (env:// rendezvous from MASTER_ADDR/MASTER_PORT or torchrun's store): with `tensors`
+    NCCL on CUDA plus a gloo group for the plan and results (gloo alone on CPU), else gloo alone. `tensors` is the
+    default because a launched batch joins before it knows whether a video is split (only rank 0 reads the batch,
+    then broadcasts the plan); an NCCL group that carries nothing stays idle. A second call does nothing."""
+    import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group(
-            "gloo", rank=world.rank, world_size=world.world_size, timeout=timedelta(seconds=timeout_s())
-        )
+    if dist.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s())
+    nccl = tensors and torch.cuda.is_available()
+    dist.init_process_group("nccl" if nccl else "gloo", rank=world.rank, world_size=world.world_size, timeout=timeout)
+    _RESULTS.clear()
+    if nccl:
+        _RESULTS.append(dist.new_group(backend="gloo", timeout=timeout))
+
+
+def collective_error(err: BaseException) -> str:
+    """The first useful line of a failed collective's error (gloo's source location and advice left out)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " source location
+    return first.split(". ")[0][:200]  # "Connection closed by peer [host]:port", without gloo's advice
 
 
 def gather(obj: Any, world: World) -> Optional[list[Any]]:
@@ -131,12 +152,9 @@ def gather(obj: Any, world: World) -> Optional[list[Any]]:
 
     out: Optional[list[Any]] = [None] * world.world_size if world.is_main else None
     try:
-        dist.gather_object(obj, out, dst=0)
+        dist.gather_object(obj, out, dst=0, group=_RESULTS[0] if _RESULTS else None)
     except Exception as err:  # gloo raises RuntimeError / DistBackendError on a closed socket or a timeout
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " source location
-        first = first.split(". ")[0]  # "Connection closed by peer [host]:port", without gloo's advice
-        raise RankLost(first[:200]) from err
+        raise RankLost(collective_error(err)) from err
     return out
 
 
@@ -146,7 +164,7 @@ def broadcast(obj: Any, world: World) -> Any:
 
     box = [obj if world.is_main else None]
     try:
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_RESULTS[0] if _RESULTS else None)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RankLost(re.sub(r"^\[[^\]]*\]\s*", "", first)[:200]) from err
@@ -156,6 +174,7 @@ def broadcast(obj: Any, world: World) -> Any:
 def teardown() -> None:
     import torch.distributed as dist
 
+    _RESULTS.clear()
     if dist.is_initialized():
         dist.destroy_process_group()
 

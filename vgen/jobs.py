@@ -171,12 +171,14 @@ def versions() -> dict[str, str]:
 class ModelCache:
     """Components by (model, device, dtype, offload), so a batch loads each model once.
 
-    `device` (a distributed rank's own GPU, e.g. "cuda:1") replaces the jobs' "auto" and "cuda".
+    `device` (a distributed rank's own GPU, e.g. "cuda:1") replaces the jobs' "auto" and "cuda"; with `parallel`
+    (a vgen.context_parallel.Group) every model is split over the rank's group as it loads.
     """
 
-    def __init__(self, device: Optional[str] = None) -> None:
+    def __init__(self, device: Optional[str] = None, parallel: Any = None) -> None:
         self._cache: dict[tuple, Any] = {}
         self.device = device
+        self.parallel = parallel
 
     def get(self, job: JobConfig, model: Optional[ModelConfig] = None):
         """The job's model (or `model`, e.g. a method's second model) on the job's device, dtype and memory options.
@@ -201,6 +203,11 @@ class ModelCache:
                 components.vae.enable_slicing()
             if job.memory.vae_tiling:
                 components.vae.enable_tiling()
+            if self.parallel is not None:
+                from vgen.context_parallel import check_model, enable
+
+                check_model(components, self.parallel.plan)
+                enable(components, self.parallel.layout, self.parallel.plan)
             self._cache[key] = components
         components = self._cache[key]
         if model is None and job.sampler.scheduler_config:
@@ -250,7 +257,8 @@ def run_job(
     folder and placed only when complete, the sidecar last (vgen.fileset); everything that can fail (loading,
     hashing the weights, generating, encoding) runs before. Sizes far beyond the memory are refused before any
     model loads (vgen.sizes), unless `force`. `distributed` ({rank, world_size}) goes into the sidecar of a job
-    run by a launched batch.
+    run by a launched batch. Under context parallelism (`models.parallel`), every rank of the group runs the job
+    and only the group's first rank writes.
     """
     started = time.perf_counter()
     mp4 = output_path(job)
@@ -285,6 +293,14 @@ def run_job(
     check_sizes(job, device, str(resolve_dtype(job.runtime.dtype, device)).removeprefix("torch."), log, force)
     check_writable(mp4.parent)
     method = get_method(job.method)
+    models = models or ModelCache()
+    parallel = models.parallel
+    if parallel is not None:
+        from vgen.context_parallel import refusal
+
+        refused = refusal(method)
+        if refused:
+            raise ConfigError(refused)
 
     t0 = time.perf_counter()
     kernels = configure_kernels(job)
@@ -292,7 +308,6 @@ def run_job(
         from vgen.core.schedulers import check_scheduler_config
 
         check_scheduler_config(job.sampler.scheduler, None, dict(job.sampler.scheduler_config))
-    models = models or ModelCache()
     components = models.get(job)
     if components.kind not in method.kinds:
         raise ConfigError(
@@ -304,6 +319,12 @@ def run_job(
         log(f"warning: '{job.model.id}' does not know the word(s) {', '.join(unknown)}; "
             "they reach the model as letters, not as a concept")
     height, width = resolve_size(components, job.video.height, job.video.width)
+    if parallel is not None:
+        from vgen.context_parallel import check_video
+        from vgen.core.sampler import latent_shape
+
+        check_video(components, latent_shape(components, components.family.video_frames(components, job.video.frames),
+                                             height, width), parallel.plan)
     # the weights are hashed before anything is made (a first hash of a big model takes minutes)
     weights: dict[str, str] = dict(model_weight_hashes(components, job.model, streaming=job.method == "streaming"))
     load_s = time.perf_counter() - t0
@@ -312,6 +333,19 @@ def run_job(
         extra = models.get(job, cfg)
         weights.update(model_weight_hashes(extra, cfg))
         return extra
+
+    if parallel is not None and not parallel.writes:  # the group's first rank writes the files
+        ctx = RunContext(
+            generator=torch.Generator("cpu").manual_seed(job.seed),
+            height=height,
+            width=width,
+            output_stem=mp4.with_suffix(""),
+            progress=progress,
+            log=log,
+            load_model=load_model,
+        )
+        load_runner(job.method)(job, components, ctx)  # in lockstep with the group; the frames are the leader's
+        return JobResult(job, "done", mp4, time.perf_counter() - started, note=why)
 
     folder = mp4.parent
     with staged(mp4) as stage:
@@ -352,7 +386,8 @@ def run_job(
                    "total_s": time.perf_counter() - started}
         final = [placed(f) for f in files]
         sidecar = build_sidecar(job, components, mp4, final[1:], video, timings, video.metadata, weights=weights,
-                                distributed=distributed)
+                                distributed=distributed,
+                                context_parallel=parallel.sidecar() if parallel is not None else None)
         sidecar["kernels"] = {"asked": job.runtime.kernels, "env": os.environ.get("VGEN_KERNELS"),
                               "choice": kernels, "ran": kernels_ran()}
         sidecar["output_sha256"] = short_file_hash(staged_mp4)
@@ -367,7 +402,7 @@ def run_job(
 
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
                   method_info: dict, method: Optional[str] = None, weights: Optional[dict] = None,
-                  distributed: Optional[dict] = None) -> dict:
+                  distributed: Optional[dict] = None, context_parallel: Optional[dict] = None) -> dict:
     """The provenance JSON written beside every mp4: config, seed, model, device, sizes, timings, versions.
 
     `config` is the resolved config with only the method's own section: `vgen generate --config` on this
@@ -375,7 +410,8 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
     job sampled with (class, full config, and `base`: the model's own schedule or its family's, before
     sampler.scheduler_config); `weights` fingerprints the weight files loaded (short sha256); `vgen` is the
     version and, in a git checkout, the commit; `distributed` ({rank, world_size}) is recorded only for a video made
-    by a launched (torchrun) batch.
+    by a launched (torchrun) run, and `context_parallel` (kind, degree, ulysses, ring, group, groups, ranks)
+    only for one whose sequence was split over several processes.
     """
     from vgen import provenance
 
@@ -390,6 +426,7 @@ def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video
         "device": str(components.device),
         "dtype": str(components.dtype).removeprefix("torch."),
         **({"distributed": dict(distributed)} if distributed is not None else {}),
+        **({"context_parallel": dict(context_parallel)} if context_parallel is not None else {}),
         "video": {"frames": video.num_frames, "height": video.size[0], "width": video.size[1], "fps": video.fps},
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "method_info": method_info,
@@ -437,17 +474,30 @@ def run_batch(
     on_result: Callable[[int, JobResult], None] = lambda i, r: None,
     world: Any = None,
     mine: Optional[list[int]] = None,
+    parallel: Any = None,
 ) -> list[JobResult]:
-    """Run every job (or, in a launched run, the 0-based indices `mine` that rank 0 handed this rank; `world` a
-    vgen.distributed.World); a failure is recorded and the next job runs (Ctrl-C stops the batch). Jobs that
-    would write one file fail, saying so. `on_result` gets each job's 1-based batch index."""
+    """Run every job (or, in a launched run, the 0-based indices `mine` that rank 0 handed this rank's group;
+    `world` a vgen.distributed.World); a failure is recorded and the next job runs (Ctrl-C stops the batch). Jobs
+    that would write one file fail, saying so. `on_result` gets each job's 1-based batch index.
+
+    With `parallel` (a vgen.context_parallel.Group) the jobs go to groups of ranks, every rank of a group runs
+    its group's jobs, and only the group's first rank writes and reports (`on_result`). An internal error in a
+    split job stops the process (the launcher then stops the others): the group's ranks would no longer agree
+    on which collective comes next.
+    """
+    from vgen.batch import jobs_of_group
+    from vgen.context_parallel import Layout
+
     shared = shared_outputs(jobs)
+    world_size, rank = (world.world_size, world.rank) if world is not None else (1, 0)
+    layout = parallel.layout if parallel is not None else Layout(world_size)
     if mine is None:
-        mine = list(range(len(jobs)))
+        mine = jobs_of_group(len(jobs), layout.groups, layout.group_of(rank))
+    writes = layout.writes(rank)
     if world is not None:
         from vgen.distributed import rank_device
 
-        models, distributed = ModelCache(rank_device(world)), world.sidecar()
+        models, distributed = ModelCache(rank_device(world), parallel), world.sidecar()
     else:
         models, distributed = ModelCache(), None
     results = []
@@ -464,8 +514,13 @@ def run_batch(
             except VgenError as err:
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=str(err))
             except Exception as err:  # an internal error in one job must not stop the batch
+                if parallel is not None:
+                    from vgen.distributed import RankLost, collective_error
+
+                    raise RankLost(f"job {i + 1} stopped on rank {rank} ({collective_error(err)})") from err
                 message = f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 result = JobResult(job, "failed", seconds=time.perf_counter() - started, error=message)
         results.append(result)
-        on_result(i + 1, result)
+        if writes:
+            on_result(i + 1, result)
     return results

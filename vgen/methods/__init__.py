@@ -24,6 +24,9 @@ class MethodInfo:
     # The method's own defaults over the schema's (dotted key -> value): the paper's setting. A model's
     # vgen.yaml goes over these (what suits that model), --config / flags / key=value over that.
     defaults: dict[str, Any] = field(default_factory=dict)
+    # Whether it runs with one video split over several processes (runtime.context_parallel); if not, why
+    context_parallel: bool = False
+    no_context_parallel: str = ""
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -37,6 +40,7 @@ METHODS: dict[str, MethodInfo] = {
             ("unet3d", "motion", "unet2d", "wan", "ltx"),
             config="configs/vanilla.yaml",
             knobs=("sampler.steps", "sampler.guidance", "sampler.scheduler", "video.frames"),
+            context_parallel=True,
         ),
         MethodInfo(
             "zs2",
@@ -45,6 +49,7 @@ METHODS: dict[str, MethodInfo] = {
             ("unet2d",),
             paper="arXiv 2407.21475",
             config="configs/zs2.yaml",
+            no_context_parallel="its momentum attention processors bypass diffusers' attention dispatch and would see only this rank's share of the tokens",
             knobs=("zs2.lam", "zs2.rho", "zs2.momentum", "zs2.layers", "zs2.init_video"),
             defaults={"video.frames": 8},  # the paper samples 8 frames
         ),
@@ -56,6 +61,7 @@ METHODS: dict[str, MethodInfo] = {
             ("unet3d", "motion"),
             paper="arXiv 2407.06182",
             config="configs/vico.yaml",
+            no_context_parallel="its attention recording (the flow's probabilities) bypasses diffusers' attention dispatch and would see only this rank's share of the tokens",
             knobs=("vico.words", "vico.lr", "vico.graph", "vico.flow", "vico.objective"),
             # the paper's sampling (VideoCrafter2 script): DPM-Solver++ 50 steps, guidance 12
             defaults={"sampler.steps": 50, "sampler.guidance": 12.0, "sampler.scheduler": "sde-dpm++"},
@@ -68,6 +74,7 @@ METHODS: dict[str, MethodInfo] = {
             ("unet3d", "motion"),
             paper="arXiv 2406.02230",
             config="configs/i4vgen.yaml",
+            no_context_parallel="its stages (image candidates, score distillation, one-key attention) are not built for a split sequence",
             knobs=("i4vgen.candidates", "i4vgen.reward", "i4vgen.iterations", "i4vgen.t_regen"),
             defaults={"sampler.steps": 25, "sampler.scheduler": "ddim"},  # the paper: 25 DDIM steps
         ),
@@ -79,6 +86,7 @@ METHODS: dict[str, MethodInfo] = {
             ("unet3d", "motion"),
             paper="arXiv 2403.14773",
             config="configs/streaming.yaml",
+            no_context_parallel="its memory modules (CAM, APM) attend outside diffusers' dispatch and would see only this rank's share of the tokens",
             knobs=("video.frames", "streaming.mode", "streaming.chunk", "streaming.refine"),
             # the paper: DDIM 50 steps, eta 1, guidance 7.5 (text and anchor)
             defaults={"sampler.steps": 50, "sampler.scheduler": "ddim", "sampler.eta": 1.0, "sampler.guidance": 7.5},

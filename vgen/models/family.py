@@ -49,6 +49,7 @@ class Family:
     float32_latents: bool = False  # the pipeline keeps noise and latents in float32 whatever the model dtype
     frame_rule: str = "any"  # shown by `vgen models`
     processor_signature: str = "(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None)"
+    no_context_parallel: str = ""  # why diffusers' context parallelism cannot split this family's videos (empty: it can)
 
     # --- loading --------------------------------------------------------------------------------
     def load(self, source: str, cfg: Any, dtype: torch.dtype) -> dict:

@@ -33,6 +33,9 @@ def calculate_shift(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 40
 
 class LTXFamily(Family):
     name = "ltx"
+    # [run] 2 CPU processes, tiny-random-ltx: "size of tensor a (2) must match ... (4)" inside SDPA
+    no_context_parallel = ("diffusers 0.42.1's LTX transformer fails under Ulysses with its text attention mask "
+                           "(a size mismatch inside attention); ring is unchecked")
     summary = "LTX-Video 0.9.x (LTXVideoTransformer3DModel on packed tokens, T5 with mask)"
     pipelines = ("LTXPipeline",)
     prediction = "flow"
