@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vgen.config import JobConfig, load_config_file, load_yaml, parse_overrides, resolve
 from vgen.errors import ConfigError, VgenError
+from vgen.distributed import assign, jobs_of_group  # noqa: F401 (jobs_of_group: re-exported for callers of vgen.batch)
 
 BATCH_KEYS = ("defaults", "jobs", "prompts", "seeds")
 
@@ -101,14 +102,6 @@ def load_batch(path: str | Path, overrides: Iterable[str] = ()) -> list[BatchIte
 # many processes (torchrun): which rank runs which job, and what every rank did
 
 
-def assign(n_jobs: int, world_size: int) -> list[int]:
-    """Round robin: the k-th job handed out goes to rank k mod world_size (equal counts; long and short jobs
-    interleave). Names and frames never depend on the rank (both come from the job alone)."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be at least 1, got {world_size}")
-    return [i % world_size for i in range(n_jobs)]
-
-
 def plan_ranks(jobs: list[JobConfig], world_size: int, skip_existing: bool, degree: int = 1) -> dict[int, int]:
     """0-based job index -> the rank that runs it (with groups of `degree` ranks, context parallelism: the group's
     first rank, which writes; the group's other ranks run the job beside it), for the jobs still to run: under
@@ -120,12 +113,6 @@ def plan_ranks(jobs: list[JobConfig], world_size: int, skip_existing: bool, degr
     shared = shared_outputs(jobs)
     todo = [i for i, job in enumerate(jobs) if i not in shared and not (skip_existing and previous_output(job)[0])]
     return {i: group * degree for i, group in zip(todo, assign(len(todo), world_size // degree))}
-
-
-def jobs_of_group(n_jobs: int, n_groups: int, group: int) -> list[int]:
-    """The jobs (0-based) that one group of ranks runs when no plan hands them out: `assign` over groups instead
-    of ranks (a group of one rank when no video is split)."""
-    return [i for i, g in enumerate(assign(n_jobs, n_groups)) if g == group]
 
 
 @dataclass

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from vgen.config_io import METHOD_SECTIONS, leaf_keys, load_yaml  # noqa: F401 (re-exported)
 from vgen.errors import ConfigError
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
@@ -346,7 +348,6 @@ class JobConfig:
 
 
 # Sections that belong to one method only; `config show` hides the ones not in use.
-METHOD_SECTIONS: tuple[str, ...] = ("zs2", "vico", "i4vgen", "streaming")
 
 
 @functools.lru_cache(maxsize=1)
@@ -415,19 +416,6 @@ def parse_overrides(items: Iterable[str]) -> DictConfig:
         raise ConfigError(f"bad override: {str(err).splitlines()[0]}") from None
 
 
-def load_yaml(path: str | Path) -> DictConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config file '{path}' must be a mapping of keys to values")
-    return loaded
-
-
 def flags_to_config(flags: dict[str, Any]) -> DictConfig:
     """Dotted flag keys (``video.frames``) with non-None values to a nested config."""
     out = OmegaConf.create({})
@@ -455,20 +443,6 @@ def _as_layer(item: Any) -> Layer:
         return item
     update, source, *label = item  # (update, source) or (update, source, label)
     return Layer(update, source, label[0] if label else source)
-
-
-def leaf_keys(update: Any, prefix: str = "") -> list[str]:
-    """The dotted keys a partial config sets (a list is one value)."""
-    node = OmegaConf.to_container(update) if isinstance(update, (DictConfig, ListConfig)) else update
-    if not isinstance(node, dict):
-        return []
-    keys: list[str] = []
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            keys += leaf_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def _coerce_lists(update: Any, base: DictConfig, source: str = "") -> Any:

@@ -211,3 +211,17 @@ def launch_local(nproc: int, argv: list[str]) -> Launch:
         first, _ = err.get_first_failure()
         return Launch({int(rank): failure.exitcode for rank, failure in err.failures.items()}, int(first))
     return Launch({})
+
+
+def assign(n_jobs: int, world_size: int) -> list[int]:
+    """Round robin: the k-th job handed out goes to rank k mod world_size (equal counts; long and short jobs
+    interleave). Names and frames never depend on the rank (both come from the job alone)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    return [i % world_size for i in range(n_jobs)]
+
+
+def jobs_of_group(n_jobs: int, n_groups: int, group: int) -> list[int]:
+    """The jobs (0-based) that one group of ranks runs when no plan hands them out: `assign` over groups instead
+    of ranks (a group of one rank when no video is split)."""
+    return [i for i, g in enumerate(assign(n_jobs, n_groups)) if g == group]

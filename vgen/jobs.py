@@ -485,7 +485,7 @@ def run_batch(
     split job stops the process (the launcher then stops the others): the group's ranks would no longer agree
     on which collective comes next.
     """
-    from vgen.batch import jobs_of_group
+    from vgen.distributed import jobs_of_group
     from vgen.context_parallel import Layout
 
     shared = shared_outputs(jobs)

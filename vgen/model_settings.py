@@ -73,7 +73,7 @@ def settings_path(model_id: str) -> Optional[Path]:
 
 def model_settings(model_id: str, method: str):
     """(partial config for `method`, the file it came from), or (None, None) when the model carries none."""
-    from vgen.config import load_yaml
+    from vgen.config_io import load_yaml
     from vgen.errors import ConfigError
 
     path = settings_path(model_id)
@@ -101,7 +101,7 @@ def allowed_keys(method: str) -> tuple[str, ...]:
     """What a model's settings for `method` may set: how to sample (sampler, video), the method's own section,
     and model.id (a sibling model). Never where files go or whether they are replaced (output), the device or
     the prompt: a downloaded model folder must not redirect or overwrite a user's files."""
-    from vgen.config import METHOD_SECTIONS
+    from vgen.config_io import METHOD_SECTIONS
 
     own = (method,) if method in METHOD_SECTIONS else ()
     return ("sampler", "video", *own, "model.id")
@@ -110,7 +110,7 @@ def allowed_keys(method: str) -> tuple[str, ...]:
 def check_allowed_keys(loaded, path: Path) -> None:
     """One-line ConfigError naming the first key of any section of a model's vgen.yaml that is not a method,
     or that sets something outside allowed_keys."""
-    from vgen.config import leaf_keys
+    from vgen.config_io import leaf_keys
     from vgen.errors import ConfigError
     from vgen.methods import METHODS
 

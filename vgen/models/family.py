@@ -8,14 +8,11 @@ where its attention sites are. The core never asks which family a model is; it c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
 from vgen.errors import ConfigError
-
-if TYPE_CHECKING:
-    from vgen.models.components import Components
 
 
 @dataclass(frozen=True)

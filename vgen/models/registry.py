@@ -36,11 +36,10 @@ def builtin_folders() -> dict[str, Path]:
 def builders() -> dict[str, tuple[str, Callable[[], dict]]]:
     """Built-in in-memory models: name -> (family, builder returning the parts)."""
     from vgen import tiny
-    from vgen.models import ltx, wan
 
     out = {name: (tiny.KINDS[name], build) for name, build in tiny.BUILDERS.items()}
-    out.update({name: ("wan", build) for name, build in wan.BUILDERS.items()})
-    out.update({name: ("ltx", build) for name, build in ltx.BUILDERS.items()})
+    for family, module in FAMILY_MODULES.items():  # a family module may bring its own (Wan, LTX)
+        out.update({name: (family, build) for name, build in getattr(importlib.import_module(module), "BUILDERS", {}).items()})
     return out
 
 
