@@ -334,17 +334,12 @@ def run_job(
         weights.update(model_weight_hashes(extra, cfg))
         return extra
 
+    def context(output_stem: Path) -> RunContext:
+        return RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=height, width=width,
+                          output_stem=output_stem, progress=progress, log=log, load_model=load_model)
+
     if parallel is not None and not parallel.writes:  # the group's first rank writes the files
-        ctx = RunContext(
-            generator=torch.Generator("cpu").manual_seed(job.seed),
-            height=height,
-            width=width,
-            output_stem=mp4.with_suffix(""),
-            progress=progress,
-            log=log,
-            load_model=load_model,
-        )
-        load_runner(job.method)(job, components, ctx)  # in lockstep with the group; the frames are the leader's
+        load_runner(job.method)(job, components, context(mp4.with_suffix("")))  # in lockstep with the group; the frames are the leader's
         return JobResult(job, "done", mp4, time.perf_counter() - started, note=why)
 
     folder = mp4.parent
@@ -356,16 +351,7 @@ def run_job(
             return folder / path.relative_to(stage) if path.is_relative_to(stage) else path
 
         t0 = time.perf_counter()
-        ctx = RunContext(
-            generator=torch.Generator("cpu").manual_seed(job.seed),
-            height=height,
-            width=width,
-            output_stem=staged_mp4.with_suffix(""),
-            progress=progress,
-            log=log,
-            load_model=load_model,
-        )
-        video: Video | WrittenVideo = load_runner(job.method)(job, components, ctx)
+        video: Video | WrittenVideo = load_runner(job.method)(job, components, context(staged_mp4.with_suffix("")))
         generate_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
