@@ -1,4 +1,4 @@
-"""Benchmark the attention-flow kernels (vgen/core/flow.py): time per inference and peak memory.
+"""Benchmark the attention-flow kernels (vgen/core/flow.py products, vgen/methods/vico/flow.py graphs): time per inference and peak memory.
 
     .venv/bin/python scripts/bench_flow.py [--quick] [--device cpu|cuda]
 
@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from vgen.core import flow as fl  # noqa: E402
+from vgen.methods.vico import flow as vf  # noqa: E402
 
 SIZES = {  # name: (frames, h, w, tokens, blocks)
     "toy": (8, 8, 8, 16, 2),
@@ -69,9 +70,9 @@ def exact_time(blocks, J, budget_s, backend):
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < budget_s or n < 2:
         b, j, p = rng.randrange(len(blocks)), rng.randrange(J), rng.randrange(P)
-        edges, src, sink_of = fl.build_flow_graph([blocks[b]], j, "default", position=p)
+        edges, src, sink_of = vf.build_flow_graph([blocks[b]], j, "default", position=p)
         for f in range(F):
-            fl._max_flow_value(edges, src, sink_of(f, p), backend)
+            vf._max_flow_value(edges, src, sink_of(f, p), backend)
         n += 1
     return (time.perf_counter() - t0) / n
 
@@ -83,11 +84,11 @@ def bench_times(name, device, quick):
     reps = 3 if quick else 10
     print(f"\n== {name}: {F} frames, {h}x{w} positions, {J} tokens, {nb} blocks x (cross, 2 temporal); device {device}")
     rows = [
-        ("cross-attention only", lambda: fl.cross_attention_flow(blocks)),
-        ("attention rollout", lambda: fl.attention_rollout(blocks)),
-        ("ST-Flow hard", lambda: fl.st_flow_blocks(blocks, "hard")),
-        ("ST-Flow soft, plain", lambda: fl.st_flow_blocks(blocks, "soft", 0.01, tiled=False)),
-        ("ST-Flow soft, tiled", lambda: fl.st_flow_blocks(blocks, "soft", 0.01, tiled=True)),
+        ("cross-attention only", lambda: vf.cross_attention_flow(blocks)),
+        ("attention rollout", lambda: vf.attention_rollout(blocks)),
+        ("ST-Flow hard", lambda: vf.st_flow_blocks(blocks, "hard")),
+        ("ST-Flow soft, plain", lambda: vf.st_flow_blocks(blocks, "soft", 0.01, tiled=False)),
+        ("ST-Flow soft, tiled", lambda: vf.st_flow_blocks(blocks, "soft", 0.01, tiled=True)),
     ]
     res = {}
     with torch.no_grad():
@@ -96,7 +97,7 @@ def bench_times(name, device, quick):
             print(f"  {label:<34s} {res[label] * 1e3:9.2f} ms")
     for label in ("ST-Flow soft, plain", "ST-Flow soft, tiled"):
         tiled = label.endswith("tiled")
-        t = timeit(lambda: fwd_bwd(lambda: fl.st_flow_blocks(blocks, "soft", 0.01, tiled=tiled), blocks), device, reps)
+        t = timeit(lambda: fwd_bwd(lambda: vf.st_flow_blocks(blocks, "soft", 0.01, tiled=tiled), blocks), device, reps)
         print(f"  {label + ' fwd+bwd':<34s} {t * 1e3:9.2f} ms")
     st = min(res["ST-Flow soft, plain"], res["ST-Flow soft, tiled"])
     cpu_blocks = [(c.cpu(), None, [t.cpu() for t in ts]) for c, _, ts in blocks]

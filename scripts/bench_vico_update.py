@@ -45,9 +45,9 @@ def passes(components, scheduler, latents, prompt, keys, n_tokens, t):
     import torch
 
     from vgen.config import VicoConfig
-    from vgen.core.attention import record_attention
+    from vgen.methods.vico.recorder import record_attention
     from vgen.core.sampler import predict_noise
-    from vgen.methods.vico import VicoGuide
+    from vgen.methods.vico.guide import VicoGuide
 
     cond = prompt.cond[:1]
     embeds = torch.cat([prompt.uncond[:1], cond]) if prompt.uncond is not None else torch.cat([cond, cond])
@@ -74,7 +74,7 @@ def measured(args) -> None:
     from vgen.core.prompts import prompt_length
     from vgen.core.sampler import resolve_size
     from vgen.jobs import ModelCache, RunContext
-    from vgen.methods.vico import prepare
+    from vgen.methods.vico.runner import prepare
     from bench_vico import profiler_peak_bytes
 
     if args.threads:
@@ -116,7 +116,7 @@ def flops(args) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vgen.core.prompts import PromptEmbeds
-    from vgen.methods.vico import KeyToken
+    from vgen.methods.vico.keys import KeyToken
     from vgen.models import Components
 
     diffusers_logging.set_verbosity_error()  # .to(float16) warns that no module is kept in float32

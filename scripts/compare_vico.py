@@ -148,7 +148,7 @@ def main() -> None:
 
 def noun_labels(objects: list[dict]) -> list[str]:
     """Key-token label of each prompted object's noun (its shape word; "square#2" for the second square), as
-    vgen.methods.vico labels automatic key tokens."""
+    vgen.methods.vico.keys labels automatic key tokens."""
     seen: dict[str, int] = {}
     labels = []
     for o in objects:

@@ -6,7 +6,7 @@ The public code (Adamdad/vico, utils.find_keywords) keeps the words NLTK's perce
 verbs (NN, NNS, NNP, NNPS, VB*), plus left/right/top/bottom, never "view"/"is". NLTK's tagger data cannot be
 installed offline (it is downloaded from GitHub at run time, not from PyPI), so the reference here is that
 rule applied to Penn Treebank tags assigned by hand (PTB guidelines), on prompts of real scenes (VBench /
-T2V-CompBench style) and of the toy world. vgen's tagger is spaCy's en_core_web_sm (vgen/core/tagging.py).
+T2V-CompBench style) and of the toy world. vgen's tagger is spaCy's en_core_web_sm (vgen/methods/vico/tagging.py).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ REFERENCE = [
 
 
 def main() -> None:
-    from vgen.methods.vico import key_words
+    from vgen.methods.vico.keys import key_words
 
     exact, hits, chosen, wanted = 0, 0, 0, 0
     misses = []

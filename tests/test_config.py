@@ -219,10 +219,13 @@ def test_range_checks_still_hold(override):
 def test_range_checks_fail_on_nan_even_without_the_finite_check():
     # the comparisons themselves are NaN-safe (`not v >= low`): a check called directly still refuses NaN
     from vgen.config import I4VGenConfig, StreamingConfig, VicoConfig, ZS2Config
+    from vgen.methods.vico.config import check as check_vico
+
+    checks = {VicoConfig: check_vico}  # sections whose checks moved into their method's package
 
     for section, key in [(ZS2Config, "lam"), (ZS2Config, "momentum"), (VicoConfig, "tau"), (VicoConfig, "lr"),
                          (I4VGenConfig, "step_size"), (I4VGenConfig, "t_regen"), (StreamingConfig, "cam_scale")]:
         cfg = section()
         setattr(cfg, key, float("nan"))
         with pytest.raises(ConfigError, match=key):
-            cfg.check()
+            checks[section](cfg) if section in checks else cfg.check()

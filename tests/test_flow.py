@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vgen.core import flow as fl
+from vgen.methods.vico import flow as vf
 
 LOG2 = math.log(2)
 
@@ -229,19 +230,19 @@ def test_st_flow_hand_computed():
     C = torch.tensor([[[0.8, 0.2]], [[0.3, 0.7]]], dtype=torch.float64)  # [F=2, P=1, J=2]
     T1 = torch.tensor([[[0.6, 0.4], [0.1, 0.9]]], dtype=torch.float64)  # R1 = [[.8,.2],[.05,.95]]
     T2 = torch.tensor([[[0.2, 0.8], [0.5, 0.5]]], dtype=torch.float64)  # R2 = [[.6,.4],[.25,.75]]
-    one = fl.st_flow(C, [T1], mode="hard")
+    one = vf.st_flow(C, [T1], mode="hard")
     torch.testing.assert_close(one[:, 0], torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=torch.float64))
-    two = fl.st_flow(C, [T1, T2], mode="hard")
+    two = vf.st_flow(C, [T1, T2], mode="hard")
     torch.testing.assert_close(two[:, 0], torch.tensor([[0.6, 0.4], [0.3, 0.7]], dtype=torch.float64))
-    roll = fl.st_flow(C, [T1], mode="rollout")  # R1 @ C
+    roll = vf.st_flow(C, [T1], mode="rollout")  # R1 @ C
     torch.testing.assert_close(roll[:, 0], torch.tensor([[0.70, 0.30], [0.325, 0.675]], dtype=torch.float64))
-    assert torch.equal(fl.st_flow(C, [], mode="hard"), C)
-    soft = fl.st_flow(C, [T1, T2], mode="soft", tau=0.01)
+    assert torch.equal(vf.st_flow(C, [], mode="hard"), C)
+    soft = vf.st_flow(C, [T1, T2], mode="soft", tau=0.01)
     assert (soft - two).abs().max() <= 0.01 * math.log(2) * 2
     # blocks: averaged; cross-only baseline is the mean of C
     blocks = [(C, [T1, T2]), (C, [T1])]
-    torch.testing.assert_close(fl.st_flow_blocks(blocks, mode="hard"), (two + one) / 2)
-    torch.testing.assert_close(fl.cross_attention_flow(blocks), C)
+    torch.testing.assert_close(vf.st_flow_blocks(blocks, mode="hard"), (two + one) / 2)
+    torch.testing.assert_close(vf.cross_attention_flow(blocks), C)
 
 
 def _official_soft(A, B, tau):
@@ -265,26 +266,26 @@ def test_st_flow_orders_against_the_public_formula(tiled):
     Cp = C.transpose(0, 1)
     official = _official_soft(_official_soft(R2, R1, tau), Cp, tau).transpose(0, 1)
     sequential = _official_soft(R2, _official_soft(R1, Cp, tau), tau).transpose(0, 1)
-    torch.testing.assert_close(fl.st_flow(C, [T1, T2], "soft", tau, tiled=tiled), official)
-    torch.testing.assert_close(fl.st_flow(C, [T1, T2], "soft", tau, tiled=tiled, order="sequential"), sequential)
+    torch.testing.assert_close(vf.st_flow(C, [T1, T2], "soft", tau, tiled=tiled), official)
+    torch.testing.assert_close(vf.st_flow(C, [T1, T2], "soft", tau, tiled=tiled, order="sequential"), sequential)
     assert (official - sequential).abs().max() > 1e-3
-    hard = [fl.st_flow(C, [T1, T2], "hard", order=o) for o in fl.ORDERS]
+    hard = [vf.st_flow(C, [T1, T2], "hard", order=o) for o in vf.ORDERS]
     torch.testing.assert_close(hard[0], hard[1], rtol=0, atol=0)
     blocks = [(C, [T1, T2]), (C.flip(0), [T2, T1])]
-    torch.testing.assert_close(fl.st_flow_blocks(blocks, "soft", tau, tiled=tiled),
-                               (official + fl.st_flow(C.flip(0), [T2, T1], "soft", tau)) / 2)
+    torch.testing.assert_close(vf.st_flow_blocks(blocks, "soft", tau, tiled=tiled),
+                               (official + vf.st_flow(C.flip(0), [T2, T1], "soft", tau)) / 2)
     with pytest.raises(ValueError, match="order"):
-        fl.st_flow(C, [T1], order="reverse")
+        vf.st_flow(C, [T1], order="reverse")
 
 
 def test_with_residual_and_reshape():
     T = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     assert torch.equal(fl.with_residual(T), torch.full((2, 2), 0.5))
     x = torch.arange(2 * 6 * 3).reshape(2, 6, 3)
-    v = fl.flow_to_video(x, 2, 3)
+    v = vf.flow_to_video(x, 2, 3)
     assert v.shape == (2, 2, 3, 3) and v[1, 1, 2, 0] == x[1, 5, 0]
     with pytest.raises(ValueError):
-        fl.flow_to_video(x, 4, 2)
+        vf.flow_to_video(x, 4, 2)
 
 
 def test_graph_builder_hand_case():
@@ -292,11 +293,11 @@ def test_graph_builder_hand_case():
     gen = torch.Generator().manual_seed(8)
     F, P, J = 2, 3, 2
     blocks = random_blocks(gen, F, P, J, n_blocks=2, n_temporal=1)
-    e, src, sink = fl.build_flow_graph(blocks[:1], 1, "default")
+    e, src, sink = vf.build_flow_graph(blocks[:1], 1, "default")
     assert len(e) == F * P + P * F * F
     assert e[(src, ("c", 0, 1, 2))] == blocks[0][0][1, 2, 1].item()
     assert e[(("c", 0, 0, 2), ("t", 0, 0, 1, 2))] == pytest.approx(blocks[0][2][0][2, 1, 0].item() / 2)
-    e, src, sink = fl.build_flow_graph(blocks, 0, "full")
+    e, src, sink = vf.build_flow_graph(blocks, 0, "full")
     assert len(e) == 2 * (F * P + P * F * F) + F * P * P + F * P
     assert sink(1, 2) == ("t", 1, 0, 1, 2)
     S = blocks[1][1]
@@ -309,16 +310,16 @@ def test_default_graph_hard_equals_widest_path_and_bounded_by_max_flow(seed):
     gen = torch.Generator().manual_seed(100 + seed)
     F, P, J = 3 + seed % 2, 2, 3
     blocks = random_blocks(gen, F, P, J, n_blocks=1, n_temporal=1 + seed % 3, spatial=False)
-    flow = fl.st_flow_blocks(blocks, mode="hard")
+    flow = vf.st_flow_blocks(blocks, mode="hard")
     strict = 0
     for j in range(J):
-        edges, src, sink_of = fl.build_flow_graph(blocks, j, "default")
+        edges, src, sink_of = vf.build_flow_graph(blocks, j, "default")
         for f, p in itertools.product(range(F), range(P)):
             wp = widest_path(edges, src, sink_of(f, p))
             assert flow[f, p, j].item() == pytest.approx(wp, abs=1e-12)
-            mf = fl.exact_max_flow(blocks, j, f, p)
+            mf = vf.exact_max_flow(blocks, j, f, p)
             assert flow[f, p, j].item() <= mf + 1e-9
-            assert fl.exact_max_flow(blocks, j, f, p, backend="scipy") == pytest.approx(mf, abs=1e-4)
+            assert vf.exact_max_flow(blocks, j, f, p, backend="scipy") == pytest.approx(mf, abs=1e-4)
             strict += mf > flow[f, p, j].item() + 1e-6
     assert strict > 0  # the bound is not vacuous: several paths carry more than the widest one
 
@@ -329,12 +330,12 @@ def test_full_graph_hard_equals_widest_path_and_bounded_by_max_flow(seed):
     F, P, J = 2, 3, 2
     blocks = random_blocks(gen, F, P, J, n_blocks=2 + seed % 2, n_temporal=seed % 3,
                            spatial=True if seed < 2 else "alternate")
-    flow = fl.full_graph_flow(blocks, mode="hard")
+    flow = vf.full_graph_flow(blocks, mode="hard")
     for j in range(J):
-        edges, src, sink_of = fl.build_flow_graph(blocks, j, "full")
+        edges, src, sink_of = vf.build_flow_graph(blocks, j, "full")
         for f, p in itertools.product(range(F), range(P)):
             assert flow[f, p, j].item() == pytest.approx(widest_path(edges, src, sink_of(f, p)), abs=1e-12)
-            assert flow[f, p, j].item() <= fl.exact_max_flow(blocks, j, f, p, graph="full") + 1e-9
+            assert flow[f, p, j].item() <= vf.exact_max_flow(blocks, j, f, p, graph="full") + 1e-9
 
 
 def test_full_graph_exhaustive_paths_and_rollout():
@@ -342,11 +343,11 @@ def test_full_graph_exhaustive_paths_and_rollout():
     gen = torch.Generator().manual_seed(9)
     F, P, J = 2, 2, 2
     blocks = random_blocks(gen, F, P, J, n_blocks=2, n_temporal=1)
-    hard = fl.full_graph_flow(blocks, mode="hard")
-    roll = fl.attention_rollout(blocks, graph="full")
-    roll_default = fl.attention_rollout(blocks)
+    hard = vf.full_graph_flow(blocks, mode="hard")
+    roll = vf.attention_rollout(blocks, graph="full")
+    roll_default = vf.attention_rollout(blocks)
     for j in range(J):
-        edges, src, sink_of = fl.build_flow_graph(blocks, j, "full")
+        edges, src, sink_of = vf.build_flow_graph(blocks, j, "full")
         for f, p in itertools.product(range(F), range(P)):
             paths = all_paths(edges, src, sink_of(f, p))
             assert len(paths) > 1
@@ -354,7 +355,7 @@ def test_full_graph_exhaustive_paths_and_rollout():
             assert roll[f, p, j].item() == pytest.approx(sum(math.prod(c) for c in paths), abs=1e-12)
         per_block = []
         for blk in blocks:
-            e, s, sk = fl.build_flow_graph([blk], j, "default")
+            e, s, sk = vf.build_flow_graph([blk], j, "default")
             per_block.append([[sum(math.prod(c) for c in all_paths(e, s, sk(f, p))) for p in range(P)]
                               for f in range(F)])
         torch.testing.assert_close(roll_default[..., j], torch.tensor(per_block, dtype=torch.float64).mean(0))
@@ -368,10 +369,10 @@ def test_single_path_graph_flow_equals_max_flow():
     T2 = torch.zeros(P, F, F, dtype=torch.float64)
     C[1, 0, 0], T1[0, 2, 1], T2[0, 0, 2] = 0.7, 0.45, 0.9  # j=0 -> (1,0) -> (2,0) -> (0,0)
     blocks = [(C, [T1, T2])]
-    flow = fl.st_flow_blocks(blocks, mode="hard", residual=False)
+    flow = vf.st_flow_blocks(blocks, mode="hard", residual=False)
     assert flow[0, 0, 0].item() == 0.45
-    assert fl.exact_max_flow(blocks, 0, 0, 0, residual=False) == pytest.approx(0.45, abs=1e-12)
-    assert fl.exact_max_flow(blocks, 0, 0, 0, residual=False, backend="scipy") == pytest.approx(0.45, abs=1e-6)
+    assert vf.exact_max_flow(blocks, 0, 0, 0, residual=False) == pytest.approx(0.45, abs=1e-12)
+    assert vf.exact_max_flow(blocks, 0, 0, 0, residual=False, backend="scipy") == pytest.approx(0.45, abs=1e-6)
     assert flow.count_nonzero() == 1
 
 
@@ -380,13 +381,13 @@ def test_soft_chain_bounds_default_and_full(tau):
     gen = torch.Generator().manual_seed(10)
     F, P, J = 4, 6, 5
     blocks = random_blocks(gen, F, P, J, n_blocks=3, n_temporal=2)
-    lo, hi = fl.soft_chain_bounds(blocks, "default", tau)
+    lo, hi = vf.soft_chain_bounds(blocks, "default", tau)
     assert (lo, hi) == pytest.approx((-2 * tau * LOG2, 2 * tau * math.log(F)))
-    d = fl.st_flow_blocks(blocks, "soft", tau) - fl.st_flow_blocks(blocks, "hard")
+    d = vf.st_flow_blocks(blocks, "soft", tau) - vf.st_flow_blocks(blocks, "hard")
     assert d.min() >= lo - 1e-12 and d.max() <= hi + 1e-12
-    lo, hi = fl.soft_chain_bounds(blocks, "full", tau)
+    lo, hi = vf.soft_chain_bounds(blocks, "full", tau)
     assert (lo, hi) == pytest.approx((-8 * tau * LOG2, tau * (6 * math.log(F) + 2 * math.log(P) + 2 * LOG2)))
-    d = fl.full_graph_flow(blocks, "soft", tau) - fl.full_graph_flow(blocks, "hard")
+    d = vf.full_graph_flow(blocks, "soft", tau) - vf.full_graph_flow(blocks, "hard")
     assert d.min() >= lo - 1e-12 and d.max() <= hi + 1e-12
 
 
@@ -396,8 +397,8 @@ def test_full_graph_tiled_equals_plain_with_gradients():
     leaves = [blocks[1][0], blocks[1][1], blocks[0][2][0]]
     for x in leaves:
         x.requires_grad_()
-    plain = fl.full_graph_flow(blocks, "soft", 0.01, tiled=False)
-    tiled = fl.full_graph_flow(blocks, "soft", 0.01, tiled=True)
+    plain = vf.full_graph_flow(blocks, "soft", 0.01, tiled=False)
+    tiled = vf.full_graph_flow(blocks, "soft", 0.01, tiled=True)
     torch.testing.assert_close(tiled, plain, rtol=0, atol=1e-6)
     for x, y in zip(torch.autograd.grad(tiled.sum(), leaves), torch.autograd.grad(plain.sum(), leaves)):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)

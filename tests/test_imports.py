@@ -63,3 +63,27 @@ def test_no_cycle_among_module_level_imports():
     for m in sorted(modules):
         if m not in state:
             visit(m, [m])
+
+
+# vgen.config imports each method's config section and the (torch-free) method registry, nothing else of
+# vgen.methods; those sections stay below vgen.config (they never import it back)
+CONFIG_SECTIONS = {"vgen.methods.vico.config"}
+REGISTRY = "vgen.methods"
+
+
+def test_config_imports_only_the_methods_config_sections():
+    config_targets = {t for t in GRAPH["vgen.config"] if t.startswith("vgen.methods")}
+    assert {t.rsplit(".", 1)[0] if t not in GRAPH else t for t in config_targets} <= CONFIG_SECTIONS | {REGISTRY}
+    for section in CONFIG_SECTIONS:
+        assert not any(t == "vgen.config" or t.startswith("vgen.config.") for t in GRAPH[section]), section
+
+
+METHOD_WORDS = ("vico", "zs2", "i4vgen", "streaming")
+
+
+@pytest.mark.xfail(strict=False, reason="other methods move in parallel branches")
+def test_core_names_no_method():
+    """vgen/core is shared by the methods: no file under it names one (comments and docstrings included)."""
+    named = sorted(f"{p.relative_to(VGEN)}: {w}" for p in (VGEN / "core").rglob("*.py")
+                   for w in METHOD_WORDS if w in p.read_text().lower())
+    assert named == []

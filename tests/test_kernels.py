@@ -19,6 +19,7 @@ if not CUDA:
 pytest.importorskip("triton", reason="triton is not installed (make test installs it)")
 
 from vgen.core import attention, flow  # noqa: E402
+from vgen.methods.vico import flow as vico_flow  # noqa: E402
 from vgen.core.kernels import dispatch, use_kernels  # noqa: E402
 from vgen.errors import ConfigError  # noqa: E402
 
@@ -133,7 +134,7 @@ def test_flow_graphs_dispatch_to_triton():
 
     blocks = [(att(F, P, J), att(F, P, P), [att(P, F, F), att(P, F, F)]) for _ in range(2)]
     for mode in ("soft", "hard"):
-        for fn in (flow.st_flow_blocks, flow.full_graph_flow):
+        for fn in (vico_flow.st_flow_blocks, vico_flow.full_graph_flow):
             with use_kernels("torch"):
                 ref = fn(blocks, mode=mode, tau=0.02)
             with use_kernels("triton"):

@@ -10,7 +10,8 @@ import torch
 
 from conftest import make_job, run_vanilla
 from vgen.config import VicoConfig
-from vgen.core.attention import AttentionRecorder, RecordSpec, RecordingAttnProcessor, graph_layers, record_attention
+from vgen.methods.vico.config import check
+from vgen.methods.vico.recorder import AttentionRecorder, RecordSpec, RecordingAttnProcessor, graph_layers, record_attention
 from vgen.core.sampler import predict_noise
 
 PROMPT = "a red circle and a blue square moving left"
@@ -22,7 +23,7 @@ ALWAYS = {"vico.thresholds": [0.0, 0.0, 0.0], "vico.threshold": 0.0}
 def run_vico(components, job):
     from vgen.core.sampler import resolve_size
     from vgen.jobs import RunContext
-    from vgen.methods.vico import run
+    from vgen.methods.vico.runner import run
 
     h, w = resolve_size(components, job.video.height, job.video.width)
     logs = []
@@ -137,7 +138,9 @@ def _vico_gradient(c, checkpoint: bool, graph: str = "default", levels=None, uni
     ran) of one Vico pass."""
     from vgen.core.prompts import prompt_length
     from vgen.jobs import RunContext
-    from vgen.methods.vico import VicoGuide, checkpoint_units, prepare
+    from vgen.methods.vico.guide import VicoGuide
+    from vgen.methods.vico.checkpointing import checkpoint_units
+    from vgen.methods.vico.runner import prepare
 
     job = make_job(PROMPT, **{"method": "vico", **SMALL, "sampler.steps": 10, "vico.graph": graph,
                               "vico.checkpoint": checkpoint, "vico.checkpoint_levels": levels})
@@ -178,7 +181,7 @@ def test_checkpoint_units_by_level(tiny):
     """levels=N keeps the layers of the N finest resolutions: on the two-level tiny UNet3D, level 0 is
     transformer_in, down block 0 and up block 1 (the last, at full size); up block 0's upsampler counts at
     its input's level, 1."""
-    from vgen.methods.vico import checkpoint_units
+    from vgen.methods.vico.checkpointing import checkpoint_units
 
     u = tiny("tiny-random-unet3d").unet
     layers = lambda block: [m for name in ("resnets", "temp_convs", "attentions", "temp_attentions", "upsamplers")
@@ -240,7 +243,7 @@ def test_units_official_include_the_mid_block_at_the_recorded_resolution(tiny):
 
 def test_key_tokens_from_indices_words_and_automatic(tiny):
     from vgen.errors import ConfigError
-    from vgen.methods.vico import select_key_tokens
+    from vgen.methods.vico.keys import select_key_tokens
 
     tok = tiny("tiny-random-unet3d").tokenizer
     keys = select_key_tokens(tok, PROMPT, VicoConfig(tokens=[3, 7]))
@@ -266,7 +269,7 @@ def test_key_tokens_from_indices_words_and_automatic(tiny):
 
 def test_automatic_key_tokens_one_per_occurrence(tiny):
     """Each occurrence of a key word is its own key token (the public code's word indices), labelled apart."""
-    from vgen.methods.vico import select_key_tokens
+    from vgen.methods.vico.keys import select_key_tokens
 
     tok = tiny("tiny-random-unet3d").tokenizer
     prompt = "a red circle moving left and a blue square moving up"
@@ -297,7 +300,7 @@ KEY_WORDS = [
 
 @pytest.mark.parametrize("prompt, expected", KEY_WORDS)
 def test_automatic_key_words_follow_the_official_rule(prompt, expected):
-    from vgen.methods.vico import key_words
+    from vgen.methods.vico.keys import key_words
 
     assert [w for w, _ in key_words(prompt)] == expected
     assert all(prompt[s : s + len(w)] == w for w, s in key_words(prompt))
@@ -322,7 +325,8 @@ def test_words_match_at_word_boundaries_only(tiny):
 
 
 def test_score_and_loss_on_a_hand_made_flow():
-    from vgen.methods.vico import KeyToken, token_maps, token_scores, vico_loss
+    from vgen.methods.vico.keys import KeyToken
+    from vgen.methods.vico.scores import token_maps, token_scores, vico_loss
 
     F, h, w, J = 2, 5, 5, 77
     flow = torch.zeros(F, h * w, J)
@@ -351,7 +355,7 @@ def test_official_smoothing_kernel_by_hand():
     """The public code's kernel: per axis exp(-(d / (2σ))²), σ 0.5 -> weights (e^-1, 1, e^-1), normalised;
     the 3D kernel is their product (centre 1 / (1 + 2/e)³ = 0.191). The textbook Gaussian (σ 0.5) gives
     per-axis weights (e^-2, 1, e^-2) (centre 0.49)."""
-    from vgen.methods.vico import smoothing_kernel3d
+    from vgen.methods.vico.scores import smoothing_kernel3d
 
     e = math.exp(-1)
     axis = torch.tensor([e, 1.0, e]) / (1 + 2 * e)
@@ -366,7 +370,7 @@ def test_official_smoothing_kernel_by_hand():
 def test_official_smoothing_reflects_at_the_borders():
     """A one-hot map at a corner: reflect padding mirrors the neighbour (not the corner itself) across the
     border, so the smoothed corner value is sum over axes of the mirrored weights, by hand."""
-    from vgen.methods.vico import smooth_maps
+    from vgen.methods.vico.scores import smooth_maps
 
     e = math.exp(-1)
     a = torch.tensor([e, 1.0, e]) / (1 + 2 * e)  # per-axis weights at offsets -1, 0, +1
@@ -386,7 +390,7 @@ def test_official_smoothing_reflects_at_the_borders():
 
 
 def test_lr_schedule_and_update_plan():
-    from vgen.methods.vico import lr_schedule, update_plan
+    from vgen.methods.vico.schedule import lr_schedule, update_plan
 
     lrs = lr_schedule(1e-4, 50)
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-4 * math.sqrt(0.5))
@@ -415,18 +419,19 @@ def test_schedule_keys_are_checked():
     from vgen.errors import ConfigError
 
     with pytest.raises(ConfigError, match="vico.schedule"):
-        VicoConfig(schedule="relative").check()
+        check(VicoConfig(schedule="relative"))
     with pytest.raises(ConfigError, match="vico.iterative_steps"):
-        VicoConfig(iterative_steps=[0, 10]).check()  # three thresholds
-    VicoConfig(schedule="fraction", iterative_steps=[0, 10]).check()  # the fraction schedule does not use them
+        check(VicoConfig(iterative_steps=[0, 10]))  # three thresholds
+    check(VicoConfig(schedule="fraction", iterative_steps=[0, 10]))  # the fraction schedule does not use them
     with pytest.raises(ConfigError, match="vico.latent"):
-        VicoConfig(latent="float16").check()
+        check(VicoConfig(latent="float16"))
 
 
 def _guide(c, job, steps):
     from vgen.core.prompts import prompt_length
     from vgen.jobs import RunContext
-    from vgen.methods.vico import VicoGuide, prepare
+    from vgen.methods.vico.guide import VicoGuide
+    from vgen.methods.vico.runner import prepare
 
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=job.video.height,
                      width=job.video.width, output_stem=Path("unused"))
@@ -500,7 +505,7 @@ def test_bfloat16_latent_float32_keeps_a_small_update_model_dtype_rounds_it_away
 
 def test_latent_model_runs_the_loop_in_the_model_dtype(tiny, monkeypatch):
     """vico.latent model keeps the sampler's latent in the model's dtype (no float32 master)."""
-    import vgen.methods.vico as vico
+    import vgen.methods.vico.runner as vico
     from vgen.config import ModelConfig
     from vgen.models import load_components
 
@@ -597,7 +602,7 @@ def test_a_weakest_token_that_does_not_move_is_reported(tiny):
 
 
 def test_non_finite_update_is_skipped_and_recorded(tiny, monkeypatch):
-    import vgen.methods.vico as vico
+    import vgen.methods.vico.guide as vico
 
     calls = {"n": 0}
     real = vico.token_scores

@@ -178,7 +178,7 @@ def reference_vico(c, latents, steps=STEPS, max_iterations=10):
 
 def vgen_vico(c, monkeypatch, **keys):
     """vgen's Vico runner on the same case: (losses per step, passes, x_0 before decoding, x_T)."""
-    import vgen.methods.vico as vico
+    import vgen.methods.vico.runner as vico
     from vgen.jobs import RunContext
 
     job = make_job(PROMPT, **{"method": "vico", "model.id": "toy", "seed": SEED, "sampler.steps": STEPS,

@@ -23,7 +23,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from vgen.config_io import METHOD_SECTIONS, leaf_keys, load_yaml  # noqa: F401 (re-exported)
+from vgen.config_io import above as _above, at_least as _at_least, choice as _choice
 from vgen.errors import ConfigError
+from vgen.methods.vico.config import VicoConfig
+from vgen.methods.vico.config import check as check_vico
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
@@ -143,74 +146,6 @@ class ZS2Config:
         _at_least("zs2.frame_chunk", self.frame_chunk, 0)
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"config key 'zs2.strength' must be in (0, 1], got {self.strength}")
-
-
-@dataclass
-class VicoConfig:
-    """Vico (method vico): raise the weakest key token's attention flow by updating the latent.
-
-    Defaults follow the public code (github Adamdad/vico); our variants are named values of the same keys.
-    """
-
-    tokens: list[int] = field(default_factory=list)  # explicit key-token indices in the encoded prompt (start token = 0)
-    words: list[str] = field(default_factory=list)  # key words ("cat,dog" or [cat, dog]); multi-token words count as their span
-    select: str = "official"  # automatic key words: official (nouns + verbs + left/right/top/bottom) | nouns (ours)
-    stop_words: list[str] = field(default_factory=list)  # words automatic selection never keeps
-    graph: str = "default"  # default (cross -> temporal per block, blocks averaged) | full (+ spatial self-attn, blocks chained)
-    flow: str = "soft"  # soft (differentiable widest path) | hard | rollout
-    tau: float = 0.01  # temperature of the soft max-min product
-    residual: bool = True  # self-attention maps become (A + I)/2
-    order: str = "official"  # official: (R2 ⊗ R1) ⊗ C (public code) | sequential: R2 ⊗ (R1 ⊗ C) (ours, earlier)
-    units: str = "official"  # official: every cross-attention at the recorded resolution, mid block included | outer: no mid block (ours)
-    scale: float = 100.0  # flows are multiplied by this before the softmax over tokens
-    sigma: float = 0.5  # σ of the 3x3x3 smoothing of each key token's [F, h, w] map (0 = none)
-    smoothing: str = "official"  # official: exp(-(d/2σ)²), reflect borders | textbook: exp(-d²/2σ²), replicate (ours)
-    objective: str = "hinge"  # hinge: max_i relu(1 - A_i) (public code) | min: -min_i A_i (paper)
-    lr: float = 1e-4  # Adam step size at step 0; scaled by sqrt(linspace(1, 0.5, steps))[i]
-    adam_eps: float = 1e-7  # Adam's epsilon (public code)
-    schedule: str = "absolute"  # absolute: update_until and iterative_steps (public code) | fraction: fraction and iterative_at (ours)
-    update_until: int = 25  # absolute schedule: update the latent at steps i < update_until (public code: 25)
-    iterative_steps: list[int] = field(default_factory=lambda: [0, 10, 20])  # absolute schedule: refinement steps
-    fraction: float = 0.5  # fraction schedule: update the latent at steps i < fraction * steps
-    iterative_at: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4])  # fraction schedule: refinement steps as fractions
-    thresholds: list[float] = field(default_factory=lambda: [0.95, 0.5, 0.2])  # no (further) update there once loss < this
-    threshold: float = 0.2  # other update steps: no update once the loss is below this (public code)
-    max_iterations: int = 10  # iterations at most at a refinement step (other update steps: 1)
-    latent: str = "float32"  # float32: a float32 master latent across the loop (ours) | model: the model's dtype, Adam in place (public code)
-    checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
-    checkpoint_levels: Optional[int] = None  # checkpoint only the layers of this many finest resolutions (None: all)
-
-    def check(self) -> None:
-        _choice("vico.select", self.select, ("official", "nouns"))
-        _choice("vico.smoothing", self.smoothing, ("official", "textbook"))
-        _choice("vico.graph", self.graph, ("default", "full"))
-        _choice("vico.flow", self.flow, ("soft", "hard", "rollout"))
-        _choice("vico.objective", self.objective, ("hinge", "min"))
-        _choice("vico.order", self.order, ("official", "sequential"))
-        _choice("vico.units", self.units, ("official", "outer"))
-        _choice("vico.schedule", self.schedule, ("absolute", "fraction"))
-        _choice("vico.latent", self.latent, ("float32", "model"))
-        _at_least("vico.update_until", self.update_until, 0)
-        _above("vico.tau", self.tau, 0)
-        _above("vico.adam_eps", self.adam_eps, 0)
-        _at_least("vico.sigma", self.sigma, 0)
-        _at_least("vico.lr", self.lr, 0)
-        _at_least("vico.max_iterations", self.max_iterations, 1)
-        if self.checkpoint_levels is not None:
-            _at_least("vico.checkpoint_levels", self.checkpoint_levels, 1)
-        if not 0.0 <= self.fraction <= 1.0:
-            raise ConfigError(f"config key 'vico.fraction' must be in [0, 1], got {self.fraction}")
-        if any(not 0.0 <= f < 1.0 for f in self.iterative_at):
-            raise ConfigError(f"config key 'vico.iterative_at' holds fractions in [0, 1), got {list(self.iterative_at)}")
-        if any(int(i) != i or i < 0 for i in self.iterative_steps):
-            raise ConfigError(f"config key 'vico.iterative_steps' holds step indices >= 0, got {list(self.iterative_steps)}")
-        steps = self.iterative_steps if self.schedule == "absolute" else self.iterative_at
-        key = "vico.iterative_steps" if self.schedule == "absolute" else "vico.iterative_at"
-        if len(self.thresholds) != len(steps):
-            raise ConfigError(
-                f"config keys {key} and vico.thresholds need one threshold per step, "
-                f"got {len(steps)} steps and {len(self.thresholds)} thresholds"
-            )
 
 
 @dataclass
@@ -643,21 +578,6 @@ def build_job(
     return job
 
 
-def _choice(key: str, value: str, choices: Iterable[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"config key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if not value >= low:  # NaN fails every comparison: written so that it fails this one
-        raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
-
-
-def _above(key: str, value: float, low: float) -> None:
-    if not value > low:
-        raise ConfigError(f"config key '{key}' must be > {low}, got {value}")
-
-
 @functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -768,7 +688,7 @@ def validate(job: JobConfig) -> None:
         if value is not None:
             _at_least(f"video.{key}", value, 1)
     job.zs2.check()
-    job.vico.check()
+    check_vico(job.vico)
     job.i4vgen.check()
     job.streaming.check()
     if not 0 <= job.seed < 2**63:

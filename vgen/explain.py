@@ -16,12 +16,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vgen.config import JobConfig, output_stem
-from vgen.core.attention import record_attention
+from vgen.methods.vico.recorder import record_attention
 from vgen.core.prompts import prompt_length
 from vgen.core.sampler import denoise, resolve_size
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
-from vgen.methods.vico import VicoGuide, prepare
+from vgen.methods.vico.guide import VicoGuide
+from vgen.methods.vico.runner import prepare
 from vgen.models import Components
 
 CELL = 64  # pixels per frame map

@@ -134,10 +134,10 @@ def denoise(
     """Run the scheduler from `latents` over `timesteps` (default: all of scheduler.timesteps).
 
     `master_dtype` (e.g. float32) keeps the latents, the hooks' updates and the scheduler's arithmetic in
-    that dtype while the model runs in its own: small latent updates (Vico's 1e-4 Adam steps) are not
+    that dtype while the model runs in its own: small latent updates (1e-4 Adam steps of a guidance method) are not
     rounded away between steps in half precision. The result is in `master_dtype` then.
 
-    `pre_step` may replace the latents before the model call (e.g. Vico's latent update),
+    `pre_step` may replace the latents before the model call (e.g. a gradient step on the latent),
     `post_step` after the scheduler step (e.g. inpainting known frames). `guide(latents, t) -> noise`
     replaces the CFG prediction for methods whose model call differs (e.g. StreamingT2V's CAM/APM).
     A two-expert model (Wan 2.2) switches expert by timestep; with offloading only the active one is on the

@@ -55,7 +55,7 @@ METHODS: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "vico",
-            "vgen.methods.vico",
+            "vgen.methods.vico.runner",
             "Vico: compositional video by equalising attention flow (the weakest key token's flow is raised "
             "by a gradient step on the latent)",
             ("unet3d", "motion"),
