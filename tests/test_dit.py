@@ -211,10 +211,11 @@ def test_saved_wan22_folder_loads_as_wan_pipeline_and_by_path(tiny, tmp_path):
 def test_methods_other_than_vanilla_fail_on_a_dit_in_one_line(tmp_path):
     from conftest import vgen_in_process
 
-    r = vgen_in_process("generate", PROMPT, "--model", "tiny-random-wan", "--method", "vico", "--out", tmp_path / "v.mp4")
+    r = vgen_in_process("generate", PROMPT, "--model", "tiny-random-ltx", "--method", "vico", "--out", tmp_path / "v.mp4")
     assert r.returncode != 0
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "method 'vico' runs on unet3d/motion models" in lines[0] and "wan model" in lines[0]
+    assert len(lines) == 1 and "method 'vico' runs on unet3d/motion/wan models" in lines[0] and "ltx model" in lines[0]
+    assert not list(tmp_path.iterdir())
 
 
 def test_wan22_offload_keeps_only_the_active_expert_placed(tiny, monkeypatch):

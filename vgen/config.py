@@ -426,14 +426,25 @@ def _merge_layers(layers: Iterable[Layer]) -> DictConfig:
     return cfg
 
 
-def method_layer(method: str) -> Optional[Layer]:
-    """The method's own defaults (the paper's setting where it differs from the schema's)."""
+def method_layer(method: str, family: Optional[str] = None) -> Optional[Layer]:
+    """The method's own defaults (the paper's setting where it differs from the schema's), with the ones it
+    names for the model's family over them."""
     from vgen.methods import get_method
 
-    defaults = get_method(method).defaults
+    info = get_method(method)
+    defaults = {**info.defaults, **info.family_defaults.get(family or "", {})}
     if not defaults:
         return None
     return Layer(flags_to_config(dict(defaults)), f"method '{method}' defaults", METHOD)
+
+
+def model_family_of(given: list[Layer]) -> Optional[str]:
+    """The family of the model the given layers name (model.kind, else read from a built-in or a folder; None
+    for a hub id)."""
+    from vgen.model_settings import model_family
+
+    model = _merge_layers(given).model
+    return model.kind if model.kind != "auto" else model_family(model.id)
 
 
 def model_layers(method: str, before: list[Layer], after: list[Layer]) -> list[Layer]:
@@ -485,7 +496,7 @@ def resolve(
 
         method = _merge_layers(given).method
         get_method(method)
-        below = [layer for layer in [method_layer(method)] if layer is not None]
+        below = [layer for layer in [method_layer(method, model_family_of(given))] if layer is not None]
         below += model_layers(method, below, given)
         above = sibling_layers(below)
     cfg = _merge_layers(below + given + above)

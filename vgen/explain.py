@@ -16,13 +16,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vgen.config import JobConfig, output_stem
-from vgen.methods.vico.recorder import record_attention
 from vgen.core.prompts import prompt_length
 from vgen.core.sampler import denoise, resolve_size
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
 from vgen.methods.vico.guide import VicoGuide
-from vgen.methods.vico.runner import prepare
+from vgen.methods.vico.runner import prepare, recording
 from vgen.models import Components
 
 CELL = 64  # pixels per frame map
@@ -94,7 +93,7 @@ def explain(job: JobConfig, components: Components, out_dir: str | Path, method:
         raise ConfigError(f"explain: no key tokens in '{job.prompt}'")
     n_tokens = prompt_length(components.tokenizer, job.prompt)
     panels: list = []
-    with record_attention(components.unet, job.vico.graph, stop_when_complete=True, units=job.vico.units) as recorder:
+    with recording(components, job.vico) as recorder:
         guide = VicoGuide(job.vico, components, scheduler, prompt, keys, n_tokens, recorder, s.steps)
 
         def hook(i, t, x):
@@ -109,7 +108,7 @@ def explain(job: JobConfig, components: Components, out_dir: str | Path, method:
             return x
 
         denoise(components, scheduler, latents, prompt, s.guidance, timesteps=list(scheduler.timesteps)[: step + 1],
-                generator=ctx.generator, eta=s.eta, pre_step=hook, progress=False)
+                generator=ctx.generator, eta=s.eta, pre_step=hook, progress=False, guidance_2=s.guidance_2)
     if method == "vanilla":
         panels[0] = (panels[0][0].replace(": before update", ""), *panels[0][1:])
     path = Path(out_dir) / f"{output_stem(job)}_flow_step{step}.png"

@@ -129,6 +129,21 @@ def check_allowed_keys(loaded, path: Path) -> None:
                                   f"{', '.join(allowed)}")
 
 
+def model_family(model_id: str) -> Optional[str]:
+    """The family of a built-in model or a local folder, read without torch; None for a hub id (not fetched)."""
+    for model in IN_MEMORY_MODELS:
+        if model.name == model_id:
+            return model.kind
+    folder = local_folder(model_id)
+    if folder is None or not (folder / "model_index.json").is_file():
+        return None
+    try:
+        kind = _FOLDER_KINDS.get(json.loads((folder / "model_index.json").read_text()).get("_class_name", ""))
+    except (OSError, ValueError):
+        return None
+    return kind
+
+
 def folder_info(folder: Path) -> tuple[str, Optional[tuple[int, int]]]:
     """(kind, native (height, width)) of a diffusers folder from its JSON files (no torch)."""
     index = json.loads((folder / "model_index.json").read_text())

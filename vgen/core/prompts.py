@@ -75,8 +75,9 @@ def word_starts(tokenizer, ids: list[int]) -> set[int]:
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     if any(p.endswith("</w>") for p in pieces):
         return {i for i in range(1, len(ids)) if ids[i - 1] in special or pieces[i - 1].endswith("</w>")}
-    if any(p.startswith(("▁", "Ġ")) for p in pieces):
-        return {i for i in range(1, len(ids)) if pieces[i].startswith(("▁", "Ġ")) or ids[i - 1] in special}
+    if any(p.startswith(("▁", "Ġ")) for p in pieces):  # T5/UMT5 put no start token: a word may begin at 0
+        return {i for i in range(len(ids)) if ids[i] not in special
+                and (pieces[i].startswith(("▁", "Ġ")) or i == 0 or ids[i - 1] in special)}
     return set(range(1, len(ids)))
 
 

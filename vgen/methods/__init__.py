@@ -24,6 +24,9 @@ class MethodInfo:
     # The method's own defaults over the schema's (dotted key -> value): the paper's setting. A model's
     # vgen.yaml goes over these (what suits that model), --config / flags / key=value over that.
     defaults: dict[str, Any] = field(default_factory=dict)
+    # Per model family, what replaces `defaults` where the paper's setting does not apply (a scheduler the family
+    # cannot run, a guidance scale made for another model): family name -> dotted key -> value.
+    family_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Whether it runs with one video split over several processes (runtime.context_parallel); if not, why
     context_parallel: bool = False
     no_context_parallel: str = ""
@@ -58,13 +61,15 @@ METHODS: dict[str, MethodInfo] = {
             "vgen.methods.vico.runner",
             "Vico: compositional video by equalising attention flow (the weakest key token's flow is raised "
             "by a gradient step on the latent)",
-            ("unet3d", "motion"),
+            ("unet3d", "motion", "wan"),
             paper="arXiv 2407.06182",
             config="configs/vico.yaml",
             no_context_parallel="its attention recording (the flow's probabilities) bypasses diffusers' attention dispatch and would see only this rank's share of the tokens",
             knobs=("vico.words", "vico.lr", "vico.graph", "vico.flow", "vico.objective"),
             # the paper's sampling (VideoCrafter2 script): DPM-Solver++ 50 steps, guidance 12
             defaults={"sampler.steps": 50, "sampler.guidance": 12.0, "sampler.scheduler": "sde-dpm++"},
+            # on Wan (no paper setting): the model's own scheduler and WanPipeline's guidance, 50 steps
+            family_defaults={"wan": {"sampler.scheduler": "model", "sampler.guidance": 5.0}},
         ),
         MethodInfo(
             "i4vgen",

@@ -29,6 +29,7 @@ class AttentionSite:
 
     key: str  # e.g. "blocks.0.attn2.processor"
     role: str  # "spatial-self" | "cross" | "temporal" | "self" (all video tokens at once)
+    block: Optional[int] = None  # the transformer block it belongs to (DiTs), in forward order
 
 
 class Family:
@@ -130,6 +131,32 @@ class Family:
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: "Components") -> list[AttentionSite]:
         raise NotImplementedError
+
+    # The attention internals below serve methods that read a DiT's attention probabilities (Vico on Wan).
+    readable_attention: tuple[str, ...] = ("wan",)  # the families that implement them
+
+    def _no_readable_attention(self) -> ConfigError:
+        return ConfigError(f"reading the attention of a {self.name} model is not supported; families that can: "
+                           f"{', '.join(self.readable_attention)}")
+
+    def attention_qkv(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                      rotary_emb: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A site's query, key and value [B, heads, N, d] exactly as its own processor makes them (projections,
+        q/k norms, rotary embedding), so that a method can compute the site's probabilities itself."""
+        raise self._no_readable_attention()
+
+    def attention_output(self, attn: Any, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The site's output from attention values [B, heads, N, d] (head merge and output projection)."""
+        raise self._no_readable_attention()
+
+    def token_grid(self, components: "Components", latent_shape: tuple) -> tuple[int, int, int]:
+        """(frames, height, width) of the tokens a self-attention site sees for latents of `latent_shape`
+        [B, C, F, H, W]; tokens are frame-major (token n = f·h·w + y·w + x)."""
+        raise self._no_readable_attention()
+
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The denoiser's transformer blocks in forward order (what a gradient pass checkpoints one by one)."""
+        raise self._no_readable_attention()
 
     # --- LoRA -----------------------------------------------------------------------------------
     lora_loader: Optional[str] = None  # the diffusers pipeline class whose load_lora_weights reads this family's files

@@ -222,7 +222,45 @@ class WanFamily(Family):
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: Any) -> list[AttentionSite]:
         """Each block: attn1 self-attention over all F·h·w tokens (RoPE), attn2 cross-attention to the text."""
-        return [AttentionSite(key, "cross" if ".attn2." in key else "self") for key in components.unet.attn_processors]
+        return [AttentionSite(key, "cross" if ".attn2." in key else "self", int(key.split(".")[1]))
+                for key in components.unet.attn_processors]
+
+    def attention_qkv(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                      rotary_emb: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """WanAttnProcessor's q, k, v (TW:95-118): projections, RMSNorm over all heads, head split, RoPE on q
+        and k; returned as [B, heads, N, d]. Text-to-video only (no image keys)."""
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if attn.add_k_proj is not None:
+            raise ValueError("Wan image-conditioned attention (I2V) is not supported here")
+        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        if rotary_emb is not None:
+            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+    def attention_output(self, attn: Any, out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        hidden = out.transpose(1, 2).flatten(2, 3).type_as(like)
+        return attn.to_out[1](attn.to_out[0](hidden))
+
+    def token_grid(self, components: Any, latent_shape: tuple) -> tuple[int, int, int]:
+        pt, ph, pw = components.unet.config.patch_size
+        f, h, w = latent_shape[2:]
+        return f // pt, h // ph, w // pw
+
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(model.blocks)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """WanAttnProcessor's rotary embedding of [B, N, heads, d] (interleaved pairs), the same arithmetic."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
 
 
 def _to_frames(video: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Activation checkpointing of a UNet's layers during Vico's gradient pass (diffusers' UNet3D has none)."""
+"""Activation checkpointing during Vico's gradient pass: a UNet's layers (diffusers' UNet3D has none) or a
+DiT's blocks, each recomputed in backward."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def checkpoint_units(unet: torch.nn.Module, levels: Optional[int] = None) -> lis
     return [m for level, m in placed if levels is None or level < levels]
 
 
-def _checkpointed(forward: Callable, context_fn: Callable) -> Callable:
+def checkpointed_forward(forward: Callable, context_fn: Callable) -> Callable:
     """``forward`` that keeps only its inputs for backward and recomputes the rest there. Non-reentrant,
     so the forward builds the real graph: tensors taken out of it (recorded maps) stay connected and
     backward through them recomputes the saved tensors they need (early stop: no further)."""
@@ -45,14 +46,11 @@ def _checkpointed(forward: Callable, context_fn: Callable) -> Callable:
 
 
 @contextmanager
-def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder, levels: Optional[int] = None) -> Iterator[None]:
-    """Activation checkpointing of ``checkpoint_units`` for the length of the block (diffusers' UNet3D has
-    none): a gradient pass stores one input per layer instead of every activation. Models are eval()
-    (no dropout), so no RNG state is kept for the recompute."""
-    units = checkpoint_units(unet, levels)
+def checkpointed_modules(units: list[torch.nn.Module], context_fn: Callable) -> Iterator[None]:
+    """Each of ``units`` checkpointed (``checkpointed_forward``) for the length of the block."""
     previous = [m.__dict__.get("forward") for m in units]
     for m in units:
-        m.forward = _checkpointed(m.forward, recorder.checkpoint_contexts)
+        m.forward = checkpointed_forward(m.forward, context_fn)
     try:
         yield
     finally:
@@ -61,3 +59,12 @@ def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder, levels: Opt
                 del m.forward
             else:
                 m.forward = forward
+
+
+@contextmanager
+def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder, levels: Optional[int] = None) -> Iterator[None]:
+    """Activation checkpointing of ``checkpoint_units`` for the length of the block (diffusers' UNet3D has
+    none): a gradient pass stores one input per layer instead of every activation. Models are eval()
+    (no dropout), so no RNG state is kept for the recompute."""
+    with checkpointed_modules(checkpoint_units(unet, levels), recorder.checkpoint_contexts):
+        yield

@@ -17,7 +17,7 @@ class VicoConfig:
     Defaults follow the public code (github Adamdad/vico); our variants are named values of the same keys.
     """
 
-    tokens: list[int] = field(default_factory=list)  # explicit key-token indices in the encoded prompt (start token = 0)
+    tokens: list[int] = field(default_factory=list)  # explicit key-token indices in the encoded prompt (CLIP: start token = 0; T5/UMT5: first word = 0)
     words: list[str] = field(default_factory=list)  # key words ("cat,dog" or [cat, dog]); multi-token words count as their span
     select: str = "official"  # automatic key words: official (nouns + verbs + left/right/top/bottom) | nouns (ours)
     stop_words: list[str] = field(default_factory=list)  # words automatic selection never keeps
@@ -44,6 +44,11 @@ class VicoConfig:
     latent: str = "float32"  # float32: a float32 master latent across the loop (ours) | model: the model's dtype, Adam in place (public code)
     checkpoint: bool = True  # gradient pass recomputes UNet layers in backward: same gradient, a fraction of the memory
     checkpoint_levels: Optional[int] = None  # checkpoint only the layers of this many finest resolutions (None: all)
+    # DiTs (Wan; vico/dit.py): unit b = block b's cross-attention, then the same-position slices of the next blocks'
+    # self-attention (ours: no public code runs Vico on a DiT)
+    dit_temporal: int = 2  # temporal slices chained after each cross-attention (a UNet unit has two temporal layers)
+    dit_blocks: list[int] = field(default_factory=list)  # blocks whose cross-attention counts (empty: every block)
+    dit_slice: str = "raw"  # raw: the full softmax's same-position probabilities | normalised: each row rescaled over frames
 
 
 def check(section: VicoConfig) -> None:
@@ -57,6 +62,10 @@ def check(section: VicoConfig) -> None:
     choice("vico.units", section.units, ("official", "outer"))
     choice("vico.schedule", section.schedule, ("absolute", "fraction"))
     choice("vico.latent", section.latent, ("float32", "model"))
+    choice("vico.dit_slice", section.dit_slice, ("raw", "normalised"))
+    at_least("vico.dit_temporal", section.dit_temporal, 0)
+    if any(int(b) != b or b < 0 for b in section.dit_blocks):
+        raise ConfigError(f"config key 'vico.dit_blocks' holds block indices >= 0, got {list(section.dit_blocks)}")
     at_least("vico.update_until", section.update_until, 0)
     above("vico.tau", section.tau, 0)
     above("vico.adam_eps", section.adam_eps, 0)

@@ -9,9 +9,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from vgen.core.prompts import PromptEmbeds
+from vgen.core.prompts import PromptEmbeds, leading_tokens
 from vgen.core.sampler import predict_noise
-from vgen.methods.vico.checkpointing import checkpointed
 from vgen.methods.vico.config import VicoConfig
 from vgen.methods.vico.flow import full_graph_flow, st_flow_blocks
 from vgen.methods.vico.keys import KeyToken
@@ -41,7 +40,7 @@ class VicoGuide:
         recorder.tokens = n_tokens
         self.plan, self.steps = update_plan(cfg, steps), steps
         self.lrs = lr_schedule(cfg.lr, steps)
-        self.factor = max((s.factor for s in recorder.specs.values()), default=1)
+        self.lead = leading_tokens(components.tokenizer)  # tokens before the prompt's first: CLIP 1, T5/UMT5 0
         self.history: list[dict] = []
         # key-token scores once the updates are over: one no-grad measurement at the first step after them,
         # or right after the last update where the updates run to the last step (the public schedule with
@@ -53,16 +52,14 @@ class VicoGuide:
 
     def measure(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, scores [K], maps [K, F, h, w]) at latent x [1, C, F, H, W]; differentiable in x."""
-        f, H, W = x.shape[2:]
-        h, w = H, W
-        for _ in range(int(math.log2(self.factor))):
-            h, w = -(-h // 2), -(-w // 2)
+        f, h, w = self.recorder.grid(tuple(x.shape))
         blocks = self.record(x, t)
         # the tiled product keeps O(P*F*J) for backward instead of every P*F*F*J term, and needs fewer
         # transcendentals (2-3x faster than the plain broadcast at these sizes)
         flow = attention_flow(blocks, self.cfg, tiled=True)
         del blocks
-        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma, self.cfg.smoothing)
+        maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma, self.cfg.smoothing,
+                          self.lead)
         scores = token_scores(maps)
         return vico_loss(scores, self.cfg.objective), scores, maps
 
@@ -73,7 +70,8 @@ class VicoGuide:
         self.recorder.clear()
         self.recorder.active = True
         try:
-            with checkpointed(self.c.unet, self.recorder, self.cfg.checkpoint_levels) if lean else nullcontext():
+            model = self.c.family.denoiser_at(self.c, t)
+            with self.recorder.lean(model, self.cfg.checkpoint_levels) if lean else nullcontext():
                 model_in = self.scheduler.scale_model_input(x.to(self.c.dtype), t)
                 predict_noise(self.c, model_in, t, self.prompt.cond[:1])
         except RecordingComplete:

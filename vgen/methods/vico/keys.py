@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vgen.core.prompts import prompt_length, token_spans, word_span_at
+from vgen.core.prompts import leading_tokens, prompt_length, token_spans, word_span_at
 from vgen.errors import ConfigError
 from vgen.methods.vico.config import VicoConfig
 
@@ -47,10 +47,11 @@ def select_key_tokens(tokenizer, prompt: str, cfg: VicoConfig) -> list[KeyToken]
     """Key tokens from explicit indices, else from words (each word's every occurrence, as one span), else
     automatic (``key_words``: one key token per occurrence, a word split into several tokens as its span)."""
     n = prompt_length(tokenizer, prompt)
+    lead = leading_tokens(tokenizer)  # CLIP's start token: the first word is token 1; T5/UMT5: token 0
     if cfg.tokens:
-        bad = [i for i in cfg.tokens if not 1 <= i <= n - 2]
+        bad = [i for i in cfg.tokens if not lead <= i <= n - 2]
         if bad:
-            raise ConfigError(f"vico.tokens {bad} are outside the prompt's tokens 1..{n - 2}")
+            raise ConfigError(f"vico.tokens {bad} are outside the prompt's tokens {lead}..{n - 2}")
         return [KeyToken(f"#{i}", (i,)) for i in dict.fromkeys(cfg.tokens)]
     words = [w.strip() for item in cfg.words for w in str(item).split(",") if w.strip()]
     if words:

@@ -119,6 +119,20 @@ class AttentionRecorder:
     def clear(self) -> None:
         self.probs = {}
 
+    def grid(self, latent_shape: tuple) -> tuple[int, int, int]:
+        """(frames, h, w) of the recorded maps for latents [B, C, F, H, W]: the recorded resolution."""
+        factor = max((s.factor for s in self.specs.values()), default=1)
+        h, w = latent_shape[3:]
+        for _ in range(factor.bit_length() - 1):
+            h, w = -(-h // 2), -(-w // 2)
+        return latent_shape[2], h, w
+
+    def lean(self, model: torch.nn.Module, levels: Optional[int] = None):
+        """Activation checkpointing of the model's layers while a gradient pass records (``checkpointed``)."""
+        from vgen.methods.vico.checkpointing import checkpointed
+
+        return checkpointed(model, self, levels)
+
     def blocks(self, frames: int, batch_index: int = 0) -> list[tuple]:
         """Recordings as flow.py blocks, one per unit in forward order: (C [F,P,J], S [F,P,P] or None,
         [T [P,F,F], ...]) for batch element ``batch_index``."""

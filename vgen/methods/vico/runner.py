@@ -25,6 +25,8 @@ one extra batch-1 forward.
 
 from __future__ import annotations
 
+from typing import ContextManager
+
 import torch
 
 from vgen.config import JobConfig
@@ -34,6 +36,7 @@ from vgen.core.schedulers import prepare_scheduler
 from vgen.methods.context import RunContext
 from vgen.methods.vico.guide import VicoGuide, fmt_score
 from vgen.methods.vico.keys import select_key_tokens
+from vgen.methods.vico.dit import record_dit_attention
 from vgen.methods.vico.recorder import record_attention
 from vgen.models import Components
 from vgen.video import Video
@@ -41,13 +44,24 @@ from vgen.video import Video
 
 def prepare(job: JobConfig, components: Components, ctx: RunContext):
     """Everything a Vico run starts from: prompt embeddings, scheduler, x_T and the key tokens."""
-    s = job.sampler
+    s, family = job.sampler, components.family
+    frames = family.video_frames(components, job.video.frames)
+    if frames != job.video.frames:
+        ctx.log(f"{components.name} makes {family.frame_rule} frames: {job.video.frames} -> {frames}")
     prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
-    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
-    shape = latent_shape(components, job.video.frames, ctx.height, ctx.width)
+    shape = latent_shape(components, frames, ctx.height, ctx.width)
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device, family, shape)
     latents = initial_latents(components, shape, ctx.generator, scheduler)
     keys = select_key_tokens(components.tokenizer, job.prompt, job.vico)
     return prompt, scheduler, latents, keys
+
+
+def recording(components: Components, cfg) -> ContextManager:
+    """The recorder of Vico's graph for this model: a UNet's cross + temporal layers, or a DiT's blocks (its
+    family has sites that attend over all video tokens at once) with their same-position slices."""
+    if any(site.role == "self" for site in components.family.attention_sites(components)):
+        return record_dit_attention(components, cfg, stop_when_complete=True)
+    return record_attention(components.unet, cfg.graph, stop_when_complete=True, units=cfg.units)
 
 
 def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
@@ -59,15 +73,15 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         ctx.log(message)
         meta["skipped"] = message
         latents = denoise(components, scheduler, latents, prompt, s.guidance, generator=ctx.generator,
-                          eta=s.eta, progress=ctx.progress)
+                          eta=s.eta, progress=ctx.progress, guidance_2=s.guidance_2)
     else:
         n_tokens = prompt_length(components.tokenizer, job.prompt)
         master = torch.float32 if cfg.latent == "float32" else None  # model: x_T stays in the model's dtype
-        with record_attention(components.unet, cfg.graph, stop_when_complete=True, units=cfg.units) as recorder:
+        with recording(components, cfg) as recorder:
             guide = VicoGuide(cfg, components, scheduler, prompt, keys, n_tokens, recorder, s.steps, ctx.log)
             latents = denoise(components, scheduler, latents, prompt, s.guidance, generator=ctx.generator,
                               eta=s.eta, progress=ctx.progress, pre_step=guide, description="denoising (vico)",
-                              master_dtype=master)
+                              master_dtype=master, guidance_2=s.guidance_2)
         weakest = guide.weakest()
         updates = sum(r["updates"] for r in guide.history)
         if updates == 0:

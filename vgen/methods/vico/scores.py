@@ -32,12 +32,13 @@ def smooth_maps(maps: torch.Tensor, sigma: float, kind: str = "official") -> tor
 
 
 def token_maps(flow: torch.Tensor, keys: list[KeyToken], n_tokens: int, h: int, w: int,
-               scale: float = 100.0, sigma: float = 0.5, smoothing: str = "official") -> torch.Tensor:
+               scale: float = 100.0, sigma: float = 0.5, smoothing: str = "official", lead: int = 1) -> torch.Tensor:
     """Each key token's smoothed map [K, F, h, w]: softmax over the real tokens of scale*flow, the key's
-    span summed (a multi-token word holds its span's share), then the 3x3x3 smoothing."""
+    span summed (a multi-token word holds its span's share), then the 3x3x3 smoothing. Real tokens are
+    lead .. n_tokens-2: after the ``lead`` start tokens (CLIP 1, T5/UMT5 0), before the end token."""
     F = flow.shape[0]
-    probs = (flow[..., 1 : n_tokens - 1].float() * scale).softmax(dim=-1)  # real tokens only
-    maps = torch.stack([probs[..., [i - 1 for i in k.indices]].sum(-1) for k in keys])  # [K, F, P]
+    probs = (flow[..., lead : n_tokens - 1].float() * scale).softmax(dim=-1)  # real tokens only
+    maps = torch.stack([probs[..., [i - lead for i in k.indices]].sum(-1) for k in keys])  # [K, F, P]
     return smooth_maps(maps.reshape(len(keys), F, h, w), sigma, smoothing)
 
 
