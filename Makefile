@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
+.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico eval-vico-wan tune-vico-wan bench-vico-wan device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -19,11 +19,13 @@ help:
 	@echo "make bench-cp - one Wan video over 1 vs 2 CPU processes (context parallelism; not representative of GPUs)"
 	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
+	@echo "make bench-vico-wan - Vico vs vanilla on wan-quarter (Wan 2.1 1.3B's layout, CPU-sized: 5 frames, 240x416)"
 	@echo "make measure-memory - peak memory of vanilla sampling, measured against vgen.sizes' estimate (docs/sizes.md)"
 	@echo "make setup   - only create/refresh .venv"
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
+	@echo "make eval-vico-wan [TOY_WAN=folder] - Vico vs vanilla toy-wan, held-out prompts (tune-vico-wan: lr on tuning prompts)"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
 	@echo "make eval-i4vgen-oracle - I4VGen started from the toy world's own anchor / clip: what a perfect stage could give"
 
@@ -96,6 +98,27 @@ bench-vico-zeroscope: $(STAMP)
 eval-vico: $(STAMP)
 	$(BIN)/python scripts/key_tokens_agreement.py
 	$(BIN)/python scripts/compare_vico.py --n 100 --offset 100 --json outputs/compare_vico/heldout.json --resume
+
+# Vico on toy-wan (issue 35): base vs Vico on held-out prompts 100.. of each sequence, 2 and 3 objects, with the
+# model's own vgen.yaml vico section (its lr, chosen by tune-vico-wan on prompts 0..); 17 frames, 20 UniPC steps,
+# guidance 5. TOY_WAN: the built-in name or a folder (e.g. an interim export).
+TOY_WAN ?= toy-wan
+VICO_WAN_N ?= 50
+eval-vico-wan: $(STAMP)
+	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n $(VICO_WAN_N) --offset 100 \
+	    --variant vico=vico.select=official --json outputs/compare_vico/heldout-wan.json --resume
+
+# the lr grid on tuning prompts 0..11 of each sequence (small fixed budget)
+tune-vico-wan: $(STAMP)
+	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n 12 --offset 0 \
+	    --variant lr1e-4=vico.lr=1e-4 --variant lr1e-3=vico.lr=1e-3 --variant lr1e-2=vico.lr=1e-2 \
+	    --variant lr1e-1=vico.lr=1e-1 --json outputs/compare_vico/tune-wan.json --resume
+
+# Vico's cost on wan-quarter (Wan 2.1 1.3B's 30 blocks, 12 heads, quarter widths): time and peak memory against
+# vanilla, the model's own scheduler, 20 steps (the public schedule updates at every one); CPU-sized
+bench-vico-wan: $(STAMP)
+	$(BIN)/python scripts/bench_vico.py --models wan-quarter --scheduler model --frames 5 --height 240 --width 416 \
+	    --steps 20 --repeats 1 --memory-steps 4
 
 # The one prepared command for a GPU machine (< 8 min on one H200). No venv there: it runs on the machine's
 # python3 with its torch and triton, and installs what the machine lacks from .whl/ (make device-wheels,

@@ -4,7 +4,8 @@
         [--repeats 3] [--threads 1] [--memory rss|profiler] [--memory-steps N] [--set vico.checkpoint=false ...]
 
 Models: tiny-random-unet3d and tiny-random-motion, plus the toy model when vgen/assets/toy exists;
---models zeroscope-quarter runs ZeroScope's layout at its size (make bench-vico-zeroscope; long on a CPU).
+--models zeroscope-quarter runs ZeroScope's layout at its size (make bench-vico-zeroscope; long on a CPU);
+--models wan-quarter --scheduler model Wan 2.1 1.3B's layout (make bench-vico-wan).
 Every (model, method) gets two fresh subprocesses, one for memory and one for time; each loads the
 model and warms up with a 2-step run of the same job first (first-call allocations and kernel setup
 are not the method's cost). Time: median of --repeats generations (model loading excluded).
@@ -98,7 +99,7 @@ def child(args) -> None:
     job = build_job(flags=flags, overrides=overrides)
     warmup = build_job(flags={**flags, "sampler.steps": 2}, overrides=overrides)
     components = ModelCache().get(job)
-    h, w = resolve_size(components, None, None)
+    h, w = resolve_size(components, args.height, args.width)
     runner = load_runner(args.method)
     cuda = components.device.type == "cuda"
     result = {}
@@ -139,7 +140,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--scheduler", default="ddim")
+    ap.add_argument("--scheduler", default="ddim", help="sampler.scheduler (Wan: model, its UniPC flow)")
+    ap.add_argument("--height", type=int, default=None, help="video height (default: the model's native size)")
+    ap.add_argument("--width", type=int, default=None, help="video width (default: the model's native size)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per (model, method); the median is shown")
     ap.add_argument("--memory-steps", type=int, default=0,
@@ -160,7 +163,8 @@ def main() -> None:
     models = args.models or ["tiny-random-unet3d", "tiny-random-motion"]
     if args.models is None and (ROOT / "vgen" / "assets" / "toy").is_dir():
         models.append("toy")
-    print(f"steps={args.steps} memory-steps={args.memory_steps or args.steps} frames={args.frames} scheduler={args.scheduler} device={args.device} "
+    print(f"steps={args.steps} memory-steps={args.memory_steps or args.steps} frames={args.frames} scheduler={args.scheduler} "
+          f"size={args.height or 'native'}x{args.width or 'native'} device={args.device} "
           f"threads={args.threads} repeats={args.repeats} memory={args.memory} set={args.set} prompt='{args.prompt}'")
     print(f"{'model':<20} {'vanilla s':>9} {'vico s':>8} {'time x':>7} {'vanilla MiB':>11} {'vico MiB':>9} "
           f"{'mem x':>6} {'updates':>7} {'upd/step':>8}  load")
@@ -199,7 +203,8 @@ def run_child(args, model: str, method: str, measure: str) -> dict:
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     cmd = [sys.executable, __file__, "--child", "--model", model, "--method", method, "--measure", measure,
            "--steps", str(args.memory_steps if measure == "memory" and args.memory_steps else args.steps), "--frames", str(args.frames), "--scheduler", args.scheduler,
-           "--device", args.device, "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--device", args.device, "--repeats", str(args.repeats),
+           *(["--height", str(args.height)] if args.height else []), *(["--width", str(args.width)] if args.width else []), "--threads", str(args.threads),
            "--memory", args.memory, "--prompt", args.prompt, "--set", *args.set]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:

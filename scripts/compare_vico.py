@@ -1,7 +1,9 @@
 """Does Vico make multi-object prompts come true? Base vs Vico all-objects-present rate on the toy world.
 
     .venv/bin/python scripts/compare_vico.py [--model toy] [--n 100] [--offset K] [--objects 2 3] [--steps 20]
-        [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--json out.json] [--resume]
+        [--frames 8] [--scheduler ddim] [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--json out.json] [--resume]
+
+On toy-wan (make eval-vico-wan): --model <toy-wan folder> --frames 17 --scheduler model (its UniPC flow).
 
 Held-out 2- and 3-object compositions (vgen.toyworld.eval_prompts) are generated with the vanilla runner
 and with Vico under each variant, from the same seed per prompt, and scored by the exact toy-world detector
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--scheduler", default="ddim", help="sampler.scheduler (toy-wan: model, its UniPC flow)")
+    ap.add_argument("--draws", type=int, default=1000, help="paired bootstrap draws for the 95%% intervals")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -81,7 +85,7 @@ def main() -> None:
     def generate(prompt: str, seed: int, method: str, overrides: list[str]) -> dict:
         job = build_job(flags={"prompt": prompt, "method": method, "model.id": args.model, "seed": seed,
                                "sampler.steps": args.steps, "sampler.guidance": args.guidance,
-                               "sampler.scheduler": "ddim", "video.frames": args.frames,
+                               "sampler.scheduler": args.scheduler, "video.frames": args.frames,
                                "runtime.device": args.device}, overrides=overrides)
         components = cache.get(job)
         h, w = resolve_size(components, None, None)
@@ -123,7 +127,7 @@ def main() -> None:
 
     from vgen.eval.stats import sign_test_p
 
-    print(f"\nmodel={args.model} DDIM {args.steps} steps, {args.frames} frames, guidance {args.guidance}; "
+    print(f"\nmodel={args.model} {args.scheduler} {args.steps} steps, {args.frames} frames, guidance {args.guidance}; "
           f"prompts {args.offset}..{args.offset + args.n - 1} of each sequence (--seed {args.seed}); "
           f"same seed per prompt; variants: " + "; ".join(f"{n}: {' '.join(o)}" for n, o in variants.items()))
     names = list(runs)
@@ -143,7 +147,33 @@ def main() -> None:
         moved = [r[name]["info"]["weakest"].get("moved") for r in records if r[name].get("info", {}).get("weakest")]
         print(f"{name}: all-present gained on {wins} prompts, lost on {losses} (sign test p {sign_test_p(wins, losses):.2g}); "
               f"weakest key token moved in {sum(bool(m) for m in moved)}/{len(moved)} runs")
+    print(f"vs base, all present, difference in points with its 95% interval (paired bootstrap over prompts, "
+          f"{args.draws} draws; an interval holding 0 is within what the seeds alone could do):")
+    for name in names[1:]:
+        cells = []
+        for n_obj in [*args.objects, None]:
+            rows = [r for r in records if n_obj is None or r["objects"] == n_obj]
+            v, lo, hi = paired_interval([r[name]["all_present"] for r in rows], [r["base"]["all_present"] for r in rows],
+                                        args.draws)
+            cells.append(f"{'all' if n_obj is None else f'{n_obj} obj'} {v:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        print(f"  {name}: " + "; ".join(cells))
     failure_report(records, names)
+
+
+def paired_interval(mine: list, base: list, draws: int = 1000, seed: int = 0, level: float = 0.95) -> tuple:
+    """(difference of means in points, low, high): the interval from a paired bootstrap over prompts (each draw
+    resamples prompt indices with replacement and takes both runs of those prompts)."""
+    import numpy as np
+
+    a, b = np.asarray(mine, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    if not len(a):
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (draws, len(a)))
+    diffs = 100 * (a[idx].mean(1) - b[idx].mean(1))
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return float(100 * (a.mean() - b.mean())), float(low), float(high)
 
 
 def noun_labels(objects: list[dict]) -> list[str]:
