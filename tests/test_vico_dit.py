@@ -272,3 +272,37 @@ def test_vico_on_wan_resolves_wan_defaults_and_runs_from_the_cli(tmp_path):
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert r.returncode != 0 and len(lines) == 1 and "vico.graph=full is not available on wan" in lines[0]
     assert not list(tmp_path.glob("full*"))
+
+
+def test_block_checkpointing_keeps_the_gradient(wan):
+    """vico.checkpoint recomputes each Wan block in backward: the latent's gradient is the one without it."""
+    from vgen.core.prompts import encode_prompt
+    from vgen.core.schedulers import prepare_scheduler
+    from vgen.methods.vico.config import VicoConfig
+    from vgen.methods.vico.guide import VicoGuide
+    from vgen.methods.vico.keys import select_key_tokens
+    from vgen.methods.vico.runner import recording
+
+    prompt = encode_prompt(wan, PROMPT, "", 5.0)
+    latents = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    scheduler = prepare_scheduler("model", wan.scheduler, 4, wan.device, wan.family, tuple(latents.shape))
+    grads, calls = [], []
+    for checkpoint in (False, True):
+        cfg = VicoConfig(words=["circle", "square"], checkpoint=checkpoint)
+        keys = select_key_tokens(wan.tokenizer, PROMPT, cfg)
+        with recording(wan, cfg) as recorder:
+            guide = VicoGuide(cfg, wan, scheduler, prompt, keys, 8, recorder, 4)
+            x = latents.clone().requires_grad_(True)
+            blocks = wan.family.blocks(wan.unet)
+            count = []
+            hook = blocks[0].norm1.register_forward_hook(lambda *args: count.append(1))
+            with torch.enable_grad():
+                loss = guide.measure(x, scheduler.timesteps[1])[0]
+                loss.backward()
+            hook.remove()
+            assert not any("forward" in b.__dict__ for b in blocks)  # the blocks' own forward is back
+        grads.append(x.grad)
+        calls.append(len(count))
+    assert calls == [1, 2]  # checkpointed: block 0 ran again in backward
+    assert float(grads[0].abs().max()) > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
