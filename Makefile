@@ -19,7 +19,7 @@ help:
 	@echo "make bench-cp - one Wan video over 1 vs 2 CPU processes (context parallelism; not representative of GPUs)"
 	@echo "make bench-batch - vgen batch of 8 toy jobs: 2 processes x 1 thread (--nproc 2) vs 1 process x 2 threads"
 	@echo "make bench-vico-zeroscope - Vico vs vanilla at ZeroScope's layout and size (1/4 width; ~1.5 h on a CPU)"
-	@echo "make bench-vico-wan - Vico vs vanilla on wan-quarter (Wan 2.1 1.3B's layout, CPU-sized: 5 frames, 240x416)"
+	@echo "make bench-vico-wan - Vico vs vanilla on wan-quarter (Wan 2.1 1.3B's layout, CPU-sized: 5 frames, 160x256)"
 	@echo "make measure-memory - peak memory of vanilla sampling, measured against vgen.sizes' estimate (docs/sizes.md)"
 	@echo "make setup   - only create/refresh .venv"
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
@@ -117,7 +117,7 @@ tune-vico-wan: $(STAMP)
 # Vico's cost on wan-quarter (Wan 2.1 1.3B's 30 blocks, 12 heads, quarter widths): time and peak memory against
 # vanilla, the model's own scheduler, 20 steps (the public schedule updates at every one); CPU-sized
 bench-vico-wan: $(STAMP)
-	$(BIN)/python scripts/bench_vico.py --models wan-quarter --scheduler model --frames 5 --height 240 --width 416 \
+	$(BIN)/python scripts/bench_vico.py --models wan-quarter --scheduler model --frames 5 --height 160 --width 256 \
 	    --steps 20 --repeats 1 --memory-steps 4
 
 # The one prepared command for a GPU machine (< 8 min on one H200). No venv there: it runs on the machine's

@@ -58,6 +58,7 @@ def slices(monkeypatch):
     except ImportError:
         module = types.ModuleType("vgen.core.attention_slices")
         module.same_position_attention = naive_same_position
+        module.row_logsumexp = lambda q, k, scale: (q.float() @ k.float().transpose(-1, -2) * scale).logsumexp(-1)
         monkeypatch.setitem(sys.modules, "vgen.core.attention_slices", module)
 
 
@@ -268,10 +269,14 @@ def test_vico_on_wan_resolves_wan_defaults_and_runs_from_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert list(tmp_path.glob("*_flow_step0.png"))
     r = vgen_in_process("generate", PROMPT, "--model", "tiny-random-wan", "--method", "vico", "vico.graph=full",
-                        "--frames", "5", "--steps", "2", "--out", tmp_path / "full.mp4")
+                        "vico.dit_pool=3", "--frames", "5", "--steps", "2", "--out", tmp_path / "full.mp4")
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    assert r.returncode != 0 and len(lines) == 1 and "vico.graph=full is not available on wan" in lines[0]
+    assert r.returncode != 0 and lines[-1] == "error: vico.dit_pool=3 does not divide the 2x2 token grid"
     assert not list(tmp_path.glob("full*"))
+    r = vgen_in_process("generate", PROMPT, "--model", "tiny-random-wan", "--method", "vico", "vico.graph=full",
+                        "--frames", "5", "--steps", "2", "--out", tmp_path / "full.mp4")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "full.json").read_text())["method_info"]["vico"]["graph"] == "full"
 
 
 def test_block_checkpointing_keeps_the_gradient(wan):
@@ -306,3 +311,62 @@ def test_block_checkpointing_keeps_the_gradient(wan):
     assert calls == [1, 2]  # checkpointed: block 0 ran again in backward
     assert float(grads[0].abs().max()) > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_pooled_attention_equals_the_pooled_full_softmax_and_its_gradient():
+    """graph full on a DiT: the tiled pooled attention against the full softmax pooled by hand (float64)."""
+    from vgen.methods.vico import dit
+
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, 2, 12, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    cells = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3])  # 2 frames of 2x3 tokens, 1x2 cells... any grouping
+    w = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    P = (q @ k.transpose(-1, -2) * 0.7).softmax(-1).mean(1)[0]  # [12, 12]
+    ref = torch.stack([torch.stack([P[cells == i][:, cells == j].sum(1).mean() for j in range(4)]) for i in range(4)])
+    (ref * w).sum().backward()
+    ref_grads = q.grad.clone(), k.grad.clone()
+    q.grad = k.grad = None
+    old = dit.POOL_TILE_BUDGET
+    dit.POOL_TILE_BUDGET = 2 * 12 * 5  # tiles of 5 query rows: 3 tiles, the last one short
+    try:
+        out = dit.pooled_attention(q, k, cells, 0.7)
+    finally:
+        dit.POOL_TILE_BUDGET = old
+    torch.testing.assert_close(out[0], ref)
+    torch.testing.assert_close(out[0].sum(-1), torch.ones(4, dtype=torch.float64))  # rows stay distributions
+    (out[0] * w).sum().backward()
+    torch.testing.assert_close(q.grad, ref_grads[0])
+    torch.testing.assert_close(k.grad, ref_grads[1])
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_full_graph_on_wan_chains_pooled_blocks(wan, pool):
+    """vico.graph=full: per block (C̃_b, S̃_b) from the recorded pass equal the naive pooled maps, and the flow is
+    max(C̃_1, S̃_1 ⊗ C̃_0) (soft), the formula of DIT.md §3 written out."""
+    from vgen.core.flow import soft_bottleneck_matmul, with_residual
+    from vgen.methods.vico.config import VicoConfig
+    from vgen.methods.vico.flow import full_graph_flow
+
+    latents, t, embeds = inputs_of(wan)
+    cfg = VicoConfig(graph="full", dit_pool=pool)
+    probs, inputs, recorder = recorded_pass(wan, cfg, latents, t, embeds)
+    assert recorder.grid(tuple(latents.shape)) == (3, 2 // pool, 2 // pool)
+    blocks = recorder.blocks(3)
+    cells = recorder.cells
+    M = int(cells.max()) + 1
+    assert M == 3 * 4 // pool**2
+    pool_rows = lambda x: torch.stack([x[cells == i].mean(0) for i in range(M)])  # noqa: E731
+    pool_both = lambda x: torch.stack([torch.stack([x[cells == i][:, cells == j].sum(1).mean() for j in range(M)])
+                                       for i in range(M)])  # noqa: E731
+    n = blocks[0][0].shape[-1]
+    C = []
+    for b in (0, 1):
+        attn, (hidden, context, *_) = inputs[f"blocks.{b}.attn2"]
+        C.append(pool_rows(naive_probs(attn, hidden, context).mean(1)[0, :, :n]))
+        torch.testing.assert_close(blocks[b][0][0].double(), C[b], rtol=1e-5, atol=1e-6)
+    attn, (hidden, _, _, rotary) = inputs["blocks.1.attn1"]
+    S = pool_both(naive_probs(attn, hidden, rotary=rotary).mean(1)[0])
+    assert blocks[0][1] is None
+    torch.testing.assert_close(blocks[1][1][0].double(), S, rtol=1e-5, atol=1e-6)
+    expected = 0.01 * torch.logaddexp(C[1] / 0.01, soft_bottleneck_matmul(with_residual(S), C[0], 0.01) / 0.01)
+    torch.testing.assert_close(full_graph_flow(blocks)[0].double(), expected, rtol=1e-4, atol=1e-5)

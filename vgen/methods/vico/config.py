@@ -49,6 +49,7 @@ class VicoConfig:
     dit_temporal: int = 2  # temporal slices chained after each cross-attention (a UNet unit has two temporal layers)
     dit_blocks: list[int] = field(default_factory=list)  # blocks whose cross-attention counts (empty: every block)
     dit_slice: str = "raw"  # raw: the full softmax's same-position probabilities | normalised: each row rescaled over frames
+    dit_pool: int = 2  # graph full on a DiT: tokens pooled in dit_pool x dit_pool cells per frame (1: every token)
 
 
 def check(section: VicoConfig) -> None:
@@ -64,6 +65,7 @@ def check(section: VicoConfig) -> None:
     choice("vico.latent", section.latent, ("float32", "model"))
     choice("vico.dit_slice", section.dit_slice, ("raw", "normalised"))
     at_least("vico.dit_temporal", section.dit_temporal, 0)
+    at_least("vico.dit_pool", section.dit_pool, 1)
     if any(int(b) != b or b < 0 for b in section.dit_blocks):
         raise ConfigError(f"config key 'vico.dit_blocks' holds block indices >= 0, got {list(section.dit_blocks)}")
     at_least("vico.update_until", section.update_until, 0)

@@ -13,6 +13,12 @@ self-attention of the blocks after it. So Vico's unit (cross -> temporal 1 -> te
     unit b = (C_b, [T_{b+1}, ..., T_{b+k}])   with k = vico.dit_temporal (2, as a UNet unit has two temporal layers),
 cut short at the last block, and its flow is ``st_flow`` in vico.order (official: (R_{b+2} ⊗ R_{b+1}) ⊗ C_b).
 Units are averaged (``st_flow_blocks``) as on UNets. Which cross-attentions count: vico.dit_blocks (empty: all).
+
+vico.graph=full (the paper's graph): every block, tokens pooled spatially in vico.dit_pool x dit_pool cells per
+frame (M nodes), the video one "frame" of M nodes for ``full_graph_flow``:
+    X_b = max(C̃_b, S̃_b ⊗ X_{b-1}),   S̃_b[I, J] = mean_{i ∈ I} Σ_{j ∈ J} P_b[i, j],   C̃_b[I, j] = mean_{i ∈ I} C_b[i, j]
+with P_b block b's self-attention (it runs before block b's cross-attention), computed query tile by query tile
+from the scores and each row's logsumexp, each tile recomputed in backward (``pooled_attention``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from torch.utils.checkpoint import checkpoint
+
 from vgen.core.attention import attention_processors, recorded_attention
 from vgen.errors import ConfigError
 from vgen.methods.vico.recorder import AttentionRecorder, RecordSpec
@@ -29,10 +37,13 @@ from vgen.methods.vico.recorder import AttentionRecorder, RecordSpec
 SLICES = ("raw", "normalised")
 
 
-def dit_specs(sites: list, blocks: list[int], temporal: int) -> list[RecordSpec]:
+def dit_specs(sites: list, blocks: list[int], temporal: int, graph: str = "default") -> list[RecordSpec]:
     """The sites the graph needs: the chosen blocks' cross-attention and the self-attention of the `temporal`
-    blocks after each (unit = the cross-attention's block index)."""
+    blocks after each (unit = the cross-attention's block index); graph full: every site but block 0's
+    self-attention (no flow reaches it yet)."""
     n = 1 + max((s.block for s in sites), default=-1)
+    if graph == "full":
+        return [RecordSpec(s.key, str(s.block), s.role, 1) for s in sites if s.role == "cross" or s.block > 0]
     chosen = sorted(set(blocks)) if blocks else list(range(n))
     bad = [b for b in chosen if not 0 <= b < n]
     if bad:
@@ -49,16 +60,27 @@ class DitRecorder(AttentionRecorder):
     """AttentionRecorder for DiT blocks: cross-attention maps [B, N, J] and same-position slices [B, P, F, F]."""
 
     def __init__(self, specs: list[RecordSpec], components: Any, temporal: int, slices: str = "raw",
-                 stop_when_complete: bool = False, tokens: Optional[int] = None):
+                 stop_when_complete: bool = False, tokens: Optional[int] = None, graph: str = "default", pool: int = 1):
         super().__init__(specs, stop_when_complete, tokens)
         self.components, self.temporal, self.slices = components, temporal, slices
+        self.graph, self.pool = graph, pool
         self.family = components.family
         self.frames = 1  # token frames of the pass being recorded (set by ``grid``)
+        self.cells: Optional[torch.Tensor] = None  # graph full: each token's pooled cell [N]
 
     def grid(self, latent_shape: tuple) -> tuple[int, int, int]:
+        """(frames, h, w) of the flow's maps: the token grid, pooled for graph full."""
         f, h, w = self.family.token_grid(self.components, latent_shape)
         self.frames = f
-        return f, h, w
+        if self.graph != "full":
+            return f, h, w
+        if h % self.pool or w % self.pool:
+            raise ConfigError(f"vico.dit_pool={self.pool} does not divide the {h}x{w} token grid")
+        y, x = torch.arange(h)[:, None] // self.pool, torch.arange(w)[None, :] // self.pool
+        hp, wp = h // self.pool, w // self.pool
+        cell = (y * wp + x).flatten()
+        self.cells = (torch.arange(f)[:, None] * hp * wp + cell[None, :]).flatten()
+        return f, hp, wp
 
     @contextmanager
     def lean(self, model: torch.nn.Module, levels: Optional[int] = None) -> Iterator[None]:
@@ -72,6 +94,8 @@ class DitRecorder(AttentionRecorder):
 
     def blocks(self, frames: int, batch_index: int = 0) -> list[tuple]:
         """Flow blocks (C_b [F, P, J], None, [T_{b+1}, ...]) for each recorded cross-attention, in block order."""
+        if self.graph == "full":
+            return self._full_blocks(batch_index)
         cross, temporal = {}, {}
         for name, p in self.probs.items():
             spec = self.specs[name]
@@ -85,6 +109,17 @@ class DitRecorder(AttentionRecorder):
                 temporal[b] = t
         return [(c, None, [temporal[k] for k in range(b + 1, b + 1 + self.temporal) if k in temporal])
                 for b, c in sorted(cross.items())]
+
+    def _full_blocks(self, batch_index: int) -> list[tuple]:
+        """(C̃_b [1, M, J], S̃_b [1, M, M] or None, []) per block in order: the video as one frame of M nodes."""
+        cross, spatial = {}, {}
+        for name, p in self.probs.items():
+            spec = self.specs[name]
+            if spec.role == "cross":  # [B, N, J] -> mean over each cell's tokens
+                cross[int(spec.unit)] = pool_rows(p[batch_index], self.cells)[None]
+            else:  # already pooled [B, M, M]
+                spatial[int(spec.unit)] = p[batch_index][None]
+        return [(c, spatial.get(b), []) for b, c in sorted(cross.items())]
 
     def factory(self, layer: Any):
         if layer.name not in self.specs:
@@ -118,10 +153,56 @@ class DitRecordingProcessor:
         from vgen.core.attention_slices import same_position_attention
 
         out = self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
-        slices = same_position_attention(q, k, rec.frames, scale, mean_heads=True)
+        if rec.graph == "full":
+            edges = pooled_attention(q, k, rec.cells, scale)
+        else:
+            edges = same_position_attention(q, k, rec.frames, scale, mean_heads=True)
         if not rec.replaying:
-            rec.keep(self.name, slices)
+            rec.keep(self.name, edges)
         return out
+
+
+def pool_rows(x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> [M, K]: the mean of each cell's rows."""
+    m = int(cells.max()) + 1
+    cells = cells.to(x.device)
+    total = torch.zeros(m, x.shape[-1], dtype=x.dtype, device=x.device).index_add(0, cells, x)
+    count = torch.bincount(cells, minlength=m).to(x.dtype)
+    return total / count[:, None]
+
+
+# query rows per tile of the pooled attention: one tile holds [B, heads, rows, N] scores
+POOL_TILE_BUDGET = 1 << 22
+
+
+def pooled_attention(q: torch.Tensor, k: torch.Tensor, cells: torch.Tensor, scale: float) -> torch.Tensor:
+    """Head-mean of the full softmax(scale·q k^T) pooled into cells: [B, M, M] with
+    out[I, J] = mean_{i ∈ I} Σ_{j ∈ J} P[i, j] (rows stay distributions). Query tile by query tile from each row's
+    logsumexp (``row_logsumexp``); each tile is recomputed in backward, so memory is one tile plus O(N·d + M²)."""
+    from vgen.core.attention_slices import row_logsumexp
+
+    B, H, N, _ = q.shape
+    m = int(cells.max()) + 1
+    cells = cells.to(q.device)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    onehot = torch.zeros(N, m, dtype=acc, device=q.device)
+    onehot[torch.arange(N, device=q.device), cells] = 1.0
+    lse = row_logsumexp(q, k, scale)
+    rows = max(1, POOL_TILE_BUDGET // max(1, B * H * N))
+    out = torch.zeros(B, m, m, dtype=acc, device=q.device)
+    for r0 in range(0, N, rows):
+        r1 = min(r0 + rows, N)
+        tile = checkpoint(_pooled_tile, q[:, :, r0:r1], k, lse[:, :, r0:r1], onehot, scale,
+                          use_reentrant=False, preserve_rng_state=False)  # [B, rows, M]
+        out = out.index_add(1, cells[r0:r1], tile)
+    count = torch.bincount(cells, minlength=m).to(acc)
+    return out / count[None, :, None]
+
+
+def _pooled_tile(q, k, lse, onehot, scale: float) -> torch.Tensor:
+    acc = onehot.dtype
+    p = torch.exp(torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale - lse[..., None])
+    return torch.matmul(p, onehot).mean(dim=1)
 
 
 @contextmanager
@@ -129,13 +210,12 @@ def record_dit_attention(components: Any, cfg: Any, stop_when_complete: bool = F
                          tokens: Optional[int] = None) -> Iterator[DitRecorder]:
     """Install recording processors on the sites of Vico's DiT graph on every expert for the length of the
     block; the recorder starts inactive."""
-    if cfg.graph != "default":
-        raise ConfigError(f"vico.graph={cfg.graph} is not available on {components.kind} models yet; use vico.graph=default")
     if cfg.dit_slice not in SLICES:
         raise ConfigError(f"config key 'vico.dit_slice' is '{cfg.dit_slice}'; choose one of: {', '.join(SLICES)}")
     sites = components.family.attention_sites(components)
-    specs = dit_specs(sites, list(cfg.dit_blocks), int(cfg.dit_temporal))
-    recorder = DitRecorder(specs, components, int(cfg.dit_temporal), cfg.dit_slice, stop_when_complete, tokens)
+    specs = dit_specs(sites, list(cfg.dit_blocks), int(cfg.dit_temporal), cfg.graph)
+    recorder = DitRecorder(specs, components, int(cfg.dit_temporal), cfg.dit_slice, stop_when_complete, tokens,
+                           cfg.graph, int(cfg.dit_pool))
     experts = [m for m in (components.unet, components.unet_2) if m is not None]
     with _installed(experts, recorder):
         yield recorder

@@ -57,6 +57,7 @@ class VicoGuide:
         # the tiled product keeps O(P*F*J) for backward instead of every P*F*F*J term, and needs fewer
         # transcendentals (2-3x faster than the plain broadcast at these sizes)
         flow = attention_flow(blocks, self.cfg, tiled=True)
+        flow = flow.reshape(f, h * w, flow.shape[-1])  # a DiT's full graph is one "frame" of F·h·w nodes
         del blocks
         maps = token_maps(flow, self.keys, self.n_tokens, h, w, self.cfg.scale, self.cfg.sigma, self.cfg.smoothing,
                           self.lead)
