@@ -50,6 +50,11 @@ def naive_same_position(q, k, frames, scale, mean_heads=False):
     return a.mean(1) if mean_heads else a
 
 
+def naive_row_logsumexp(q, k, scale):
+    acc = torch.promote_types(q.dtype, torch.float32)
+    return (q.to(acc) @ k.to(acc).transpose(-1, -2) * scale).logsumexp(-1)
+
+
 @pytest.fixture(autouse=True)
 def slices(monkeypatch):
     """vgen.core.attention_slices comes from the kernel branch; until it is merged, its naive twin stands in."""
@@ -58,7 +63,7 @@ def slices(monkeypatch):
     except ImportError:
         module = types.ModuleType("vgen.core.attention_slices")
         module.same_position_attention = naive_same_position
-        module.row_logsumexp = lambda q, k, scale: (q.float() @ k.float().transpose(-1, -2) * scale).logsumexp(-1)
+        module.row_logsumexp = naive_row_logsumexp
         monkeypatch.setitem(sys.modules, "vgen.core.attention_slices", module)
 
 

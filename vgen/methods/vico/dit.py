@@ -185,24 +185,23 @@ def pooled_attention(q: torch.Tensor, k: torch.Tensor, cells: torch.Tensor, scal
     m = int(cells.max()) + 1
     cells = cells.to(q.device)
     acc = torch.promote_types(q.dtype, torch.float32)
-    onehot = torch.zeros(N, m, dtype=acc, device=q.device)
-    onehot[torch.arange(N, device=q.device), cells] = 1.0
     lse = row_logsumexp(q, k, scale)
     rows = max(1, POOL_TILE_BUDGET // max(1, B * H * N))
     out = torch.zeros(B, m, m, dtype=acc, device=q.device)
     for r0 in range(0, N, rows):
         r1 = min(r0 + rows, N)
-        tile = checkpoint(_pooled_tile, q[:, :, r0:r1], k, lse[:, :, r0:r1], onehot, scale,
+        tile = checkpoint(_pooled_tile, q[:, :, r0:r1], k, lse[:, :, r0:r1], cells, m, scale,
                           use_reentrant=False, preserve_rng_state=False)  # [B, rows, M]
         out = out.index_add(1, cells[r0:r1], tile)
     count = torch.bincount(cells, minlength=m).to(acc)
     return out / count[None, :, None]
 
 
-def _pooled_tile(q, k, lse, onehot, scale: float) -> torch.Tensor:
-    acc = onehot.dtype
-    p = torch.exp(torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale - lse[..., None])
-    return torch.matmul(p, onehot).mean(dim=1)
+def _pooled_tile(q, k, lse, cells, m: int, scale: float) -> torch.Tensor:
+    """Probabilities of a tile of query rows, summed over each cell's keys and averaged over heads: [B, rows, M]."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    p = torch.exp(torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale - lse[..., None].to(acc))
+    return p.new_zeros(*p.shape[:-1], m).index_add(-1, cells, p).mean(dim=1)
 
 
 @contextmanager
