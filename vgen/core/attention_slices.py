@@ -26,7 +26,7 @@ import torch
 
 from vgen.core.kernels.dispatch import use_triton
 
-# Elements of one tile of float32 scores [B, H, rows, N] (64 MiB): neither pass holds more than two.
+# Elements of one tile of float32 scores [B, H, rows, N] (64 MiB): neither pass holds more than one.
 TILE_BUDGET = 1 << 24
 
 
@@ -47,7 +47,10 @@ def lse_torch(q: torch.Tensor, k: torch.Tensor, scale: float, budget: Optional[i
     kt = k.to(acc).transpose(-1, -2)
     out = torch.empty(q.shape[:-1], dtype=acc, device=q.device)
     for s in _row_chunks(q, k.shape[-2], budget):
-        out[:, :, s] = torch.logsumexp(torch.matmul(q[:, :, s].to(acc), kt) * scale, dim=-1)
+        scores = torch.matmul(q[:, :, s].to(acc), kt).mul_(scale)  # in place: one tile at a time
+        top = scores.amax(dim=-1, keepdim=True)
+        out[:, :, s] = scores.sub_(top).exp_().sum(dim=-1).log_().add_(top[..., 0])
+        del scores  # before the next tile is allocated
     return out
 
 
@@ -61,10 +64,11 @@ def lse_grad_torch(q, k, lse, w, scale: float, budget: Optional[int] = None) -> 
     dk = torch.zeros(k.shape, dtype=acc, device=k.device)
     for s in _row_chunks(q, k.shape[-2], budget):
         qs = q[:, :, s].to(acc)
-        p = torch.exp(torch.matmul(qs, kf.transpose(-1, -2)) * scale - lse[:, :, s, None])
+        p = torch.matmul(qs, kf.transpose(-1, -2)).mul_(scale).sub_(lse[:, :, s, None]).exp_()
         ws = w[:, :, s, None] * scale
         dq[:, :, s] = torch.matmul(p, kf) * ws
         dk += torch.matmul(p.transpose(-1, -2), qs * ws)
+        del p  # before the next tile is allocated
     return dq, dk
 
 
