@@ -278,6 +278,7 @@ def _cpu_peak_mib(fn):
     if pid == 0:  # the child: run once, report the growth of its peak RSS (Linux starts it at the parent's RSS)
         os.close(read)
         try:
+            torch.set_num_threads(1)  # no OpenMP team across the fork (libgomp may hang in a forked child)
             base = _rss_kib()
             fn()
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
