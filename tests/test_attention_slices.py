@@ -119,3 +119,20 @@ def test_bad_shapes_are_one_line_errors():
         slices.same_position_attention(q, k[:, :, :6], 3, 1.0)
     with pytest.raises(ValueError, match="share one float dtype"):
         slices.same_position_attention(q, k.double(), 3, 1.0)
+
+
+def test_backward_keeps_no_n_by_n_tensor():
+    """What autograd saves for the backward is O(N·d + P·F²): no tensor near N x N (the naive one saves two)."""
+    q, k = qk(1, 1, 5, 32, 8, torch.float32, seed=10)  # N = 160: N² = 25600, q = 1280, A = 800 elements
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        slices.same_position_attention(q.requires_grad_(), k, 5, 0.3, mean_heads=True)
+        assert sizes and max(sizes) <= 1280
+        sizes.clear()
+        naive_slice(q, k, 5, 0.3)
+        assert max(sizes) == 160 * 160  # the check sees what the naive softmax keeps

@@ -333,6 +333,28 @@ def test_same_position_attention_against_naive_softmax():
     torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * scale, -1), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_logsumexp_matches_reference(dtype):
+    from vgen.core.attention_slices import row_logsumexp
+
+    gen = torch.Generator().manual_seed(15)
+    q, k, _, scale, _ = _qk(SLICES[3], dtype, gen)
+    w = torch.randn(q.shape[:-1], generator=gen).to(DEV)
+    outs = {}
+    for kernels in ("triton", "torch"):
+        qs, ks = q.clone().requires_grad_(), k.clone().requires_grad_()
+        with use_kernels(kernels):
+            lse = row_logsumexp(qs, ks, scale)
+        (lse * w).sum().backward()
+        outs[kernels] = (lse.detach(), qs.grad, ks.grad)
+    (lse, gq, gk), (rl, rq, rk) = outs["triton"], outs["torch"]
+    assert lse.dtype == torch.float32
+    torch.testing.assert_close(lse, rl, atol=1e-5, rtol=0)
+    for g, r in ((gq, rq), (gk, rk)):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), r.float(), atol=tol(dtype, r.abs().max().item()), rtol=0)
+
+
 def test_same_position_attention_strided_inputs():
     """q, k as transposed views of [B, N, heads, d] (how a DiT's attention holds them)."""
     from vgen.core.attention_slices import same_position_attention
