@@ -2,8 +2,6 @@
 lr 0 against vanilla, one update against a hand-written autograd of the flow objective, the update count."""
 
 import copy
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -37,34 +35,6 @@ def naive_probs(attn, hidden, context=None, rotary=None):
         q, k = naive_rope(q, *rotary), naive_rope(k, *rotary)
     q, k = q.double().transpose(1, 2), k.double().transpose(1, 2)
     return (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
-
-
-def naive_same_position(q, k, frames, scale, mean_heads=False):
-    """The full softmax's [F, F] blocks between the tokens of one position: [B, H, P, F, F]."""
-    acc = torch.promote_types(q.dtype, torch.float32)
-    p = (q.to(acc) @ k.to(acc).transpose(-1, -2) * scale).softmax(-1)
-    B, H, N, _ = p.shape
-    P = N // frames
-    idx = torch.arange(P)
-    a = p.view(B, H, frames, P, frames, P)[:, :, :, idx, :, idx].permute(1, 2, 0, 3, 4)
-    return a.mean(1) if mean_heads else a
-
-
-def naive_row_logsumexp(q, k, scale):
-    acc = torch.promote_types(q.dtype, torch.float32)
-    return (q.to(acc) @ k.to(acc).transpose(-1, -2) * scale).logsumexp(-1)
-
-
-@pytest.fixture(autouse=True)
-def slices(monkeypatch):
-    """vgen.core.attention_slices comes from the kernel branch; until it is merged, its naive twin stands in."""
-    try:
-        import vgen.core.attention_slices  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("vgen.core.attention_slices")
-        module.same_position_attention = naive_same_position
-        module.row_logsumexp = naive_row_logsumexp
-        monkeypatch.setitem(sys.modules, "vgen.core.attention_slices", module)
 
 
 @pytest.fixture(scope="module")
