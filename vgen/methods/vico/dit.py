@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 import torch
-
 from torch.utils.checkpoint import checkpoint
 
 from vgen.core.attention import attention_processors, recorded_attention
