@@ -110,11 +110,11 @@ eval-vico-wan: $(STAMP)
 	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n $(VICO_WAN_N) --offset 100 \
 	    --variant vico=vico.select=official --json outputs/compare_vico/heldout-wan.json --resume
 
-# the lr grid on tuning prompts 0..11 of each sequence (small fixed budget)
+# the lr grid on tuning prompts 0..5 of each sequence (small fixed budget; docs/vico.md has the table)
 tune-vico-wan: $(STAMP)
-	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n 12 --offset 0 \
-	    --variant lr1e-4=vico.lr=1e-4 --variant lr1e-3=vico.lr=1e-3 --variant lr1e-2=vico.lr=1e-2 \
-	    --variant lr1e-1=vico.lr=1e-1 --json outputs/compare_vico/tune-wan.json --resume
+	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n 6 --offset 0 \
+	    --variant lr1e-3=vico.lr=1e-3 --variant lr1e-2=vico.lr=1e-2 --variant lr1e-1=vico.lr=1e-1 \
+	    --variant lr3e-1=vico.lr=3e-1 --variant lr1=vico.lr=1 --json outputs/compare_vico/tune-wan.json --resume
 
 # Vico's cost on wan-quarter (Wan 2.1 1.3B's 30 blocks, 12 heads, quarter widths): time and peak memory against
 # vanilla, the model's own scheduler, 20 steps (the public schedule updates at every one); CPU-sized
