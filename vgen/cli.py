@@ -584,6 +584,8 @@ def methods() -> None:
         typer.echo(f"{'':<10} main knobs: {', '.join(info.knobs)}")
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items()) or "the schema's"
         typer.echo(f"{'':<10} defaults: {defaults}")
+        for family, over in info.family_defaults.items():
+            typer.echo(f"{'':<10} on {family}: {', '.join(f'{k}={v}' for k, v in over.items())}")
     typer.echo("Every knob: `vgen config show -m METHOD`; paper settings: configs/<method>-paper.yaml.")
 
 
