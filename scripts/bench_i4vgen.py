@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-import vgen.methods.i4vgen as i4vgen  # noqa: E402
-import vgen.methods.rewards as rewards  # noqa: E402
+import vgen.methods.i4vgen.runner as i4vgen  # noqa: E402
+import vgen.methods.i4vgen.rewards as rewards  # noqa: E402
 from vgen.config import build_job  # noqa: E402
 from vgen.core.sampler import resolve_size  # noqa: E402
 from vgen.errors import VgenError  # noqa: E402

@@ -205,7 +205,7 @@ def oracle_latents(components, clip, steps: int = INVERSION_STEPS):
 
 def oracle_frame(job) -> int:
     """The clip's frame that stands in for the anchor image: the one the regeneration holds, else the middle."""
-    from vgen.methods.i4vgen import hold_frame
+    from vgen.methods.i4vgen.runner import hold_frame
 
     held = hold_frame(job.i4vgen.regen_hold, job.video.frames)
     return job.video.frames // 2 if held is None else held
@@ -218,7 +218,7 @@ def oracle_start(kind: str, clip, latents, frame: int):
     only candidate (a perfect anchor image; NI-VSDS and the regeneration as configured), `clip` also makes the
     whole clip NI-VSDS's output (a perfect animated video; only the regeneration runs). An upper bound for what a
     better anchor, or a better NI-VSDS, could give; the rows' times leave out what was skipped (and the inversion)."""
-    import vgen.methods.i4vgen as I
+    import vgen.methods.i4vgen.runner as I
 
     saved = I.sample_candidates, I.ni_vsds
 
@@ -239,7 +239,7 @@ def oracle_start(kind: str, clip, latents, frame: int):
 
 def preload(jobs: dict[str, list], cache) -> None:
     """Load every model (the image companion too) before timing, so no method's time includes a load."""
-    from vgen.methods.i4vgen import candidate_source, image_model_config
+    from vgen.methods.i4vgen.runner import candidate_source, image_model_config
 
     for runs in jobs.values():
         cache.get(runs[0])

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import vgen_in_process
-from vgen.methods import i4vgen as I
-from vgen.methods.rewards import load_reward
+from vgen.methods.i4vgen import runner as I
+from vgen.methods.i4vgen.rewards import load_reward
 
 PROMPT = "a red circle moving left"
 
@@ -225,7 +225,7 @@ def test_the_toy_reward_breaks_ties_that_the_detector_verdicts_leave():
 
 
 def test_shape_fit_is_above_a_half_exactly_where_the_detector_calls_the_shape():
-    from vgen.methods.rewards import shape_fit
+    from vgen.methods.i4vgen.rewards import shape_fit
     from vgen.toyworld.segment import SHAPE_PROTOTYPES, classify_shape
 
     rng = np.random.default_rng(0)
@@ -690,7 +690,7 @@ def test_the_oracle_clip_regenerated_by_one_step_is_read_as_the_toy_worlds_own_c
 def test_the_oracle_anchor_is_the_only_candidate_and_the_rest_of_i4vgen_runs_on_it():
     """oracle=anchor makes the toy world's scene (the frame the regeneration holds) I4VGen's only candidate: the
     sidecar's one reward is the toy reward of that rendered frame, and NI-VSDS still runs (its timesteps are there)."""
-    from vgen.methods.rewards import load_reward
+    from vgen.methods.i4vgen.rewards import load_reward
 
     prompt = "a green triangle moving left"
     C, job, video = _oracle_run("oracle=anchor", prompt)

@@ -1,4 +1,4 @@
-"""I4VGen (SPEC §3): text -> anchor image -> a video animated from it -> the video regenerated.
+"""I4VGen's runner (SPEC §3): text -> anchor image -> a video animated from it -> the video regenerated.
 
     1. anchor      N candidate images, drawn by the video model itself as 1-frame videos (the public code; or by
                    an image model in its latent space), scored by a reward; keep the best one, a. Their noise is
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from vgen.config import JobConfig, ModelConfig
-from vgen.core.attention import one_frame_temporal_attention
 from vgen.core.inpaint import hold_frames
 from vgen.core.noise import iid_noise
 from vgen.core.progress import progress_bar
@@ -33,6 +32,7 @@ from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shap
 from vgen.core.schedulers import make_scheduler, prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.i4vgen.attention import one_frame_temporal_attention
 from vgen.models import Components
 from vgen.video import Video, write_png
 
@@ -323,7 +323,7 @@ def candidate_grid(images: np.ndarray, scores: np.ndarray, best: int, columns: i
 
 
 def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
-    from vgen.methods.rewards import load_reward
+    from vgen.methods.i4vgen.rewards import load_reward
 
     cfg, s = job.i4vgen, job.sampler
     source = candidate_source(job)
