@@ -1,7 +1,9 @@
 """I4VGen's attention shortcut for its candidate stage: the video model drawing 1-frame videos.
 
 A temporal layer over a 1-frame video attends over one key, so its output is to_out(to_v(x)) exactly; this
-skips the work (speed, not semantics).
+skips the work (speed, not semantics). A DiT has no temporal layer: a 1-frame video's full 3-D self-attention
+already runs over that one frame's tokens, so there is nothing to replace (`one_frame_temporal_attention`
+installs nothing there).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from vgen.core.attention import attention_processors
+from vgen.core.attention import attention_layers, attention_processors
 
 
 class OneKeyAttention:
@@ -40,6 +42,9 @@ class OneKeyAttention:
 @contextmanager
 def one_frame_temporal_attention(unet: torch.nn.Module) -> Iterator[dict[str, Any]]:
     """While sampling one-frame videos: OneKeyAttention on the temporal layers (a 2D UNet has none: no change)."""
+    if not any(layer.role == "temporal" for layer in attention_layers(unet)):  # a DiT, a 2D UNet: nothing to replace
+        yield {}
+        return
     factory = lambda layer: OneKeyAttention(layer.module.processor) if layer.role == "temporal" else None  # noqa: E731
     with attention_processors(unet, factory) as installed:
         yield installed

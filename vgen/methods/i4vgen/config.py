@@ -20,7 +20,7 @@ class I4VGenConfig:
 
     candidate_model: str = "auto"  # video: the video model on 1-frame videos (official) | image: image_model | auto
     image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
-    candidates: int = 0  # N anchor images sampled; 0 = the video length (official)
+    candidates: int = 0  # N anchor images sampled; 0 = one per latent frame: the video length on UNets (official)
     candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
     # the candidates' initial noise: frames = one [1, C, N, h, w] draw, candidate i its frame i (official: the same
     # seed gives the official code's candidates) | batch = one [N, C, 1, h, w] draw (vgen before; other candidates)
