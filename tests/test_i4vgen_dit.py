@@ -173,19 +173,23 @@ def test_a_per_frame_vae_still_video_is_the_repeated_latent(tiny):
 # ---------------------------------------------------------------------------------------------- candidates, experts
 
 
-@pytest.mark.parametrize("model", ["tiny-random-wan", "tiny-random-wan22"])
-def test_candidates_are_wan_pipelines_one_frame_videos_from_the_same_noise(tiny, model):
+@pytest.mark.parametrize("model, scheduler", [("tiny-random-wan", "auto"), ("tiny-random-wan22", "auto"),
+                                              ("tiny-random-wan", "euler")])
+def test_candidates_are_wan_pipelines_one_frame_videos_from_the_same_noise(tiny, model, scheduler):
     """Candidate i is WanPipeline(num_frames=1) from frame i of the one [1, C, N, h, w] draw (2.2: both experts, the
-    low-noise one at guidance_2)."""
+    low-noise one at guidance_2; euler: the pipeline given flow Euler)."""
+    from vgen.core.schedulers import make_scheduler
+
     c = tiny(model)
     n, steps, seed = 3, 4, 11
     guidance_2 = 2.0 if c.unet_2 is not None else None
-    latents, images = I.sample_candidates(c, PROMPT, "", n, steps=steps, guidance=5.0, scheduler="auto",
+    latents, images = I.sample_candidates(c, PROMPT, "", n, steps=steps, guidance=5.0, scheduler=scheduler,
                                           generator=torch.Generator().manual_seed(seed), height=32, width=32,
                                           progress=False, guidance_2=guidance_2)
     assert latents.shape == (n, 16, 1, 4, 4) and images.shape == (n, 32, 32, 3)
     draw = torch.randn(1, 16, n, 4, 4, generator=torch.Generator().manual_seed(seed))
     pipe = c.family.pipeline(c)
+    pipe.scheduler = make_scheduler(scheduler, c.scheduler, c.family)
     extra = {} if guidance_2 is None else {"guidance_scale_2": guidance_2}
     for i in range(n):
         out = pipe(PROMPT, negative_prompt="", num_frames=1, height=32, width=32, num_inference_steps=steps,
@@ -208,6 +212,21 @@ def test_every_model_call_goes_to_the_expert_wan_pipelines_boundary_says(tiny):
     assert len(stages["regeneration"]) == 2 * steps
     for name, calls in stages.items():
         assert {expert for expert, _ in calls} == {0, 1}, name  # each stage crosses the boundary
+
+
+@pytest.mark.parametrize("scheduler", ["auto", "euler"])
+def test_a_held_latent_frame_ends_as_the_still_videos(tiny, scheduler):
+    """regen_hold (ours) on Wan holds a latent frame of the still video (the causal VAE's, not the 1-frame anchor's
+    latent); held to the end it is exactly that frame, while the others are the model's."""
+    c = tiny("tiny-random-wan")
+    g = torch.Generator().manual_seed(6)
+    still = c.family.still_video(c, torch.randn(1, 16, 1, 4, 4, generator=g), 9)
+    sched = prepare_scheduler(scheduler, c.scheduler, 4, "cpu", c.family)
+    timesteps = I.regen_timesteps(sched, 1.0)
+    out = I.regenerate(c, sched, timesteps, still, I.encode_prompt(c, PROMPT, "", 5.0), 5.0, g, progress=False,
+                       anchor=still[:, :, 1:2], hold=1)
+    torch.testing.assert_close(out[:, :, 1], still[:, :, 1])
+    assert not torch.allclose(out[:, :, 2], still[:, :, 2], atol=1e-2)
 
 
 def test_i4vgen_on_ltx_fails_in_one_line(tmp_path):

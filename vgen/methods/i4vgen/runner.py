@@ -143,7 +143,7 @@ def sample_candidates(
             x = noise[start : start + batch]
             sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device, image.family, tuple(x.shape))
             embeds = encode_prompt(image, prompt, negative, guidance, batch=x.shape[0])
-            x = denoise(image, sched, x * sched.init_noise_sigma, embeds, guidance, generator=generator, eta=eta,
+            x = denoise(image, sched, x * getattr(sched, "init_noise_sigma", 1.0), embeds, guidance, generator=generator, eta=eta,
                         progress=progress, description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}",
                         guidance_2=guidance_2)
             latents.append(x)
