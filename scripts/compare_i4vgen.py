@@ -4,6 +4,9 @@
         [--frames 8] [--guidance 5] [--variant "i4vgen.vsds_guidance=1" --variant "i4vgen.t_regen=0.78 ..."]
         [--out runs/compare_i4vgen] [--threads 1] [--shard I/N] [--report] [--json out.json] [key=value ...]
 
+On a Wan model (toy-wan): --model <folder> --frames 17 --scheduler auto (the model's own UniPC flow scheduler;
+DDIM does not run on Wan), as `make eval-i4vgen-wan` runs it. The oracle variants need a UNet toy (its VAE).
+
 Resumable: every finished (prompt, method) is appended to <out>/records.jsonl; a re-run with the same settings
 skips those and only runs the rest (other settings: a clear error, pick another --out). --shard I/N runs only
 prompts i with i % N == I, into <out>/records.shardIofN.jsonl, so N processes (one per core) share one --out;
