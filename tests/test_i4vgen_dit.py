@@ -229,6 +229,13 @@ def test_a_held_latent_frame_ends_as_the_still_videos(tiny, scheduler):
     assert not torch.allclose(out[:, :, 2], still[:, :, 2], atol=1e-2)
 
 
+def test_by_default_one_candidate_per_latent_frame_and_the_video_has_wans_length(tiny):
+    """i4vgen.candidates=0: the public code splits one video's noise into its frames; on Wan 9 frames -> 3 latents."""
+    c = tiny("tiny-random-wan")
+    video = _run(c, _job("tiny-random-wan", **{"i4vgen.candidates": 0, "video.frames": 8, "sampler.steps": 2}))
+    assert len(video.metadata["anchor"]["scores"]) == 3 and video.frames.shape == (9, 32, 32, 3)  # 8 -> 9 (4k+1)
+
+
 def test_i4vgen_on_ltx_fails_in_one_line(tmp_path):
     from conftest import vgen_in_process
 
