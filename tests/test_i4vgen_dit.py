@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_job
+from conftest import make_job, run_vanilla
+from vgen.core.prompts import encode_prompt
 from vgen.core.sampler import to_uint8
 from vgen.core.schedulers import add_noise, noise_level, prepare_scheduler, to_epsilon, to_x0
 from vgen.methods.i4vgen import runner as I
@@ -198,6 +199,17 @@ def test_candidates_are_wan_pipelines_one_frame_videos_from_the_same_noise(tiny,
         assert np.abs(images[i].astype(int) - theirs.astype(int)).max() <= 1, i
 
 
+@pytest.mark.parametrize("seed", [0, 9])
+def test_one_candidate_is_vanillas_one_frame_video_of_the_same_seed(tiny, seed):
+    c = tiny("tiny-random-wan22")
+    _, images = I.sample_candidates(c, PROMPT, "", 1, steps=3, guidance=5.0, scheduler="auto", guidance_2=2.0,
+                                    generator=torch.Generator().manual_seed(seed), height=32, width=32, progress=False)
+    job = make_job(PROMPT, **{"model.id": "tiny-random-wan22", "sampler.steps": 3, "video.frames": 1, "seed": seed,
+                              "sampler.guidance": 5.0, "sampler.guidance_2": 2.0, "negative": ""})
+    vanilla = run_vanilla(c, job)
+    assert vanilla.shape == (1, 32, 32, 3) and np.abs(images[0].astype(int) - vanilla[0].astype(int)).max() <= 1
+
+
 def test_every_model_call_goes_to_the_expert_wan_pipelines_boundary_says(tiny):
     """WanPipeline: t >= boundary_ratio·1000 -> transformer, else transformer_2; in all three stages."""
     c = tiny("tiny-random-wan22")
@@ -223,7 +235,7 @@ def test_a_held_latent_frame_ends_as_the_still_videos(tiny, scheduler):
     still = c.family.still_video(c, torch.randn(1, 16, 1, 4, 4, generator=g), 9)
     sched = prepare_scheduler(scheduler, c.scheduler, 4, "cpu", c.family)
     timesteps = I.regen_timesteps(sched, 1.0)
-    out = I.regenerate(c, sched, timesteps, still, I.encode_prompt(c, PROMPT, "", 5.0), 5.0, g, progress=False,
+    out = I.regenerate(c, sched, timesteps, still, encode_prompt(c, PROMPT, "", 5.0), 5.0, g, progress=False,
                        anchor=still[:, :, 1:2], hold=1)
     torch.testing.assert_close(out[:, :, 1], still[:, :, 1])
     assert not torch.allclose(out[:, :, 2], still[:, :, 2], atol=1e-2)
