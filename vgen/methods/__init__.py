@@ -74,7 +74,7 @@ METHODS: dict[str, MethodInfo] = {
             ("unet3d", "motion", "wan"),
             paper="arXiv 2406.02230",
             config="configs/i4vgen.yaml",
-            no_context_parallel="its stages (image candidates, score distillation, one-key attention) are not built for a split sequence",
+            no_context_parallel="its stages (1-frame candidates, score distillation, the one-key shortcut on UNets) are not built for a split sequence",
             knobs=("i4vgen.candidates", "i4vgen.reward", "i4vgen.iterations", "i4vgen.t_regen"),
             # the paper: 25 DDIM steps; auto is DDIM on UNets and the model's own flow scheduler on a DiT (Wan)
             defaults={"sampler.steps": 25, "sampler.scheduler": "auto"},
