@@ -143,9 +143,9 @@ def sample_candidates(
             x = noise[start : start + batch]
             sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device, image.family, tuple(x.shape))
             embeds = encode_prompt(image, prompt, negative, guidance, batch=x.shape[0])
-            x = denoise(image, sched, x * getattr(sched, "init_noise_sigma", 1.0), embeds, guidance, generator=generator, eta=eta,
-                        progress=progress, description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}",
-                        guidance_2=guidance_2)
+            x = x * getattr(sched, "init_noise_sigma", 1.0)  # flow-matching Euler has none (1)
+            x = denoise(image, sched, x, embeds, guidance, generator=generator, eta=eta, progress=progress,
+                        description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}", guidance_2=guidance_2)
             latents.append(x)
     latents = torch.cat(latents)
     images = to_uint8(decode_latents(image, latents)[:, 0])
@@ -237,7 +237,8 @@ def ni_vsds(
             alpha, sigma = noise_level(levels, t)
             v_t = alpha * v + sigma * eps
             t_model = torch.as_tensor(t, device=components.device)
-            pred = guided_noise(components, None, v_t.to(components.dtype), t_model, prompt, guidance, guidance_2).float()
+            pred = guided_noise(components, None, v_t.to(components.dtype), t_model, prompt, guidance, guidance_2)
+            pred = pred.float()
             eps_hat = to_epsilon(pred, v_t, alpha, sigma, kind)
             v = v - size * vsds_weight(alpha, sigma) * (eps_hat - eps)
             advance(1)
