@@ -95,6 +95,43 @@ def test_ni_vsds_epsilon_error_is_the_velocity_error_scaled_by_one_minus_sigma()
         assert I.vsds_weight(1 - sigma, sigma) == pytest.approx(1 - snr / (1 + snr))
 
 
+class _VelocityOracle(torch.nn.Module):
+    """A Wan transformer stand-in that knows ε and each timestep's σ: it predicts the velocity ε - x0 of the x0 its
+    input was noised from, plus `delta` (the same for the conditional and unconditional calls)."""
+
+    def __init__(self, eps, sigmas, delta=0.0):
+        super().__init__()
+        self.eps, self.sigmas, self.delta = eps, sigmas, delta
+        self.dtype = torch.float32
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states=None, return_dict=False, **kwargs):
+        sigma = self.sigmas[int(timestep.flatten()[0])]
+        x0 = (hidden_states - sigma * self.eps) / (1 - sigma)
+        return (self.eps - x0 + self.delta,)
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.25])
+def test_ni_vsds_on_flow_moves_the_video_by_the_closed_form(tiny, delta):
+    """With û the true velocity + δ: ε̂ - ε = (1 - σ)·δ, so v_N = v_0 - δ·Σ α_i·w(σ_i)·(1 - σ_i), w = σ²/((1-σ)²+σ²);
+    δ = 0: no update (the velocity analogue of a UNet that predicts the true noise)."""
+    from dataclasses import replace
+
+    c = tiny("tiny-random-wan")
+    sched = prepare_scheduler("auto", c.scheduler, 10, "cpu", c.family)
+    sigmas = {int(t): float(s) for t, s in zip(sched.timesteps, sched.sigmas)}
+    g = torch.Generator().manual_seed(8)
+    v, eps = torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 16, 2, 4, 4, generator=g)
+    oracle = replace(c, unet=_VelocityOracle(eps, sigmas, delta))
+    ts = I.official_vsds_timesteps(sched)
+    sizes = I.vsds_step_sizes(len(ts), 3, 10.0, 1.0)
+    out = I.ni_vsds(oracle, v, eps, encode_prompt(c, PROMPT, "", 5.0), 5.0, ts, sizes, progress=False,
+                    scheduler=sched)
+    shift = delta * sum(a * sigmas[t] ** 2 / ((1 - sigmas[t]) ** 2 + sigmas[t] ** 2) * (1 - sigmas[t])
+                        for a, t in zip(sizes, ts))
+    assert len(ts) == 7 and (shift > 0.1 or delta == 0)
+    torch.testing.assert_close(out, v - shift, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["unipc", "euler"])
 def test_renoising_follows_the_flow_schedulers_sigma(tiny, kind):
     """SDEdit's start on a flow scheduler: (1 - σ)·x0 + σ·ε at the scheduler's σ for t (UniPC: add_noise; flow Euler,
