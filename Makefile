@@ -25,6 +25,9 @@ help:
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
+	@echo "make eval-i4vgen-wan [TOYWAN=folder] - I4VGen vs vanilla on toy-wan, held-out prompts, paired intervals"
+	@echo "make tune-i4vgen-wan [TOYWAN=folder] - I4VGen's toy-wan settings tried on the tuning prompts (0-23)"
+	@echo "make bench-i4vgen-wan - I4VGen's time vs vanilla on wan-quarter (17 frames at 128x224 on a CPU)"
 	@echo "make eval-i4vgen-oracle - I4VGen started from the toy world's own anchor / clip: what a perfect stage could give"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -122,6 +125,31 @@ eval-i4vgen-oracle: $(STAMP)
 
 probe-i4vgen: $(STAMP)
 	$(BIN)/python scripts/probe_i4vgen_stages.py --prompts 48
+
+# I4VGen on toy-wan against vanilla toy-wan: the same held-out prompts 102-203 and seeds as eval-i4vgen, 17 frames
+# (toy-wan's length), 20 steps of the model's own UniPC flow scheduler, guidance 5; the i4vgen keys come from the
+# model's vgen.yaml (tune with --offset 0). Resumable; TOYWAN=<a Wan folder> for a checkpoint that is not shipped.
+TOYWAN ?= toy-wan
+.PHONY: eval-i4vgen-wan tune-i4vgen-wan bench-i4vgen-wan
+eval-i4vgen-wan: $(STAMP)
+	$(BIN)/python scripts/compare_i4vgen.py --model $(TOYWAN) --frames 17 --steps 20 --scheduler auto --offset 102 \
+		--out runs/compare_i4vgen-wan-heldout
+
+# the small tuning budget, on tuning prompts 0-23 only: the row "i4vgen" is the model's vgen.yaml section (the public
+# AnimateDiff values when it has none), the variants the UNet toy's values (α 1 throughout, p_re 0.8, the middle
+# latent frame held) and more candidates; write the winner into toy-wan's vgen.yaml, then run eval-i4vgen-wan
+tune-i4vgen-wan: $(STAMP)
+	$(BIN)/python scripts/compare_i4vgen.py --model $(TOYWAN) --frames 17 --steps 20 --scheduler auto --offset 0 \
+		--prompts 24 --out runs/tune_i4vgen-wan \
+		--variant "i4vgen.warm_step_size=1 i4vgen.t_regen=0.8" \
+		--variant "i4vgen.warm_step_size=1 i4vgen.t_regen=0.8 i4vgen.regen_hold=middle" \
+		--variant "i4vgen.warm_step_size=1 i4vgen.t_regen=0.8 i4vgen.candidates=10"
+
+# I4VGen's cost on the 1.3B layout (wan-quarter) against vanilla; 128x224 and 10 steps so a CPU times it in minutes
+# (native 480x832 on a GPU: ARGS="--height 480 --width 832 --steps 25 --repeats 3")
+bench-i4vgen-wan: $(STAMP)
+	$(BIN)/python scripts/bench_i4vgen.py --model wan-quarter --frames 17 --steps 10 --height 128 --width 224 \
+		--repeats 1 $(ARGS)
 
 # long (hours on a CPU): re-running continues where it stopped
 eval-streaming: $(STAMP)

@@ -127,6 +127,13 @@ class Family:
         """uint8 frames [F, H, W, 3] -> normalised latents [1, C, F', h, w] (the posterior mean)."""
         raise NotImplementedError
 
+    def still_video(self, components: "Components", image: torch.Tensor, frames: int) -> torch.Tensor:
+        """Latents of a video that shows one image for `frames` frames, from that image's 1-frame latents
+        [1, C, 1, h, w] (I4VGen's static video). Here the VAE codes each frame on its own, so the still video's
+        latents are the image's repeated. A family whose VAE codes frames together (a causal 3-D VAE) overrides
+        this: there the repeated latent is not the still video's."""
+        return image.repeat(1, 1, self.latent_frames(components, self.video_frames(components, frames)), 1, 1)
+
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: "Components") -> list[AttentionSite]:
         raise NotImplementedError

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from vgen.errors import ConfigError
 from vgen.models.family import AttentionSite, Family, TextEmbeds
 from vgen.models.hub import load_scheduler
 
@@ -162,6 +163,10 @@ class LTXFamily(Family):
         mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
         std = vae.latents_std.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
         return ((z - mean) * vae.config.scaling_factor / std).float()
+
+    def still_video(self, components: Any, image: torch.Tensor, frames: int) -> torch.Tensor:
+        raise ConfigError("a still video from one image (I4VGen) is built on unet3d, motion, unet2d and wan models, "
+                          "not yet on ltx (its causal VAE needs the pixel path with its timestep-conditioned decode)")
 
     def attention_sites(self, components: Any) -> list[AttentionSite]:
         return [AttentionSite(key, "cross" if ".attn2." in key else "self") for key in components.unet.attn_processors]

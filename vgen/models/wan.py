@@ -210,14 +210,30 @@ class WanFamily(Family):
 
     @torch.no_grad()
     def encode_frames(self, components: Any, frames: np.ndarray, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        vae = components.vae
         video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        return self.encode_pixels(components, video)
+
+    @torch.no_grad()
+    def encode_pixels(self, components: Any, video: torch.Tensor) -> torch.Tensor:
+        """Pixels [1, 3, F, H, W] in [-1, 1] -> normalised latents [1, C, (F - 1) // 4 + 1, h, w] (posterior mean)."""
+        vae = components.vae
         with components.placed(vae):
             mean_z = vae.encode(video.to(device=components.device, dtype=vae.dtype)).latent_dist.mode()
         channels = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         return ((mean_z - mean) * inv_std).float()  # pipeline_wan_i2v's normalisation
+
+    @torch.no_grad()
+    def still_video(self, components: Any, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """The causal VAE codes frames together (latent 0 holds frame 0, each later latent 4 frames that depend on
+        the ones before), so a still video is made in pixels: the image decoded, repeated to the video's length
+        and encoded; repeating its latent would not be a still video's latents."""
+        vae = components.vae
+        with components.placed(vae):
+            picture = vae.decode(self.denormalise(components, image)).sample.clamp(-1, 1)  # [1, 3, 1, H, W]
+        video = picture.float().repeat(1, 1, self.video_frames(components, frames), 1, 1)
+        return self.encode_pixels(components, video)
 
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: Any) -> list[AttentionSite]:
