@@ -2,6 +2,8 @@
 imports inside functions included)."""
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,19 @@ def test_no_cycle_among_module_level_imports():
     for m in sorted(modules):
         if m not in state:
             visit(m, [m])
+
+
+def test_config_reaches_a_method_only_through_its_config_module():
+    """vgen.config takes each method's section from vgen.methods.<name>.config (besides the registry lookup it
+    already makes lazily); those modules stay torch-free and never import vgen.config back."""
+    registry = {"vgen.methods", "vgen.methods.get_method"}
+    section = re.compile(r"vgen\.methods\.\w+\.config(\.\w+)?")
+    assert sorted(t for t in GRAPH["vgen.config"]
+                  if t.startswith("vgen.methods") and t not in registry and not section.fullmatch(t)) == []
+    for module in (m for m in GRAPH if re.fullmatch(r"vgen\.methods\.\w+\.config", m)):
+        tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        vgen_targets = {t if t in GRAPH else t.rsplit(".", 1)[0] for t in GRAPH[module]}
+        assert vgen_targets <= {"vgen.errors", "vgen.config_io"}, module
+        assert "torch" not in roots and roots - {"vgen"} <= set(sys.stdlib_module_names) | {"omegaconf"}, module

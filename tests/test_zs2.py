@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import make_job, run_vanilla, vgen_in_process
-from vgen.core.attention import FrameState, MomentumAttnProcessor, attention_processors, momentum_factory
+from vgen.core.attention import attention_processors
+from vgen.methods.zs2.attention import FrameState, MomentumAttnProcessor, momentum_factory
 from vgen.core.noise import ar1_noise, ar_matrix, iid_noise, rho_from_lambda
 
 MODEL = {"model.id": "tiny-random-unet2d", "sampler.steps": 3, "video.frames": 4, "seed": 5}
@@ -142,7 +143,7 @@ def test_momentum_one_samples_like_text2video_zero_cross_frame_attention(tiny):
 def run_zs2(components, job):
     from vgen.core.sampler import resolve_size
     from vgen.jobs import RunContext
-    from vgen.methods.zs2 import run
+    from vgen.methods.zs2.runner import run
 
     h, w = resolve_size(components, job.video.height, job.video.width)
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=Path("unused"), progress=False)

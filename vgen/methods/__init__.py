@@ -44,7 +44,7 @@ METHODS: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "zs2",
-            "vgen.methods.zs2",
+            "vgen.methods.zs2.runner",
             "ZS2: video from an image model with AR(1) dependency noise and temporal momentum attention",
             ("unet2d",),
             paper="arXiv 2407.21475",

@@ -24,7 +24,7 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from vgen.config import JobConfig
-from vgen.core.attention import FrameState, attention_processors, momentum_factory
+from vgen.core.attention import attention_processors
 from vgen.core.noise import ar1_noise, rho_from_lambda
 from vgen.core.prompts import encode_prompt
 from vgen.core.sampler import (
@@ -39,6 +39,7 @@ from vgen.core.sampler import (
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.zs2.attention import FrameState, momentum_factory
 from vgen.models import Components
 from vgen.video import Video, read_video
 
