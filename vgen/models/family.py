@@ -31,6 +31,9 @@ class AttentionSite:
     role: str  # "spatial-self" | "cross" | "temporal" | "self" (all video tokens at once)
 
 
+IMAGE_FAMILIES = "unet2d, wan"  # the families whose image_model works
+
+
 class Family:
     """Defaults shared by every family; a family module subclasses this and overrides what differs."""
 
@@ -126,6 +129,13 @@ class Family:
     def encode_frames(self, components: "Components", frames: Any, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 frames [F, H, W, 3] -> normalised latents [1, C, F', h, w] (the posterior mean)."""
         raise NotImplementedError
+
+    # --- the model as an image model -------------------------------------------------------------
+    def image_model(self, components: "Components") -> "Components":
+        """The same model sampling images: latents [B, C, F, h, w] whose F frames are F independent images (one
+        model call on the B·F images, each frame decoded and encoded on its own; its self-attention sites are then
+        "spatial-self"), for methods that make a video from an image model (ZS2)."""
+        raise ConfigError(f"a {self.name} model cannot be used as an image model; the families that can: {IMAGE_FAMILIES}")
 
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: "Components") -> list[AttentionSite]:

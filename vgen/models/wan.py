@@ -10,6 +10,7 @@ t = boundary_ratio * 1000. Noise and latents stay float32 while the transformer 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from pathlib import Path
@@ -24,6 +25,13 @@ from vgen.models.hub import load_scheduler, read_json
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
 # model_index.json key of a folder's native (height, width); diffusers drops "_"-keys it does not know silently
 NATIVE_SIZE_KEY = "_vgen_native_size"
+# components.config key set by image_model: every latent frame of [B, C, F, h, w] is a 1-frame video of its own
+# (Wan's image mode: 1 frame <-> 1 latent frame, RoPE frame index 0), sampled in one call on a batch of B·F
+FRAMES_AS_IMAGES = "frames_as_images"
+
+
+def _images(components: Any) -> bool:
+    return bool(components.config.get(FRAMES_AS_IMAGES))
 
 
 def _flow_shift(config: Any) -> float:
@@ -128,10 +136,14 @@ class WanFamily(Family):
         return tuple(components.config.get("native_size") or (480, 832))
 
     def video_frames(self, components: Any, frames: int) -> int:
+        if _images(components):
+            return frames
         k = int(components.vae.config.scale_factor_temporal)
         return frames if frames % k == 1 else frames // k * k + 1  # WanPipeline's rounding
 
     def latent_frames(self, components: Any, frames: int) -> int:
+        if _images(components):
+            return frames
         return (frames - 1) // int(components.vae.config.scale_factor_temporal) + 1
 
     # --- text -----------------------------------------------------------------------------------
@@ -171,6 +183,15 @@ class WanFamily(Family):
 
     def predict(self, components: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, **model_kwargs: Any) -> torch.Tensor:
+        if _images(components):  # [B, C, F, h, w] -> B·F one-frame videos, frame-major per video, and back
+            b, c, f, h, w = latents.shape
+            images = latents.transpose(1, 2).reshape(b * f, c, 1, h, w)
+            out = self._call(components, images, t, embeds.repeat_interleave(f, dim=0), **model_kwargs)
+            return out.reshape(b, f, -1, h, w).transpose(1, 2)
+        return self._call(components, latents, t, embeds, **model_kwargs)
+
+    def _call(self, components: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+              **model_kwargs: Any) -> torch.Tensor:
         model = self.denoiser_at(components, t)
         t = torch.as_tensor(t, device=latents.device)
         if components.config.get("expand_timesteps"):  # one timestep per token (TI2V-5B)
@@ -200,6 +221,8 @@ class WanFamily(Family):
         vae = components.vae
         with components.placed(vae):
             z = self.denormalise(components, latents)
+            if _images(components):  # each latent frame decodes as a 1-frame video: 1 frame
+                z = z.transpose(1, 2).flatten(0, 1).unsqueeze(2)
             if vae.use_tiling:
                 for item in z.split(1):
                     yield _to_frames(vae.decode(item).sample[0])
@@ -213,16 +236,28 @@ class WanFamily(Family):
         vae = components.vae
         video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
         with components.placed(vae):
-            mean_z = vae.encode(video.to(device=components.device, dtype=vae.dtype)).latent_dist.mode()
+            if _images(components):  # each frame encodes as a 1-frame video: 1 latent frame
+                pieces = [vae.encode(video[:, :, i : i + 1].to(device=components.device, dtype=vae.dtype))
+                          .latent_dist.mode() for i in range(video.shape[2])]
+                mean_z = torch.cat(pieces, dim=2)
+            else:
+                mean_z = vae.encode(video.to(device=components.device, dtype=vae.dtype)).latent_dist.mode()
         channels = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         return ((mean_z - mean) * inv_std).float()  # pipeline_wan_i2v's normalisation
 
+    # --- the model as an image model -------------------------------------------------------------
+    def image_model(self, components: Any) -> Any:
+        """Wan's image mode (text-to-image is 1-frame video): the same modules, frames as a batch of 1-frame videos."""
+        return dataclasses.replace(components, config={**components.config, FRAMES_AS_IMAGES: True})
+
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: Any) -> list[AttentionSite]:
-        """Each block: attn1 self-attention over all F·h·w tokens (RoPE), attn2 cross-attention to the text."""
-        return [AttentionSite(key, "cross" if ".attn2." in key else "self") for key in components.unet.attn_processors]
+        """Each block: attn1 self-attention over all F·h·w tokens (RoPE), attn2 cross-attention to the text. In
+        image mode attn1 attends within one frame: "spatial-self"."""
+        own = "spatial-self" if _images(components) else "self"
+        return [AttentionSite(key, "cross" if ".attn2." in key else own) for key in components.unet.attn_processors]
 
 
 def _to_frames(video: torch.Tensor) -> torch.Tensor:

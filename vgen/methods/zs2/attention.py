@@ -1,18 +1,24 @@
 """ZS2's temporal momentum attention: frame i attends with keys and values K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (and V),
 queries unchanged, separately per group of frames (one group per CFG half and batch element).
 
-Image UNets (`MomentumAttnProcessor`, on diffusers' Attention) fold frames into the batch, frame-major. The
-running state that the processors of one model share is a `FrameState`, set by the runner before each call.
+Image UNets (`MomentumAttnProcessor`, on diffusers' Attention) fold frames into the batch, frame-major; Wan's image
+mode (`WanMomentumAttnProcessor`, on WanAttention) makes them a batch of 1-frame videos, frame-major, and mixes the
+keys after RoPE (every frame sits at frame index 0, so each is rotated alike and the mix commutes with the
+rotation). The running state that the processors of one model share is a `FrameState`, set by the runner before
+each call. Which processor a model gets follows its family's processor signature (`processor_for`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Collection, Optional
 
 import torch
 
 from vgen.core.attention import AttentionLayer, ProcessorFactory, split_heads
+from vgen.errors import ConfigError
+from vgen.models.family import Family
+from vgen.models.wan import WanFamily
 
 
 @dataclass
@@ -30,25 +36,26 @@ class FrameState:
     continues: bool = False
 
 
-class MomentumAttnProcessor:
-    """Spatial self-attention whose keys and values are running averages over frames (ZS2).
+class RunningKV:
+    """The running average of keys and values over the frames of each group, shared by the processors below.
 
-    K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, queries unchanged, separately per
-    group of frames, as one lower-triangular matrix along frames. μ = 0 is plain attention, μ = 1 is
-    Text2Video-Zero's cross-frame attention (every frame sees frame 0). The attention itself is computed like
-    diffusers' AttnProcessor2_0 (`sdpa=True`, the default processor) or AttnProcessor (`sdpa=False`), so both
-    ends match diffusers bit for bit.
+    K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, as one lower-triangular matrix along
+    frames; with `state.continues`, the previous call's last K̃/Ṽ of each group acts as frame -1.
     """
 
-    def __init__(self, momentum: float, state: FrameState, sdpa: bool = True):
+    def __init__(self, momentum: float, state: FrameState):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.momentum, self.state, self.sdpa = momentum, state, sdpa
+        self.momentum, self.state = momentum, state
         self._last: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (K̃, Ṽ) of each group's last frame
         self._mix: dict[tuple, torch.Tensor] = {}
 
+    @property
+    def mixing(self) -> bool:
+        return self.state.active and self.momentum > 0.0
+
     def mix(self, x: torch.Tensor, carry: Optional[torch.Tensor]) -> torch.Tensor:
-        """[G·F, T, D] -> running average along F within each group; `carry` [G, T, D] acts as frame -1."""
+        """[G·F, ...] -> [G, F, ...], the running average along F within each group; `carry` [G, ...] is frame -1."""
         from vgen.core.noise import ar_matrix
 
         f = self.state.frames
@@ -65,6 +72,30 @@ class MomentumAttnProcessor:
         if carry is not None:
             out = out[:, 1:]
         return out
+
+    def mix_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [G·F, ...] -> their running averages, same shape; remembers each group's last frame."""
+        carry = self._last if self.state.continues and self._last is not None else (None, None)
+        key, value = self.mix(key, carry[0]), self.mix(value, carry[1])
+        self._last = (key[:, -1], value[:, -1])
+        return key.flatten(0, 1), value.flatten(0, 1)
+
+
+class MomentumAttnProcessor(RunningKV):
+    """Spatial self-attention whose keys and values are running averages over frames (ZS2).
+
+    K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, queries unchanged, separately per
+    group of frames, as one lower-triangular matrix along frames. μ = 0 is plain attention, μ = 1 is
+    Text2Video-Zero's cross-frame attention (every frame sees frame 0). The attention itself is computed like
+    diffusers' AttnProcessor2_0 (`sdpa=True`, the default processor) or AttnProcessor (`sdpa=False`), so both
+    ends match diffusers bit for bit.
+    """
+
+    signature = Family.processor_signature
+
+    def __init__(self, momentum: float, state: FrameState, sdpa: bool = True):
+        super().__init__(momentum, state)
+        self.sdpa = sdpa
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         residual = hidden_states
@@ -91,13 +122,8 @@ class MomentumAttnProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
 
-        if self_attention and self.state.active and self.momentum > 0.0:
-            carry = self._last if self.state.continues and self._last is not None else (None, None)
-            key = self.mix(key, carry[0])
-            value = self.mix(value, carry[1])
-            self._last = (key[:, -1], value[:, -1])
-            key = key.reshape(-1, *key.shape[2:])
-            value = value.reshape(-1, *value.shape[2:])
+        if self_attention and self.mixing:
+            key, value = self.mix_kv(key, value)
 
         if self.sdpa:
             query, key, value, head_dim = split_heads(attn, query, key, value, batch_size)
@@ -119,15 +145,68 @@ class MomentumAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def momentum_factory(
-    momentum: float, state: FrameState, layers: tuple[str, ...] = (), sdpa: bool = True
-) -> ProcessorFactory:
-    """Momentum processors on the spatial self-attention layers whose name contains one of `layers`
-    (all of them when `layers` is empty); other layers keep their processors."""
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's RoPE on [B, N, heads, d]: channel pairs (x_2j, x_2j+1) turn by the angle whose cosine sits at 2j of
+    `cos` and whose sine at 2j+1 of `sin` (the tables repeat each value twice)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).type_as(x)
 
-    def factory(layer: AttentionLayer) -> Optional[MomentumAttnProcessor]:
-        if layer.role != "spatial-self" or (layers and not any(part in layer.name for part in layers)):
-            return None
-        return MomentumAttnProcessor(momentum, state, sdpa)
+
+class WanMomentumAttnProcessor(RunningKV):
+    """Wan's self-attention (attn1) in image mode with ZS2's momentum: diffusers' WanAttnProcessor (0.42.1) step
+    for step (q/k/v projections, RMS norms over all heads, heads split, RoPE, dispatch_attention_fn, to_out),
+    with the rotated keys and the values replaced by their running averages over the frames of the batch before
+    attending. Queries unchanged; μ = 0 (or `state.active` False) is WanAttnProcessor exactly."""
+
+    signature = WanFamily.processor_signature
+    _attention_backend = None  # what diffusers' set_attention_backend sets on Wan's processors
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise ValueError("ZS2's momentum attention goes on Wan's self-attention (attn1) only")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        if rotary_emb is not None:
+            query, key = rotate(query, *rotary_emb), rotate(key, *rotary_emb)
+        if self.mixing:
+            key, value = self.mix_kv(key, value)
+        hidden_states = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+PROCESSORS = (MomentumAttnProcessor, WanMomentumAttnProcessor)
+
+
+def processor_for(family: Family) -> type:
+    """The momentum processor written for the family's attention processor signature."""
+    for processor in PROCESSORS:
+        if processor.signature == family.processor_signature:
+            return processor
+    raise ConfigError(f"zs2's momentum attention has no processor for {family.name} attention; it runs on unet2d and wan")
+
+
+def momentum_sites(components, layers: Collection[str] = ()) -> set[str]:
+    """The spatial self-attention sites of the (image-mode) model whose name contains one of `layers` (all of
+    them when `layers` is empty), from its family."""
+    return {site.key for site in components.family.attention_sites(components)
+            if site.role == "spatial-self" and (not layers or any(part in site.key for part in layers))}
+
+
+def momentum_factory(momentum: float, state: FrameState, sites: Collection[str], processor: type = MomentumAttnProcessor,
+                     **options) -> ProcessorFactory:
+    """A `processor(momentum, state, **options)` on each of `sites`; other layers keep their processors."""
+
+    def factory(layer: AttentionLayer) -> Optional[RunningKV]:
+        return processor(momentum, state, **options) if layer.name in sites else None
 
     return factory
