@@ -25,7 +25,7 @@ def bench_loop(model: str, steps: int, frames: int, repeats: int) -> None:
     from vgen.core.sampler import resolve_size
     from vgen.core.schedulers import make_scheduler
     from vgen.jobs import RunContext
-    from vgen.methods.vanilla import run
+    from vgen.methods.vanilla.runner import run
     from vgen.models import load_components
 
     c = load_components(ModelConfig(id=model), "cpu", "float32")

@@ -28,7 +28,7 @@ def bench(model: str, args) -> dict:
     from vgen.config import ModelConfig, build_job
     from vgen.core.sampler import to_uint8
     from vgen.jobs import RunContext
-    from vgen.methods.vanilla import run
+    from vgen.methods.vanilla.runner import run
     from vgen.models import load_components
 
     device = torch.device(args.device)

@@ -27,7 +27,7 @@ def bench(model: str, frames: int, args) -> dict:
     from vgen.config import ModelConfig, build_job
     from vgen.core.sampler import resolve_size
     from vgen.jobs import RunContext
-    from vgen.methods.vanilla import run
+    from vgen.methods.vanilla.runner import run
     from vgen.models import load_components
 
     t0, c0 = time.perf_counter(), time.process_time()

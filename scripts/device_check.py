@@ -53,7 +53,7 @@ SITE = Path("/tmp/vgen-site")
 WHEEL_PINS = ["diffusers==0.42.1", "omegaconf==2.4.0", "importlib_metadata==10.2.0"]
 IMPORTS = ["torch", "triton", "diffusers", "transformers", "huggingface_hub", "omegaconf", "safetensors", "numpy"]
 VGEN_MODULES = ["vgen.config", "vgen.jobs", "vgen.models", "vgen.tiny", "vgen.core.flow", "vgen.core.attention",
-                "vgen.core.noise", "vgen.core.kernels.dispatch", "vgen.methods.vanilla", "vgen.methods.vico",
+                "vgen.core.noise", "vgen.core.kernels.dispatch", "vgen.methods.vanilla.runner", "vgen.methods.vico",
                 "vgen.methods.i4vgen", "vgen.methods.streaming.runner", "vgen.models.wan", "vgen.models.ltx"]
 TRITON_MODULES = ["vgen.core.kernels.triton_bottleneck", "vgen.core.kernels.triton_attention"]
 METHODS = ["vanilla", "vico", "i4vgen", "streaming"]

@@ -56,7 +56,7 @@ def child(case: dict) -> dict:
     from vgen.config import ModelConfig, build_job
     from vgen.core.sampler import resolve_size
     from vgen.jobs import RunContext
-    from vgen.methods.vanilla import run
+    from vgen.methods.vanilla.runner import run
     from vgen.models import load_components
 
     torch.set_num_threads(int(os.environ.get("MEASURE_THREADS", "2")))

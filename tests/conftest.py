@@ -42,7 +42,7 @@ def run_vanilla(components, job):
 
     from vgen.core.sampler import resolve_size
     from vgen.jobs import RunContext
-    from vgen.methods.vanilla import run
+    from vgen.methods.vanilla.runner import run
 
     h, w = resolve_size(components, job.video.height, job.video.width)
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(job.seed), height=h, width=w, output_stem=Path("unused"), progress=False)

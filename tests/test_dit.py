@@ -283,3 +283,26 @@ def test_generate_on_tiny_wan_writes_video_and_sidecar(tmp_path):
     side = json.loads((tmp_path / "w.json").read_text())
     assert side["model"]["kind"] == "wan" and side["video"]["frames"] == 9  # 8 -> 9, as WanPipeline rounds
     assert side["method_info"]["scheduler"] == "UniPCMultistepScheduler" and "unknown_words" not in side
+
+
+def test_wan_unipc_at_many_steps_takes_step_i_at_sigma_i(tiny, monkeypatch):
+    """From ~400 steps the flow sigmas round to repeated integer timesteps (999, 999, ...); diffusers' UniPC then
+    finds its first step by value at the second 999 and fails one step past its end. Each step i must run at
+    sigma i, as the schedule defines."""
+    from diffusers import UniPCMultistepScheduler
+
+    c = tiny("tiny-random-wan")
+    seen: list[tuple[int, int]] = []
+    real_step = UniPCMultistepScheduler.step
+
+    def spy(self, model_output, timestep, sample, *args, **kwargs):
+        out = real_step(self, model_output, timestep, sample, *args, **kwargs)
+        seen.append((self.step_index - 1, len(seen)))
+        return out
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "step", spy)
+    job = make_job(PROMPT, **{"model.id": "tiny-random-wan", "sampler.scheduler": "unipc", "sampler.steps": 450,
+                              "video.frames": 5, "sampler.guidance": 1.0})
+    frames = run_vanilla(c, job)
+    assert len(seen) == 450 and all(index == i for index, i in seen)
+    assert np.isfinite(frames.astype(float)).all() and frames.std() > 0

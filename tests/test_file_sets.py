@@ -88,13 +88,13 @@ def hook(monkeypatch, stage: str, sig: int) -> None:
     import vgen.fingerprint
     import vgen.fileset
     import vgen.jobs
-    import vgen.methods.vanilla
+    import vgen.methods.vanilla.runner
     import vgen.video
 
     if stage == "weight hash":
         monkeypatch.setattr(vgen.fingerprint, "file_hash", _raise_then(sig, vgen.fingerprint.file_hash))
     elif stage == "sampling":
-        monkeypatch.setattr(vgen.methods.vanilla, "denoise", _raise_then(sig, vgen.methods.vanilla.denoise))
+        monkeypatch.setattr(vgen.methods.vanilla.runner, "denoise", _raise_then(sig, vgen.methods.vanilla.runner.denoise))
     elif stage == "mp4 writer":
         monkeypatch.setattr(vgen.video.Mp4Writer, "write", _after(sig, vgen.video.Mp4Writer.write))
     elif stage == "frames":

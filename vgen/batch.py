@@ -275,24 +275,27 @@ def run_jobs(jobs: list[JobConfig], skip_existing: bool, on_result: Callable[[Ou
         return Report([own.get(o.index, o) for o in disk], lost=reason)
 
     distributed.init(world)  # made by share_plan already (a no-op then)
+    lost = True  # until the ranks have reported
     try:
         with distributed.stop_on_sigterm():
             try:
-                # only rank 0 draws progress bars; every writing rank prints one line per finished job
-                run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
-                          on_result=record_rank, world=world, mine=plan.mine(world.rank), parallel=parallel)
-                gathered = distributed.gather(mine, world)
-            except distributed.Stopped as err:
+                try:
+                    # only rank 0 draws progress bars; every writing rank prints one line per finished job
+                    run_batch(jobs, skip_existing=skip_existing, progress=None if world.is_main else False,
+                              on_result=record_rank, world=world, mine=plan.mine(world.rank), parallel=parallel)
+                    gathered = distributed.gather(mine, world)
+                except distributed.RankLost as err:
+                    if not world.is_main:
+                        raise distributed.RankLost(f"rank {world.rank} lost contact with rank 0 ({err}); "
+                                                   "its finished outputs are kept") from None
+                    return from_disk(f"a rank stopped before reporting ({err})")
+            except distributed.Stopped as err:  # the launcher's SIGTERM: in a job, or while handling a lost rank
                 if not world.is_main:
                     raise distributed.RankLost(f"rank {world.rank} {err}; its finished outputs are kept") from None
                 return from_disk(f"rank 0 was {err}")
-            except distributed.RankLost as err:
-                if not world.is_main:
-                    raise distributed.RankLost(f"rank {world.rank} lost contact with rank 0 ({err}); "
-                                               "its finished outputs are kept") from None
-                return from_disk(f"a rank stopped before reporting ({err})")
+        lost = False
         if not world.is_main:
             return None
         return Report(sorted((o for part in gathered for o in part), key=lambda o: o.index))
     finally:
-        distributed.teardown()
+        distributed.teardown(quiet=lost)

@@ -205,9 +205,7 @@ def _generate_ranked(job, world, skip_existing: bool, force: bool = False):
     """`vgen generate` as one rank of a launched run: the video split over every rank; rank 0 writes and returns
     the result, the others return None. A user error is printed by rank 0 only."""
     from vgen import distributed
-    from vgen.batch import SUPERVISED_ENV
     from vgen.context_parallel import Group, Layout
-    from vgen.jobs import ModelCache, run_job
 
     try:
         p = _split_plan(job, world.world_size)
@@ -217,36 +215,52 @@ def _generate_ranked(job, world, skip_existing: bool, force: bool = False):
         raise
     group = Group(Layout(world.world_size, p.degree), p, world.rank)
     distributed.init(world, tensors=True)
+    result, lost = None, ""
     try:
         with distributed.stop_on_sigterm():
             try:
-                models = ModelCache(distributed.rank_device(world), group)
-                result = run_job(job, models, progress=None if world.is_main else False,
-                                 log=_echo_err if world.is_main else (lambda message: None),
-                                 skip_existing=skip_existing, force=force, distributed=world.sidecar())
-            except VgenError:
-                if not world.is_main:
-                    raise typer.Exit(EXIT_USER_ERROR)
-                raise
-            except distributed.Stopped as err:
-                lost = "quiet" if os.environ.get(SUPERVISED_ENV) else f"rank {world.rank} {err}"
-            except Exception as err:  # most often a collective that failed because another rank died
-                if os.environ.get("VGEN_DEBUG"):
-                    raise
-                import torch.distributed as dist
-
-                lost = f"rank {world.rank} stopped the video ({type(err).__name__}: {distributed.collective_error(err)})"
-                if isinstance(err, dist.DistError) and os.environ.get(SUPERVISED_ENV):
-                    lost = "quiet"  # a lost peer: `vgen generate --nproc` names the rank that died, once
-            else:
-                lost = ""
-            if lost:
-                if lost != "quiet":
-                    _echo_err(f"error: {lost}; no output was written")
-                raise typer.Exit(EXIT_FAILED_JOBS)
+                result, lost = _attempt_ranked(job, world, group, skip_existing, force)
+            except distributed.Stopped as err:  # the launcher's SIGTERM: in the loop, or while handling a lost peer
+                lost = _lost_line(world, f"rank {world.rank} {err}")
     finally:
-        distributed.teardown()
+        distributed.teardown(quiet=bool(lost))
+    if lost:
+        if lost != "quiet":
+            _echo_err(f"error: {lost}; no output was written")
+        raise typer.Exit(EXIT_FAILED_JOBS)
     return result if world.is_main else None
+
+
+def _lost_line(world, line: str) -> str:
+    """What a rank says when its video stopped: nothing under `vgen generate --nproc` (the parent names the rank
+    that died, once), else `line`."""
+    from vgen.batch import SUPERVISED_ENV
+
+    return "quiet" if os.environ.get(SUPERVISED_ENV) else line
+
+
+def _attempt_ranked(job, world, group, skip_existing: bool, force: bool):
+    """One rank's share of the video: (result, "") or (None, why it stopped)."""
+    from vgen import distributed
+    from vgen.jobs import ModelCache, run_job
+
+    try:
+        models = ModelCache(distributed.rank_device(world), group)
+        result = run_job(job, models, progress=None if world.is_main else False,
+                         log=_echo_err if world.is_main else (lambda message: None),
+                         skip_existing=skip_existing, force=force, distributed=world.sidecar())
+    except VgenError:
+        if not world.is_main:
+            raise typer.Exit(EXIT_USER_ERROR)
+        raise
+    except Exception as err:  # most often a collective that failed because another rank died
+        if os.environ.get("VGEN_DEBUG"):
+            raise
+        import torch.distributed as dist
+
+        line = f"rank {world.rank} stopped the video ({type(err).__name__}: {distributed.collective_error(err)})"
+        return None, _lost_line(world, line) if isinstance(err, dist.DistError) else line
+    return result, ""
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -171,12 +171,18 @@ def broadcast(obj: Any, world: World) -> Any:
     return box[0]
 
 
-def teardown() -> None:
+def teardown(quiet: bool = False) -> None:
+    """Leave the process group. `quiet`: this rank already lost a peer, so a group that cannot be torn down
+    cleanly is expected and not worth a traceback."""
     import torch.distributed as dist
 
     _RESULTS.clear()
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            if not quiet:
+                raise
 
 
 @dataclass

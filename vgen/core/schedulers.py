@@ -117,6 +117,11 @@ def prepare_scheduler(name: str, base: Any, steps: int, device: Any, family: Any
         raise ConfigError(f"sampler.steps={steps} is more than this model's schedule allows ({limit})")
     extra = family.timestep_kwargs(scheduler, shape, steps) if family is not None and shape is not None else {}
     scheduler.set_timesteps(steps, device=device, **extra)
+    timesteps = scheduler.timesteps
+    if len(timesteps) > 1 and timesteps[0] == timesteps[1] and hasattr(scheduler, "set_begin_index"):
+        # Flow sigmas rounded to integer timesteps repeat at many steps (UniPC flow from ~400 on); a scheduler
+        # that finds its first step by value then takes the second 999 and runs one step past its end.
+        scheduler.set_begin_index(0)
     return scheduler
 
 

@@ -34,7 +34,7 @@ METHODS: dict[str, MethodInfo] = {
     for info in [
         MethodInfo(
             "vanilla",
-            "vgen.methods.vanilla",
+            "vgen.methods.vanilla.runner",
             "plain sampling: one denoising loop with classifier-free guidance "
             "(on an image model, every frame sampled independently)",
             ("unet3d", "motion", "unet2d", "wan", "ltx"),

@@ -1,0 +1,1 @@
+"""Vanilla sampling: the plain loop every method is measured against."""
