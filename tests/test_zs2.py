@@ -197,7 +197,7 @@ def test_generate_zs2_from_the_command_line(tmp_path):
     assert side["method_info"]["rho"] == pytest.approx(rho_from_lambda(0.2)) and side["method_info"]["momentum"] == 0.98
     from vgen.methods import get_method
 
-    assert get_method("zs2").kinds == ("unet2d", "wan")  # run_job refuses other kinds with one line
+    assert get_method("zs2").kinds == ("unet2d", "wan", "ltx")  # run_job refuses other kinds with one line
 
 
 # ---------------------------------------------------------------------------------------------- Wan's image mode
@@ -333,6 +333,36 @@ def test_zs2_on_wan_frame_chunks_carry_the_running_average(tiny):
     assert not np.array_equal(whole.frames, plain.frames)
 
 
+def test_ltx_momentum_zero_equals_its_processor_and_ltx_pipeline_per_frame(tiny):
+    """LTX's image mode: the processor at μ = 0 is LTXVideoAttnProcessor exactly; ρ = 0, μ = 0 sampling gives each
+    frame as LTXPipeline's 1-frame video from that frame's slice of the noise (packed as the pipeline packs it)."""
+    from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+
+    from vgen.methods.zs2.attention import LTXMomentumAttnProcessor
+
+    c = tiny("tiny-random-ltx")
+    attn = c.unet.transformer_blocks[0].attn1
+    torch.manual_seed(0)
+    h = torch.randn(6, 16, attn.to_q.in_features)
+    rotary = tuple(torch.randn(1, 16, attn.to_q.out_features) for _ in range(2))
+    with torch.no_grad():
+        theirs = LTXVideoAttnProcessor()(attn, h, None, None, rotary)
+        assert torch.equal(LTXMomentumAttnProcessor(0.0, FrameState(3))(attn, h, None, None, rotary), theirs)
+        assert not torch.equal(LTXMomentumAttnProcessor(0.9, FrameState(3))(attn, h, None, None, rotary), theirs)
+
+    frames = 3
+    job = make_job(**{"model.id": "tiny-random-ltx", "sampler.steps": 3, "video.frames": frames, "seed": 4,
+                      "method": "zs2", "zs2.rho": 0.0, "zs2.momentum": 0.0, "sampler.guidance": 3.0, "negative": "blurry"})
+    ours = run_zs2(c, job)
+    noise = torch.randn((1, 8, frames, 8, 8), generator=torch.Generator("cpu").manual_seed(4))
+    pipe = c.family.pipeline(c)
+    for i in range(frames):
+        packed = pipe._pack_latents(noise[:, :, i : i + 1], 1, 1)
+        out = pipe("a red circle moving left", negative_prompt="blurry", num_frames=1, height=32, width=32,
+                   num_inference_steps=3, guidance_scale=3.0, latents=packed, output_type="np").frames[0]
+        assert np.abs(ours.frames[i : i + 1].astype(int) - to_uint8(torch.from_numpy(np.asarray(out)))).max() <= 1
+
+
 def test_zs2_on_wan_and_ltx_from_the_command_line(tmp_path):
     from vgen.video import Video, write_mp4
 
@@ -344,6 +374,9 @@ def test_zs2_on_wan_and_ltx_from_the_command_line(tmp_path):
     assert r.returncode == 0, r.stderr
     side = json.loads(Path(r.stdout.splitlines()[0]).with_suffix(".json").read_text())
     assert side["model"]["kind"] == "wan" and side["method_info"]["frames_edited"] == 3
-    r = vgen_in_process("generate", "a red circle", "--method", "zs2", "--model", "tiny-random-ltx", "--out", tmp_path)
+    r = vgen_in_process("generate", "a red circle", "--method", "zs2", "--model", "tiny-random-ltx", "--steps", "2",
+                        "--frames", "3", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = vgen_in_process("generate", "a red circle", "--method", "zs2", "--model", "tiny-random-unet3d", "--out", tmp_path)
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    assert r.returncode != 0 and len(lines) == 1 and "runs on unet2d/wan models" in lines[0]
+    assert r.returncode != 0 and len(lines) == 1 and "runs on unet2d/wan/ltx models" in lines[0]

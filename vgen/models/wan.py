@@ -10,7 +10,6 @@ t = boundary_ratio * 1000. Noise and latents stay float32 while the transformer 
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import re
 from pathlib import Path
@@ -20,18 +19,12 @@ import numpy as np
 import torch
 
 from vgen.models.family import AttentionSite, Family, TextEmbeds
+from vgen.models.family import frames_as_images as _images
 from vgen.models.hub import load_scheduler, read_json
 
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
 # model_index.json key of a folder's native (height, width); diffusers drops "_"-keys it does not know silently
 NATIVE_SIZE_KEY = "_vgen_native_size"
-# components.config key set by image_model: every latent frame of [B, C, F, h, w] is a 1-frame video of its own
-# (Wan's image mode: 1 frame <-> 1 latent frame, RoPE frame index 0), sampled in one call on a batch of B·F
-FRAMES_AS_IMAGES = "frames_as_images"
-
-
-def _images(components: Any) -> bool:
-    return bool(components.config.get(FRAMES_AS_IMAGES))
 
 
 def _flow_shift(config: Any) -> float:
@@ -74,6 +67,7 @@ class WanFamily(Family):
         "dpm++": _flow("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2),
     }
     cfg_batched = False
+    one_frame_mode = True  # Wan's text-to-image is a 1-frame video
     leading_tokens = 0
     float32_latents = True
     cuda_dtype = torch.bfloat16
@@ -246,11 +240,6 @@ class WanFamily(Family):
         mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         return ((mean_z - mean) * inv_std).float()  # pipeline_wan_i2v's normalisation
-
-    # --- the model as an image model -------------------------------------------------------------
-    def image_model(self, components: Any) -> Any:
-        """Wan's image mode (text-to-image is 1-frame video): the same modules, frames as a batch of 1-frame videos."""
-        return dataclasses.replace(components, config={**components.config, FRAMES_AS_IMAGES: True})
 
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: Any) -> list[AttentionSite]:

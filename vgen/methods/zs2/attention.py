@@ -1,10 +1,10 @@
 """ZS2's temporal momentum attention: frame i attends with keys and values K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (and V),
 queries unchanged, separately per group of frames (one group per CFG half and batch element).
 
-Image UNets (`MomentumAttnProcessor`, on diffusers' Attention) fold frames into the batch, frame-major; Wan's image
-mode (`WanMomentumAttnProcessor`, on WanAttention) makes them a batch of 1-frame videos, frame-major, and mixes the
-keys after RoPE (every frame sits at frame index 0, so each is rotated alike and the mix commutes with the
-rotation). The running state that the processors of one model share is a `FrameState`, set by the runner before
+Image UNets (`MomentumAttnProcessor`, on diffusers' Attention) fold frames into the batch, frame-major; the image
+mode of Wan (`WanMomentumAttnProcessor`) and LTX (`LTXMomentumAttnProcessor`) makes them a batch of 1-frame videos,
+frame-major, and mixes the keys after RoPE (every frame sits at frame index 0, so each is rotated alike and the
+mix commutes with the rotation). The running state that the processors of one model share is a `FrameState`, set by the runner before
 each call. Which processor a model gets follows its family's processor signature (`processor_for`).
 """
 
@@ -18,6 +18,7 @@ import torch
 from vgen.core.attention import AttentionLayer, ProcessorFactory, split_heads
 from vgen.errors import ConfigError
 from vgen.models.family import Family
+from vgen.models.ltx import LTXFamily
 from vgen.models.wan import WanFamily
 
 
@@ -184,7 +185,42 @@ class WanMomentumAttnProcessor(RunningKV):
         return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
-PROCESSORS = (MomentumAttnProcessor, WanMomentumAttnProcessor)
+class LTXMomentumAttnProcessor(RunningKV):
+    """LTX's self-attention (attn1) in image mode with ZS2's momentum: diffusers' LTXVideoAttnProcessor (0.42.1) step
+    for step (projections, RMS norms, RoPE on the whole width, heads split, dispatch_attention_fn, to_out), with the
+    rotated keys and the values replaced by their running averages over the frames of the batch before attending.
+    Queries unchanged; μ = 0 (or `state.active` False) is LTXVideoAttnProcessor exactly."""
+
+    signature = LTXFamily.processor_signature
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+        if encoder_hidden_states is not None:
+            raise ValueError("ZS2's momentum attention goes on LTX's self-attention (attn1) only")
+        batch_size, sequence_length, _ = hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+        if self.mixing:
+            key, value = self.mix_kv(key, value)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        hidden_states = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+PROCESSORS = (MomentumAttnProcessor, WanMomentumAttnProcessor, LTXMomentumAttnProcessor)
 
 
 def processor_for(family: Family) -> type:
@@ -192,7 +228,7 @@ def processor_for(family: Family) -> type:
     for processor in PROCESSORS:
         if processor.signature == family.processor_signature:
             return processor
-    raise ConfigError(f"zs2's momentum attention has no processor for {family.name} attention; it runs on unet2d and wan")
+    raise ConfigError(f"zs2's momentum attention has no processor for {family.name} attention; it runs on unet2d, wan and ltx")
 
 
 def momentum_sites(components, layers: Collection[str] = ()) -> set[str]:

@@ -10,8 +10,8 @@ Algorithm (per video of F frames, any scheduler):
 Editing: x_T is the input video's latents noised to strength s with the same dependency noise (per-frame
 SDEdit), then steps 2-4 on the tail of the schedule.
 
-Models: an image model (unet2d), or a video model's image mode from its family (Wan: the frames are a batch of
-1-frame videos, one latent frame each, decoded one by one; the momentum mixes the keys after RoPE). The same
+Models: an image model (unet2d), or a video model's image mode from its family (Wan, LTX: the frames are a batch
+of 1-frame videos, one latent frame each, decoded one by one; the momentum mixes the keys after RoPE). The same
 model serves: `--model toy-wan --method zs2` samples with toy-wan itself.
 
 Frame chunks (`frame_chunk`): the denoiser sees at most that many frames of each video per call; the chunks of
@@ -115,7 +115,8 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
             frames = source.num_frames
         x0 = _init_latents(job, image, ctx, source.frames[:frames])
     shape = tuple(x0.shape) if x0 is not None else latent_shape(image, frames, ctx.height, ctx.width)
-    scheduler = prepare_scheduler(s.scheduler, image.scheduler, s.steps, image.device, image.family, shape)
+    one_image = (*shape[:2], 1, *shape[3:])  # what one model call samples per image (LTX's shift reads its size)
+    scheduler = prepare_scheduler(s.scheduler, image.scheduler, s.steps, image.device, image.family, one_image)
     timesteps = None
     if x0 is not None:
         timesteps = strength_timesteps(scheduler, z.strength)
