@@ -157,7 +157,7 @@ def frames_at_once(job: JobConfig) -> int:
 
 def frames_warning(job: JobConfig, shape: ModelShape) -> str:
     """A warning line when a method that denoises every frame at once asks for more than the model was made for."""
-    if job.method in ("streaming", "zs2") or shape.kind == "unet2d" or shape.trained_frames is None:  # zs2: frames are images
+    if job.method == "streaming" or shape.kind == "unet2d" or shape.trained_frames is None:
         return ""
     frames = job.video.frames
     if frames <= shape.trained_frames:
