@@ -4,8 +4,9 @@ queries unchanged, separately per group of frames (one group per CFG half and ba
 Image UNets (`MomentumAttnProcessor`, on diffusers' Attention) fold frames into the batch, frame-major; the image
 mode of Wan (`WanMomentumAttnProcessor`) and LTX (`LTXMomentumAttnProcessor`) makes them a batch of 1-frame videos,
 frame-major, and mixes the keys after RoPE (every frame sits at frame index 0, so each is rotated alike and the
-mix commutes with the rotation). The running state that the processors of one model share is a `FrameState`, set by the runner before
-each call. Which processor a model gets follows its family's processor signature (`processor_for`).
+mix commutes with the rotation). The running state that the processors of one model share is a `FrameState`, set
+by the runner before each call. Which processor a model gets follows its family's processor signature
+(`processor_for`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vgen.models.wan import WanFamily
 
 @dataclass
 class FrameState:
-    """What the momentum processors of one UNet share, set by the runner before each UNet call.
+    """What the momentum processors of one model share, set by the runner before each model call.
 
     frames: frames per video in the batch (the batch is groups of `frames` consecutive images: one group
     per CFG half and batch element). active: False makes every processor plain attention (steps outside

@@ -156,7 +156,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         )
 
     # (4) decode each frame
-    video = decode_latents(image, latents, job.memory.decode_chunk)[0]
+    video = decode_latents(image, latents, job.memory.decode_chunk, ctx.generator)[0]  # LTX: its decode noise
     metadata = {
         "rho": rho,
         "lam": z.lam if z.rho is None else None,
