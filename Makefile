@@ -65,6 +65,8 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_i4vgen.py
 	$(BIN)/python scripts/bench_streaming.py --quick
 	$(BIN)/python scripts/bench_kernels.py --quick --repeats 3
+	$(BIN)/python scripts/bench_kernels.py --set dit --size toy --no-compile --repeats 5
+	$(BIN)/python scripts/bench_kernels.py --set dit --size mid --no-compile --repeats 3
 
 # Wan's streamed decode against vae.decode by length, and our loop against diffusers' pipelines on the
 # benchmark-size random Wan / LTX (CPU-sized by default; the device check runs them at full size on a GPU)

@@ -1,7 +1,8 @@
-"""Core kernels at ZeroScope's sizes: Triton vs the torch references vs torch.compile of them.
+"""Core kernels at ZeroScope's sizes (or a DiT's: --set dit): Triton vs the torch references vs torch.compile.
 
     .venv/bin/python scripts/bench_kernels.py [--device cpu|cuda] [--quick] [--repeats 5] [--no-compile]
         [--only flow|attention|noise ...] [--json out.json]
+    .venv/bin/python scripts/bench_kernels.py --set dit [--size wan|mid|toy] [--device cpu|cuda] ...
 
 Shapes are those of ZeroScope (zeroscope_v2_576w layout) at 16 frames of 320x512 (latents 40x64), at the
 level Vico records (latent factor 4: P = 10x16 = 160 positions; 64 heads of 20 channels there), J = 24
@@ -18,6 +19,19 @@ where it fits, "matmul" the ar_matrix product as one batched matmul on a contigu
 "scan" a frame loop y_i = decay*y_{i-1} + gain*x_i, "compile" / "compile-scan" torch.compile (Inductor)
 of the plain reference / of the loop (on CUDA Inductor writes that loop as one Triton kernel), "triton" the vgen/core/kernels kernel (CUDA only), "sdpa" plain SDPA (the output alone) as
 the yardstick of the recorded attention. fwd = forward, f+b = forward and backward (flow, attention).
+
+--set dit: the kernels of issue 35's DiT methods (vgen/core/attention_slices.py, vgen/core/scan.py) at
+--size wan (Wan 2.1 1.3B at 81 frames of 480x832: 21 latent frames x 30x52 positions, 12 heads x 128; CUDA
+only, the CPU would take many minutes), mid (33 frames of 192x320: 9 x 12x20 positions, 12 heads x 128) or
+toy (toy-wan: 5 latent frames x 4x4 positions after the 2x2 patch, 4 heads x 32):
+  slice           same_position_attention f+b: "torch" the tiled reference, "triton" the kernel, "naive" the
+                  full N x N softmax then the slice (autograd; skipped where it would not fit), "sdpa" one
+                  SDPA attention of the same q, k (v = k) as the yardstick of a block's own attention
+  scan-noise      ar_scan of the initial noise [1, 16, F, 2·h, 2·w] along frames (ZS2's AR(1) noise)
+  scan-kv         ar_scan of keys and values [2, F, P, 12·128] along frames (ZS2's momentum attention)
+  "torch" = the ar_matrix matmul, "triton" the sequential scan kernel, "scan" a frame loop in torch.
+peak MiB: the most memory one call (f+b where there is a backward) allocated above its inputs: CUDA's
+allocator peak, or on a CPU the peak RSS of a forked child running the call once, above its start.
 
 Times are medians of --repeats after warm-ups (compile time excluded, printed apart). GB/s counts the
 least traffic (each input read once, each output written once; f+b adds the gradients), against the
@@ -41,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from vgen.core import attention, flow, noise  # noqa: E402
+from vgen.core import attention, attention_slices, flow, noise, scan  # noqa: E402
 from vgen.core.kernels import use_kernels  # noqa: E402
 
 F, P, J, HEADS, HEAD_DIM, TOKENS = 16, 160, 24, 64, 20, 77
@@ -148,6 +162,68 @@ def cases(half: torch.dtype) -> list[Case]:
     return out
 
 
+# --set dit sizes: (latent frames, latent height, latent width after the 2x2 patch, heads, head dim)
+DIT_SIZES = {"wan": (21, 30, 52, 12, 128), "mid": (9, 12, 20, 12, 128), "toy": (5, 4, 4, 4, 32)}
+
+
+def naive_slice(q, k, frames: int, scale: float):
+    """The full softmax over N keys in the compute precision, then each position's F x F block."""
+    B, H, N, _ = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    probs = torch.softmax(torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale, dim=-1)
+    P = N // frames
+    idx = torch.arange(P, device=q.device)
+    # [b, h, f, p, g, p'] at p' = p: advanced indexing on the two position axes -> [P, B, H, F, F]
+    return probs.view(B, H, frames, P, frames, P)[:, :, :, idx, :, idx].permute(1, 2, 0, 3, 4)
+
+
+def _slices(kernels, frames, scale):
+    def fn(q, k):
+        with use_kernels(kernels):
+            return attention_slices.same_position_attention(q, k, frames, scale)
+    return fn
+
+
+def _scan(kernels, decay, gain, dim):
+    def fn(x):
+        with use_kernels(kernels):
+            return scan.ar_scan(x, decay, gain, dim)
+    return fn
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def dit_cases(size: str, half: torch.dtype, device: torch.device) -> list[Case]:
+    F_, h, w, heads, d = DIT_SIZES[size]
+    P_, scale = h * w, d ** -0.5
+    N = F_ * P_
+    rho, mu = 0.94, 0.98
+
+    def qk(device, gen):
+        return tuple(torch.randn(1, heads, N, d, generator=gen).to(device, half) for _ in range(2))
+
+    impls = {"torch": _slices("torch", F_, scale), "triton": _slices("triton", F_, scale)}
+    # the naive f+b holds about 4 float32 [heads, N, N] tensors (scores, probabilities, their gradients)
+    if 4 * 4 * heads * N * N < _free_bytes(device) // 2:
+        impls["naive"] = lambda q, k: naive_slice(q, k, F_, scale)
+    impls["sdpa"] = lambda q, k: torch.nn.functional.scaled_dot_product_attention(q, k, k, scale=scale)
+    out = [Case(f"slice/{size}", qk, impls, cuda_only={"triton"})]
+    for name, shape, decay, gain, dim in (
+            ("scan-noise", (1, 16, F_, 2 * h, 2 * w), rho, math.sqrt(1 - rho * rho), 2),
+            ("scan-kv", (2, F_, P_, heads * d), mu, 1 - mu, 1)):
+        dtype = torch.float32 if name == "scan-noise" else half
+        out.append(Case(f"{name}/{size}", lambda device, gen, shape=shape, dtype=dtype: (
+            torch.randn(shape, generator=gen).to(device, dtype),), {
+            "torch": _scan("torch", decay, gain, dim), "triton": _scan("triton", decay, gain, dim),
+            "scan": lambda x, decay=decay, gain=gain, dim=dim: scan_mix(x, decay, gain, dim)},
+            cuda_only={"triton"}))
+    return out
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -172,6 +248,48 @@ def time_call(fn, device, repeats: int, warmup: int = 2) -> float:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def peak_mib(fn, device: torch.device):
+    """Memory one call of ``fn`` allocated at its peak above what was allocated before: CUDA's allocator
+    counters, or on a CPU the peak resident set of a forked child running it above the child's start."""
+    if device.type != "cuda":
+        return _cpu_peak_mib(fn)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _cpu_peak_mib(fn):
+    if not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"):
+        return None
+    import resource
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run once, report the growth of its peak RSS (Linux starts it at the parent's RSS)
+        os.close(read)
+        try:
+            torch.set_num_threads(1)  # no OpenMP team across the fork (libgomp may hang in a forked child)
+            base = _rss_kib()
+            fn()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            os.write(write, str((peak - base) / 1024).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return float(text) if text else None
 
 
 def run_case(case: Case, device: torch.device, repeats: int, compile_ok: bool, quick: bool) -> list[dict]:
@@ -210,6 +328,7 @@ def run_case(case: Case, device: torch.device, repeats: int, compile_ok: bool, q
                 fb()
                 _sync(device)
                 row["first_s"] += time.perf_counter() - t0
+                row["peak_mib"] = peak_mib(fb, device)
                 row["fb_s"] = time_call(fb, device, repeats)
                 row["fb_gbs"] = (2 * traffic + _bytes(inputs)) / row["fb_s"] / 1e9
             elif case.backward and impl == "sdpa":
@@ -221,7 +340,10 @@ def run_case(case: Case, device: torch.device, repeats: int, compile_ok: bool, q
                     for x in xs:
                         x.grad = None
 
+                row["peak_mib"] = peak_mib(fb_sdpa, device)
                 row["fb_s"] = time_call(fb_sdpa, device, repeats)
+            else:
+                row["peak_mib"] = peak_mib(lambda: fn(*inputs), device)
         except Exception as err:  # a compile that fails on this machine is a row, not the end of the run
             row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
         rows.append(row)
@@ -238,7 +360,7 @@ def peak_gbs(device: torch.device):
 def print_table(rows: list[dict], device: torch.device) -> None:
     peak = peak_gbs(device)
     print(f"{'case':<20} {'impl':<13} {'fwd ms':>9} {'f+b ms':>9} {'fwd GB/s':>9} {'%peak':>6} "
-          f"{'vs torch':>9} {'f+b vs':>7} {'1st s':>6}")
+          f"{'vs torch':>9} {'f+b vs':>7} {'1st s':>6} {'peak MiB':>9}")
     base = {}
     for r in rows:
         if r["impl"] == "torch" and "fwd_s" in r:
@@ -253,7 +375,11 @@ def print_table(rows: list[dict], device: torch.device) -> None:
         sp = b["fwd_s"] / r["fwd_s"] if b else math.nan
         spb = b.get("fb_s", math.nan) / r.get("fb_s", math.nan) if b else math.nan
         print(f"{r['case']:<20} {r['impl']:<13} {fwd:>9.3f} {fb:>9.3f} {r['fwd_gbs']:>9.1f} {pct} "
-              f"{sp:>8.2f}x {spb:>6.2f}x {r['first_s']:>6.1f}")
+              f"{sp:>8.2f}x {spb:>6.2f}x {r['first_s']:>6.1f} {_mib(r.get('peak_mib'))}")
+
+
+def _mib(v) -> str:
+    return f"{'-':>9}" if v is None else f"{v:>9.1f}"
 
 
 def main(argv=None) -> list[dict]:
@@ -266,19 +392,31 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--only", nargs="*", default=None, help="case name prefixes (flow, attn, noise, ...)")
     ap.add_argument("--budget", type=float, default=0, help="seconds after which no new case starts (0: none)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", dest="case_set", choices=["zeroscope", "dit"], default="zeroscope",
+                    help="which kernels and sizes: ZeroScope's (Vico's UNet kernels, ZS2) or a DiT's (issue 35)")
+    ap.add_argument("--size", choices=sorted(DIT_SIZES), default=None,
+                    help="--set dit: wan (default on CUDA), mid (default on a CPU) or toy")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     half = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    if args.case_set == "dit" and not args.dtype and device.type == "cuda":
+        half = torch.bfloat16  # Wan's dtype
+    size = args.size or ("wan" if device.type == "cuda" else "mid")
+    if args.case_set == "dit" and size == "wan" and device.type != "cuda":
+        sys.exit("bench_kernels: --set dit --size wan needs a CUDA device (N = 32760 tokens: the torch side alone "
+                 "would take many minutes on a CPU); use --size mid or toy here")
     compile_ok = not args.no_compile
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"kernels on {name}: torch {torch.__version__}, attention/noise-kv dtype {str(half).removeprefix('torch.')}, "
+    what = "" if args.case_set == "zeroscope" else f"set dit, size {size} {DIT_SIZES[size]}, "
+    print(f"kernels on {name}: {what}torch {torch.__version__}, attention/noise-kv dtype {str(half).removeprefix('torch.')}, "
           f"repeats {args.repeats}, load {os.getloadavg()[0]:.1f}")
     rows = []
     started = time.perf_counter()
-    for case in cases(half):
+    chosen = cases(half) if args.case_set == "zeroscope" else dit_cases(size, half, device)
+    for case in chosen:
         if args.only and not any(case.name.startswith(o) for o in args.only):
             continue
         if args.budget and time.perf_counter() - started > args.budget:

@@ -17,6 +17,9 @@ seconds is skipped and says so:
               missing (its wheel is 68 MB, over what a call carries): streamed frames are then dropped.
   4 kernels   scripts/bench_kernels.py on CUDA: Triton vs torch vs torch.compile at ZeroScope's sizes, GB/s
               against the chip's peak
+  4b dit-kernels  scripts/bench_kernels.py --set dit --size wan: issue 35's same-position attention slices
+              (forward + backward) and AR(1) scans at Wan 2.1 1.3B's size (81 frames of 480x832: 21 x 30x52
+              tokens, 12 heads x 128, bfloat16): Triton vs the torch references, time and peak CUDA memory
   5 dits      the DiT families in bfloat16: vanilla against WanPipeline on wan-quarter (81 frames 480x832) and
               LTXPipeline on ltx-quarter (161 frames 512x704), --dit-steps steps, median of 5, time and peak
               CUDA memory (scripts/bench_dit_loop.py); Wan's streamed decode against vae.decode at 17/81/241
@@ -56,6 +59,8 @@ VGEN_MODULES = ["vgen.config", "vgen.jobs", "vgen.models", "vgen.tiny", "vgen.co
                 "vgen.core.noise", "vgen.core.kernels.dispatch", "vgen.methods.vanilla.runner", "vgen.methods.vico",
                 "vgen.methods.i4vgen", "vgen.methods.streaming.runner", "vgen.models.wan", "vgen.models.ltx"]
 TRITON_MODULES = ["vgen.core.kernels.triton_bottleneck", "vgen.core.kernels.triton_attention"]
+VGEN_MODULES += ["vgen.core.scan", "vgen.core.attention_slices"]  # issue 35's DiT kernels
+TRITON_MODULES += ["vgen.core.kernels.triton_slices", "vgen.core.kernels.triton_scan"]
 METHODS = ["vanilla", "vico", "i4vgen", "streaming"]
 PROMPT = "a red circle moving left and a blue square moving up"
 
@@ -344,6 +349,18 @@ def targets(methods: list[dict], kernels: list[dict], dits: list[dict] = (), cp:
             r = t["fwd_s"] / s["fwd_s"]
             out.append(f"recorded attention {case}: {r:.2f}x SDPA's forward time (target <= 1.5x): "
                        f"{'met' if r <= 1.5 else 'NOT met'}")
+    t, b, s = k.get(("slice/wan", "triton")), k.get(("slice/wan", "torch")), k.get(("slice/wan", "sdpa"))
+    if t and "fb_s" in t:
+        line = f"same-position slices at Wan size, f+b: triton {1e3 * t['fb_s']:.1f} ms, {t.get('peak_mib') or 0:.0f} MiB"
+        if b and "fb_s" in b:
+            line += f"; torch tiled {1e3 * b['fb_s']:.1f} ms, {b.get('peak_mib') or 0:.0f} MiB"
+        if s and "fb_s" in s:
+            line += f"; one SDPA attention f+b {1e3 * s['fb_s']:.1f} ms (the yardstick, no target)"
+        out.append(line)
+    for case in ("scan-noise/wan", "scan-kv/wan"):
+        t, b = k.get((case, "triton")), k.get((case, "torch"))
+        if t and b:
+            out.append(f"ar_scan {case}: triton {b['fwd_s'] / t['fwd_s']:.1f}x the torch matmul's speed (forward)")
     base = next((r for r in methods if r["method"] == "vanilla" and r["dtype"] == "float16" and "seconds" in r), None)
     vico = next((r for r in methods if r["method"] == "vico" and r["dtype"] == "float16" and r["kernels"] == "auto"
                  and "seconds" in r), None)
@@ -366,7 +383,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtypes", nargs="*", default=["float16", "bfloat16"])
     ap.add_argument("--methods", nargs="*", default=METHODS)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "methods", "kernels", "dits", "cp"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "methods", "kernels", "dit-kernels", "dits", "cp"])
     ap.add_argument("--dit-steps", type=int, default=10, help="steps of the DiT loop comparison")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel")
     ap.add_argument("--out", help="folder for results.json")
@@ -428,10 +445,20 @@ def main() -> None:
         return bench_kernels.main(["--device", args.device, "--repeats", str(args.repeats), "--budget", f"{left:.0f}"])
 
     results["kernels"] = section("kernels", kernels) or []
+
+    def dit_kernels():
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_kernels
+
+        log("")
+        return bench_kernels.main(["--set", "dit", "--size", "wan", "--device", args.device, "--no-compile",
+                                   "--repeats", str(args.repeats)])
+
+    results["dit_kernels"] = section("dit-kernels", dit_kernels) or []
     results["dits"] = section("dits", lambda: run_dits(args)) or []
     results["cp"] = section("cp", lambda: run_cp(args)) or []
     log("\ntargets:")
-    for line in targets(results["methods"], results["kernels"], results["dits"], results["cp"]):
+    for line in targets(results["methods"], results["kernels"] + results["dit_kernels"], results["dits"], results["cp"]):
         log("  " + line)
     log(f"device-check done in {time.perf_counter() - started:.0f}s"
         + (f"; skipped: {', '.join(results['skipped'])}" if results["skipped"] else ""))

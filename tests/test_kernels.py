@@ -1,4 +1,5 @@
-"""Triton kernels (vgen/core/kernels) against the torch references of flow.py and attention.py.
+"""Triton kernels (vgen/core/kernels) against the torch references of flow.py, attention.py,
+attention_slices.py and scan.py.
 
 Without CUDA the kernels run in Triton's interpreter: this module sets TRITON_INTERPRET=1 before triton
 is first imported (triton.language decorates its own helpers at import time, so it must be set then) and
@@ -263,3 +264,160 @@ def test_forcing_triton_without_cuda_is_one_clear_error(monkeypatch):
     monkeypatch.delenv(dispatch.ENV)
     assert dispatch.configure("triton", "cpu") == "triton"
     dispatch.configure("auto")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# same-position attention slices (vgen.core.attention_slices)
+
+
+SLICES = [  # (B, heads, frames, positions, head dim): N = F·P tokens, odd sizes, some over one 64-row tile
+    (1, 2, 3, 4, 8),
+    (2, 2, 5, 16, 16),  # N = 80: two query and key tiles
+    (1, 2, 1, 16, 8),  # one frame: the diagonal
+    (1, 1, 5, 17, 20),  # N = 85, head dim 20 (padded to 32)
+]
+
+
+def _qk(case, dtype, gen):
+    B, H, F, P, d = case
+    q = (torch.randn(B, H, F * P, d, generator=gen) * 1.3).to(DEV, dtype)
+    k = torch.randn(B, H, F * P, d, generator=gen).to(DEV, dtype)
+    return q, k, F, d ** -0.5, torch.randn(B, H, P, F, F, generator=gen).to(DEV)
+
+
+def _slice_run(q, k, frames, scale, weights, kernels):
+    from vgen.core.attention_slices import same_position_attention
+
+    q, k = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
+    with use_kernels(kernels):
+        a = same_position_attention(q, k, frames, scale)
+    (a * weights).sum().backward()
+    return a.detach(), q.grad, k.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("case", SLICES, ids=["small", "tiles", "one-frame", "odd"])
+def test_same_position_attention_matches_reference(case, dtype):
+    """Forward (Triton logsumexp and slice) and backward (Triton tiled logsumexp pass) against the torch
+    reference on the same inputs."""
+    gen = torch.Generator().manual_seed(10)
+    q, k, F, scale, w = _qk(case, dtype, gen)
+    a, gq, gk = _slice_run(q, k, F, scale, w, "triton")
+    ra, rq, rk = _slice_run(q, k, F, scale, w, "torch")
+    assert a.dtype == torch.float32 and a.shape == ra.shape
+    torch.testing.assert_close(a, ra, atol=1e-6 if dtype == torch.float32 else 2e-3, rtol=0)
+    for g, r in ((gq, rq), (gk, rk)):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), r.float(), atol=tol(dtype, r.abs().max().item()), rtol=0)
+
+
+def test_same_position_attention_against_naive_softmax():
+    """Through the public dispatch: the Triton path equals the slice of the plain N x N softmax (an
+    independent reference), gradients by autograd through it."""
+    from vgen.core import attention_slices
+
+    gen = torch.Generator().manual_seed(11)
+    q, k, F, scale, w = _qk(SLICES[1], torch.float32, gen)
+    a, gq, gk = _slice_run(q, k, F, scale, w, "triton")
+    B, H, N, _ = q.shape
+    P = N // F
+    qn, kn = q.clone().requires_grad_(), k.clone().requires_grad_()
+    full = torch.softmax(qn @ kn.transpose(-1, -2) * scale, -1).view(B, H, F, P, F, P)
+    ref = torch.stack([full[:, :, :, p, :, p] for p in range(P)], dim=2)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(a, ref.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(gq, qn.grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gk, kn.grad, atol=1e-5, rtol=0)
+    with use_kernels("triton"):
+        lse = attention_slices.row_logsumexp(q, k, scale)
+    torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * scale, -1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_logsumexp_matches_reference(dtype):
+    from vgen.core.attention_slices import row_logsumexp
+
+    gen = torch.Generator().manual_seed(15)
+    q, k, _, scale, _ = _qk(SLICES[3], dtype, gen)
+    w = torch.randn(q.shape[:-1], generator=gen).to(DEV)
+    outs = {}
+    for kernels in ("triton", "torch"):
+        qs, ks = q.clone().requires_grad_(), k.clone().requires_grad_()
+        with use_kernels(kernels):
+            lse = row_logsumexp(qs, ks, scale)
+        (lse * w).sum().backward()
+        outs[kernels] = (lse.detach(), qs.grad, ks.grad)
+    (lse, gq, gk), (rl, rq, rk) = outs["triton"], outs["torch"]
+    assert lse.dtype == torch.float32
+    torch.testing.assert_close(lse, rl, atol=1e-5, rtol=0)
+    for g, r in ((gq, rq), (gk, rk)):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), r.float(), atol=tol(dtype, r.abs().max().item()), rtol=0)
+
+
+def test_same_position_attention_strided_inputs():
+    """q, k as transposed views of [B, N, heads, d] (how a DiT's attention holds them)."""
+    from vgen.core.attention_slices import same_position_attention
+
+    gen = torch.Generator().manual_seed(12)
+    q = torch.randn(1, 48, 2, 16, generator=gen).to(DEV).transpose(1, 2)
+    k = torch.randn(1, 48, 2, 16, generator=gen).to(DEV).transpose(1, 2)
+    with use_kernels("triton"):
+        a = same_position_attention(q, k, 3, 0.25, mean_heads=True)
+    with use_kernels("torch"):
+        ref = same_position_attention(q.contiguous(), k.contiguous(), 3, 0.25, mean_heads=True)
+    torch.testing.assert_close(a, ref, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AR(1) / momentum scan (vgen.core.scan)
+
+
+SCANS = [  # (shape, dim)
+    ((2, 4, 7, 5, 6), 2),  # [B, C, F, H, W] noise
+    ((2, 9, 33, 20), 1),  # [groups, F, tokens, d]: several programs
+    ((11, 3), 0),
+    ((3, 1, 5), 2),  # frames last
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF])
+@pytest.mark.parametrize("with_carry", [False, True], ids=["no-carry", "carry"])
+@pytest.mark.parametrize("shape,dim", SCANS, ids=["noise", "tokens", "2d", "last"])
+def test_ar_scan_matches_reference(shape, dim, with_carry, dtype):
+    from vgen.core.scan import ar_scan
+
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(shape, generator=gen).to(DEV, dtype)
+    rest = list(shape)
+    del rest[dim]
+    carry = torch.randn(rest, generator=gen).to(DEV, dtype) if with_carry else None
+    w = torch.randn(shape, generator=gen).to(DEV)
+    outs = {}
+    for kernels in ("triton", "torch"):
+        xs = x.clone().requires_grad_()
+        cs = carry.clone().requires_grad_() if with_carry else None
+        with use_kernels(kernels):
+            y = ar_scan(xs, 0.94, 0.34, dim, cs)
+        (y.float() * w).sum().backward()
+        outs[kernels] = (y.detach(), xs.grad, cs.grad if with_carry else None)
+    (y, gx, gc), (ry, rx, rc) = outs["triton"], outs["torch"]
+    assert y.dtype == dtype and gx.dtype == dtype
+    torch.testing.assert_close(y.float(), ry.float(), atol=tol(dtype, 4.0), rtol=0)
+    torch.testing.assert_close(gx.float(), rx.float(), atol=tol(dtype, 4.0), rtol=0)
+    if with_carry:
+        torch.testing.assert_close(gc.float(), rc.float(), atol=tol(dtype, 4.0), rtol=0)
+
+
+def test_ar1_noise_on_triton_is_the_closed_form():
+    """ar1_noise routed to the Triton scan: eps_i = rho·eps_{i-1} + sqrt(1-rho²)·z_i by hand, frame by frame."""
+    from vgen.core import noise
+
+    shape = (1, 2, 4, 3, 5)
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(14))
+    with use_kernels("triton"):
+        eps = noise.ar1_noise(0.6)(shape, torch.Generator().manual_seed(14), DEV, torch.float32)
+    ref = [z[:, :, 0]]
+    for i in range(1, 4):
+        ref.append(0.6 * ref[-1] + 0.8 * z[:, :, i])
+    torch.testing.assert_close(eps.cpu(), torch.stack(ref, 2), atol=1e-6, rtol=0)

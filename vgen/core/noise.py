@@ -11,25 +11,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from vgen.core.scan import ar_matrix, ar_scan  # noqa: F401  (ar_matrix: its old home)
+
 NoiseModel = Callable[[Sequence[int], torch.Generator, torch.device, torch.dtype], torch.Tensor]
 
 
 def iid_noise(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Independent N(0, I) noise for every frame."""
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def ar_matrix(frames: int, decay: float, gain: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The recursion y_0 = x_0, y_i = decay·y_{i-1} + gain·x_i as one lower-triangular [F, F] matrix.
-
-    Row i is (decay^i, gain·decay^(i-1), ..., gain): a whole frame axis is mixed by one matmul, with no
-    Python loop over frames. Shared by the AR(1) noise and the temporal momentum attention.
-    """
-    i = torch.arange(frames, dtype=torch.float64)
-    lag = i[:, None] - i[None, :]
-    m = torch.where(lag >= 0, gain * torch.tensor(decay, dtype=torch.float64).pow(lag.clamp(min=0)), 0.0)
-    m[:, 0] = torch.tensor(decay, dtype=torch.float64).pow(i)
-    return m.to(dtype)
 
 
 def rho_from_lambda(lam: float) -> float:
@@ -53,7 +42,6 @@ def ar1_noise(rho: float) -> NoiseModel:
         z = iid_noise(shape, generator, device, dtype)
         if rho == 0.0 or shape[2] == 1:
             return z
-        mix = ar_matrix(shape[2], rho, math.sqrt(1.0 - rho * rho), torch.float32).to(device)
-        return torch.einsum("ij,bcjhw->bcihw", mix, z.float()).to(dtype)
+        return ar_scan(z.float(), rho, math.sqrt(1.0 - rho * rho), dim=2).to(dtype)
 
     return noise

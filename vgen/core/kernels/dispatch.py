@@ -1,7 +1,7 @@
 """Which implementation the core kernels run: ``runtime.kernels`` (env ``VGEN_KERNELS`` overrides it).
 
     auto    Triton on CUDA tensors when triton imports, else the torch references (the default)
-    torch   always the torch references (vgen/core/flow.py, vgen/core/attention.py)
+    torch   always the torch references (vgen/core/flow.py, attention.py, attention_slices.py, scan.py)
     triton  always Triton; without CUDA only under TRITON_INTERPRET=1 (Triton's CPU interpreter: slow,
             for tests), else ``configure`` raises a one-line ConfigError naming both ways out
 
