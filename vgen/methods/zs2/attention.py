@@ -17,6 +17,7 @@ from typing import Collection, Optional
 import torch
 
 from vgen.core.attention import AttentionLayer, ProcessorFactory, split_heads
+from vgen.core.scan import ar_scan
 from vgen.errors import ConfigError
 from vgen.models.family import Family
 from vgen.models.ltx import LTXFamily
@@ -41,8 +42,9 @@ class FrameState:
 class RunningKV:
     """The running average of keys and values over the frames of each group, shared by the processors below.
 
-    K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, as one lower-triangular matrix along
-    frames; with `state.continues`, the previous call's last K̃/Ṽ of each group acts as frame -1.
+    K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, by `vgen.core.scan.ar_scan` along the
+    frames (a Triton scan where the kernels say so, else one lower-triangular matmul); with `state.continues`, the
+    previous call's last K̃/Ṽ of each group is the carry: K̃_0 = μ·carry + (1-μ)·K_0.
     """
 
     def __init__(self, momentum: float, state: FrameState):
@@ -50,7 +52,6 @@ class RunningKV:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.momentum, self.state = momentum, state
         self._last: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (K̃, Ṽ) of each group's last frame
-        self._mix: dict[tuple, torch.Tensor] = {}
 
     @property
     def mixing(self) -> bool:
@@ -58,22 +59,11 @@ class RunningKV:
 
     def mix(self, x: torch.Tensor, carry: Optional[torch.Tensor]) -> torch.Tensor:
         """[G·F, ...] -> [G, F, ...], the running average along F within each group; `carry` [G, ...] is frame -1."""
-        from vgen.core.noise import ar_matrix
-
         f = self.state.frames
         if x.shape[0] % f:
             raise ValueError(f"batch {x.shape[0]} is not a whole number of {f}-frame videos")
         x = x.reshape(x.shape[0] // f, f, *x.shape[1:])
-        if carry is not None:
-            x = torch.cat([carry[:, None].to(x.dtype), x], dim=1)
-        n = x.shape[1]
-        key = (n, x.dtype, x.device)
-        if key not in self._mix:
-            self._mix[key] = ar_matrix(n, self.momentum, 1.0 - self.momentum, x.dtype).to(x.device)
-        out = torch.matmul(self._mix[key], x.flatten(2)).view_as(x)  # over frames; as an einsum 1.7x slower on CPU
-        if carry is not None:
-            out = out[:, 1:]
-        return out
+        return ar_scan(x, self.momentum, 1.0 - self.momentum, dim=1, carry=None if carry is None else carry.to(x.dtype))
 
     def mix_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [G·F, ...] -> their running averages, same shape; remembers each group's last frame."""
@@ -87,7 +77,7 @@ class MomentumAttnProcessor(RunningKV):
     """Spatial self-attention whose keys and values are running averages over frames (ZS2).
 
     K̃_0 = K_0, K̃_i = μ·K̃_{i-1} + (1-μ)·K_i (same for V), token by token, queries unchanged, separately per
-    group of frames, as one lower-triangular matrix along frames. μ = 0 is plain attention, μ = 1 is
+    group of frames (`RunningKV`). μ = 0 is plain attention, μ = 1 is
     Text2Video-Zero's cross-frame attention (every frame sees frame 0). The attention itself is computed like
     diffusers' AttnProcessor2_0 (`sdpa=True`, the default processor) or AttnProcessor (`sdpa=False`), so both
     ends match diffusers bit for bit.
