@@ -203,6 +203,24 @@ def test_generate_zs2_from_the_command_line(tmp_path):
 # ---------------------------------------------------------------------------------------------- Wan's image mode
 
 
+def test_image_mode_makes_frames_images_where_the_family_can(tiny):
+    """Wan's image mode: 5 frames are 5 latent frames (not (5 - 1) // 4 + 1 = 2), attn1 becomes "spatial-self", the
+    original components stay a video model; a UNet3D model has no image mode: one ConfigError line."""
+    from vgen.errors import ConfigError
+
+    wan = tiny("tiny-random-wan")
+    image = wan.family.image_model(wan)
+    assert wan.family.latent_shape(wan, 5, 32, 32)[2] == 2 and image.family.latent_shape(image, 5, 32, 32)[2] == 5
+    roles = {site.key: site.role for site in image.family.attention_sites(image)}
+    assert roles["blocks.0.attn1.processor"] == "spatial-self" and roles["blocks.0.attn2.processor"] == "cross"
+    assert {site.role for site in wan.family.attention_sites(wan)} == {"self", "cross"}
+    unet2d = tiny("tiny-random-unet2d")
+    assert unet2d.family.image_model(unet2d) is unet2d
+    video = tiny("tiny-random-unet3d")
+    with pytest.raises(ConfigError, match="families that can: unet2d, wan, ltx"):
+        video.family.image_model(video)
+
+
 def _wan_attn1(c, groups=2, frames=3, seed=0):
     """Tiny Wan's first self-attention, random hidden states for groups·frames one-frame videos, its RoPE."""
     torch.manual_seed(seed)
