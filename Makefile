@@ -142,8 +142,8 @@ eval-zs2-wan: $(STAMP)
 
 tune-zs2-wan: $(STAMP)
 	$(BIN)/python scripts/compare_zs2.py --model $(TOYWAN) --offset 0 --prompts 3 --seeds 1 \
-		--variant "zs2.momentum=0.9" --variant "zs2.momentum=0.5" --variant "zs2.lam=0.3" \
-		--variant "zs2.rho=0" --variant "zs2.momentum=0"
+		--variant "zs2.momentum=0.9" --variant "zs2.momentum=0.5" --variant "zs2.momentum=1.0" \
+		--variant "zs2.lam=0.05" --variant "zs2.lam=0.3" --variant "zs2.rho=0" --variant "zs2.momentum=0"
 
 bench-zs2-wan: $(STAMP)
 	$(BIN)/python scripts/bench_zs2.py --model wan-quarter --frames 8 --height 240 --width 416 --steps 4 --repeats 2
