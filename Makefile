@@ -146,7 +146,7 @@ tune-zs2-wan: $(STAMP)
 		--variant "zs2.lam=0.05" --variant "zs2.lam=0.3" --variant "zs2.rho=0" --variant "zs2.momentum=0"
 
 bench-zs2-wan: $(STAMP)
-	$(BIN)/python scripts/bench_zs2.py --model wan-quarter --frames 8 --height 240 --width 416 --steps 4 --repeats 2
+	$(BIN)/python scripts/bench_zs2.py --model wan-quarter --frames 4 --height 240 --width 416 --steps 3 --repeats 2
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
