@@ -24,6 +24,7 @@ help:
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
+	@echo "make eval-zs2 / eval-zs2-wan [TOYWAN=folder] - ZS2 vs per-frame on held-out prompts (toy-t2i / toy-wan); tune-zs2-wan, bench-zs2-wan"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
 	@echo "make eval-i4vgen-wan [TOYWAN=folder] - I4VGen vs vanilla on toy-wan, held-out prompts, paired intervals"
 	@echo "make tune-i4vgen-wan [TOYWAN=folder] - I4VGen's toy-wan settings tried on the tuning prompts (0-23)"
@@ -154,6 +155,26 @@ bench-i4vgen-wan: $(STAMP)
 # long (hours on a CPU): re-running continues where it stopped
 eval-streaming: $(STAMP)
 	$(BIN)/python scripts/compare_streaming.py --out outputs/compare_streaming --resume --json outputs/compare_streaming/records.json
+
+# ZS2 against per-frame sampling of the same model, paired 95% intervals: held-out prompts 100-105 (one object) and
+# 100-105 (two) of each sequence, past the 0-5 the settings were tuned on (tune-zs2-wan). eval-zs2: the toy image
+# model (with Text2Video-Zero); eval-zs2-wan: toy-wan's image mode (TOYWAN=<folder> for an exported checkpoint),
+# with the video model's own vanilla video beside it; bench-zs2-wan: time on the benchmark-size random Wan.
+.PHONY: eval-zs2 eval-zs2-wan tune-zs2-wan bench-zs2-wan
+TOYWAN ?= toy-wan
+eval-zs2: $(STAMP)
+	$(BIN)/python scripts/compare_zs2.py --offset 100 --prompts 6 --seeds 2
+
+eval-zs2-wan: $(STAMP)
+	$(BIN)/python scripts/compare_zs2.py --model $(TOYWAN) --offset 100 --prompts 6 --seeds 2 --vanilla
+
+tune-zs2-wan: $(STAMP)
+	$(BIN)/python scripts/compare_zs2.py --model $(TOYWAN) --offset 0 --prompts 3 --seeds 1 \
+		--variant "zs2.momentum=0.9" --variant "zs2.momentum=0.5" --variant "zs2.momentum=1.0" \
+		--variant "zs2.lam=0.05" --variant "zs2.lam=0.3" --variant "zs2.rho=0" --variant "zs2.momentum=0"
+
+bench-zs2-wan: $(STAMP)
+	$(BIN)/python scripts/bench_zs2.py --model wan-quarter --frames 4 --height 240 --width 416 --steps 3 --repeats 2
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

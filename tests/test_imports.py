@@ -2,6 +2,8 @@
 imports inside functions included)."""
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,24 +67,17 @@ def test_no_cycle_among_module_level_imports():
             visit(m, [m])
 
 
-def _is_method_config(target: str) -> bool:
-    """vgen.methods.<name>.config or one of its names."""
-    parts = target.split(".")
-    return len(parts) >= 4 and parts[:2] == ["vgen", "methods"] and parts[3] == "config"
-
-
-def test_vgen_config_reaches_into_a_method_package_only_for_its_config_section():
-    into_methods = {t for t in GRAPH["vgen.config"] if t.startswith("vgen.methods.")}
-    registry = {"vgen.methods.get_method"}  # the lazy registry lookup (vgen.methods itself is torch-free)
-    assert sorted(t for t in into_methods - registry if not _is_method_config(t)) == []
-
-
-@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _is_method_config(m)))
-def test_a_method_config_module_imports_only_errors_and_config_io(module):
-    """Below vgen.config (which imports it): no cycle back, and torch-free."""
-    imported = {t.split(".")[0] + "." + t.split(".")[1] for t in GRAPH[module]}
-    assert imported <= {"vgen.errors", "vgen.config_io"}
-    tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
-    roots = {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    roots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert "torch" not in roots and "numpy" not in roots
+def test_config_reaches_a_method_only_through_its_config_module():
+    """vgen.config takes each method's section from vgen.methods.<name>.config (besides the registry lookup it
+    already makes lazily); those modules stay torch-free and never import vgen.config back."""
+    registry = {"vgen.methods", "vgen.methods.get_method"}
+    section = re.compile(r"vgen\.methods\.\w+\.config(\.\w+)?")
+    assert sorted(t for t in GRAPH["vgen.config"]
+                  if t.startswith("vgen.methods") and t not in registry and not section.fullmatch(t)) == []
+    for module in (m for m in GRAPH if re.fullmatch(r"vgen\.methods\.\w+\.config", m)):
+        tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        vgen_targets = {t if t in GRAPH else t.rsplit(".", 1)[0] for t in GRAPH[module]}
+        assert vgen_targets <= {"vgen.errors", "vgen.config_io"}, module
+        assert "torch" not in roots and roots - {"vgen"} <= set(sys.stdlib_module_names) | {"omegaconf"}, module

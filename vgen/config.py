@@ -25,6 +25,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from vgen.config_io import METHOD_SECTIONS, leaf_keys, load_yaml  # noqa: F401 (re-exported)
 from vgen.errors import ConfigError
 from vgen.methods.i4vgen.config import I4VGenConfig, check as check_i4vgen
+from vgen.methods.zs2.config import ZS2Config  # noqa: F401 (JobConfig's zs2 section; re-exported)
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
@@ -115,35 +116,6 @@ class MemoryConfig:
     vae_tiling: bool = False
     cpu_offload: bool = False  # keep models on the CPU and move each to the device only while it runs
     offload: list[str] = field(default_factory=list)  # only these: text_encoder, vae, unet, unet_2 (Wan 2.2's 2nd expert)
-
-
-@dataclass
-class ZS2Config:
-    """ZS2 (method zs2): video from an image model by dependency noise + temporal momentum attention."""
-
-    lam: float = 0.1  # the paper's λ; rho = 1 - λ·e^(-1/2), clamped to [0, 1] (0.1 -> 0.94)
-    rho: Optional[float] = None  # AR(1) correlation of adjacent frames' noise; overrides lam (0 = iid noise)
-    momentum: float = 0.98  # μ of the key/value running average over frames (0 = per-frame, 1 = frame 0 only)
-    layers: list[str] = field(default_factory=list)  # spatial self-attention layers whose name contains one; [] = all
-    step_start: float = 0.0  # momentum on for denoising steps i with step_start <= i/steps < step_end
-    step_end: float = 1.0
-    frame_chunk: int = 0  # frames per UNet call (0 = all); chunks carry the running average over
-    init_video: Optional[str] = None  # editing: per-frame SDEdit of this video under the same attention
-    strength: float = 0.6  # editing: fraction of the schedule re-run (1 = from pure noise)
-
-    def check(self) -> None:
-        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
-            raise ConfigError(f"config key 'zs2.rho' must be in [0, 1], got {self.rho}")
-        _at_least("zs2.lam", self.lam, 0)
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ConfigError(f"config key 'zs2.momentum' must be in [0, 1], got {self.momentum}")
-        if not 0.0 <= self.step_start <= self.step_end <= 1.0:
-            raise ConfigError(
-                f"config keys zs2.step_start and zs2.step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
-            )
-        _at_least("zs2.frame_chunk", self.frame_chunk, 0)
-        if not 0.0 < self.strength <= 1.0:
-            raise ConfigError(f"config key 'zs2.strength' must be in (0, 1], got {self.strength}")
 
 
 @dataclass

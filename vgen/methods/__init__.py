@@ -44,9 +44,9 @@ METHODS: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "zs2",
-            "vgen.methods.zs2",
+            "vgen.methods.zs2.runner",
             "ZS2: video from an image model with AR(1) dependency noise and temporal momentum attention",
-            ("unet2d",),
+            ("unet2d", "wan", "ltx"),
             paper="arXiv 2407.21475",
             config="configs/zs2.yaml",
             no_context_parallel="its momentum attention processors bypass diffusers' attention dispatch and would see only this rank's share of the tokens",
