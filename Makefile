@@ -25,8 +25,12 @@ help:
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
-	@echo "make eval-vico-wan [TOY_WAN=folder] - Vico vs vanilla toy-wan, held-out prompts (tune-vico-wan: lr on tuning prompts)"
+	@echo "make eval-vico-wan [TOYWAN=folder] - Vico vs vanilla toy-wan, held-out prompts (tune-vico-wan: lr on tuning prompts)"
+	@echo "make eval-zs2 / eval-zs2-wan [TOYWAN=folder] - ZS2 vs per-frame on held-out prompts (toy-t2i / toy-wan); tune-zs2-wan, bench-zs2-wan"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
+	@echo "make eval-i4vgen-wan [TOYWAN=folder] - I4VGen vs vanilla on toy-wan, held-out prompts, paired intervals"
+	@echo "make tune-i4vgen-wan [TOYWAN=folder] - I4VGen's toy-wan settings tried on the tuning prompts (0-23)"
+	@echo "make bench-i4vgen-wan - I4VGen's time vs vanilla on wan-quarter (17 frames at 128x224 on a CPU)"
 	@echo "make eval-i4vgen-oracle - I4VGen started from the toy world's own anchor / clip: what a perfect stage could give"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -103,16 +107,15 @@ eval-vico: $(STAMP)
 
 # Vico on toy-wan (issue 35): base vs Vico on held-out prompts 100.. of each sequence, 2 and 3 objects, with the
 # model's own vgen.yaml vico section (its lr, chosen by tune-vico-wan on prompts 0..); 17 frames, 20 UniPC steps,
-# guidance 5. TOY_WAN: the built-in name or a folder (e.g. an interim export).
-TOY_WAN ?= toy-wan
+# guidance 5. TOYWAN: the built-in name or a folder (e.g. an interim export).
 VICO_WAN_N ?= 50
 eval-vico-wan: $(STAMP)
-	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n $(VICO_WAN_N) --offset 100 \
+	$(BIN)/python scripts/compare_vico.py --model $(TOYWAN) --frames 17 --scheduler model --n $(VICO_WAN_N) --offset 100 \
 	    --variant vico=vico.select=official --json outputs/compare_vico/heldout-wan.json --resume
 
 # the lr grid on tuning prompts 0..5 of each sequence (small fixed budget; docs/vico.md has the table)
 tune-vico-wan: $(STAMP)
-	$(BIN)/python scripts/compare_vico.py --model $(TOY_WAN) --frames 17 --scheduler model --n 6 --offset 0 \
+	$(BIN)/python scripts/compare_vico.py --model $(TOYWAN) --frames 17 --scheduler model --n 6 --offset 0 \
 	    --variant lr1e-3=vico.lr=1e-3 --variant lr1e-2=vico.lr=1e-2 --variant lr1e-1=vico.lr=1e-1 \
 	    --variant lr3e-1=vico.lr=3e-1 --variant lr1=vico.lr=1 --json outputs/compare_vico/tune-wan.json --resume
 
@@ -146,9 +149,54 @@ eval-i4vgen-oracle: $(STAMP)
 probe-i4vgen: $(STAMP)
 	$(BIN)/python scripts/probe_i4vgen_stages.py --prompts 48
 
+# I4VGen on toy-wan against vanilla toy-wan: the same held-out prompts 102-203 and seeds as eval-i4vgen, 17 frames
+# (toy-wan's length), 20 steps of the model's own UniPC flow scheduler, guidance 5; the i4vgen keys come from the
+# model's vgen.yaml (tune with --offset 0). Resumable; TOYWAN=<a Wan folder> for a checkpoint that is not shipped.
+TOYWAN ?= toy-wan
+.PHONY: eval-i4vgen-wan tune-i4vgen-wan bench-i4vgen-wan
+eval-i4vgen-wan: $(STAMP)
+	$(BIN)/python scripts/compare_i4vgen.py --model $(TOYWAN) --frames 17 --steps 20 --scheduler auto --offset 102 \
+		--out runs/compare_i4vgen-wan-heldout
+
+# the small tuning budget, on tuning prompts 0-23 only: the row "i4vgen" is the model's vgen.yaml section (the public
+# AnimateDiff values when it has none), the variants the UNet toy's values (α 1 throughout, p_re 0.8, the middle
+# latent frame held) and more candidates; write the winner into toy-wan's vgen.yaml, then run eval-i4vgen-wan
+tune-i4vgen-wan: $(STAMP)
+	$(BIN)/python scripts/compare_i4vgen.py --model $(TOYWAN) --frames 17 --steps 20 --scheduler auto --offset 0 \
+		--prompts 24 --out runs/tune_i4vgen-wan \
+		--variant "i4vgen.warm_step_size=1 i4vgen.t_regen=0.8" \
+		--variant "i4vgen.warm_step_size=1 i4vgen.t_regen=0.8 i4vgen.regen_hold=middle" \
+		--variant "i4vgen.warm_step_size=1 i4vgen.t_regen=0.8 i4vgen.candidates=10"
+
+# I4VGen's cost on the 1.3B layout (wan-quarter) against vanilla; 128x224 and 10 steps so a CPU times it in minutes
+# (native 480x832 on a GPU: ARGS="--height 480 --width 832 --steps 25 --repeats 3")
+bench-i4vgen-wan: $(STAMP)
+	$(BIN)/python scripts/bench_i4vgen.py --model wan-quarter --frames 17 --steps 10 --height 128 --width 224 \
+		--repeats 1 $(ARGS)
+
 # long (hours on a CPU): re-running continues where it stopped
 eval-streaming: $(STAMP)
 	$(BIN)/python scripts/compare_streaming.py --out outputs/compare_streaming --resume --json outputs/compare_streaming/records.json
+
+# ZS2 against per-frame sampling of the same model, paired 95% intervals: held-out prompts 100-105 (one object) and
+# 100-105 (two) of each sequence, past the 0-5 the settings were tuned on (tune-zs2-wan). eval-zs2: the toy image
+# model (with Text2Video-Zero); eval-zs2-wan: toy-wan's image mode (TOYWAN=<folder> for an exported checkpoint),
+# with the video model's own vanilla video beside it; bench-zs2-wan: time on the benchmark-size random Wan.
+.PHONY: eval-zs2 eval-zs2-wan tune-zs2-wan bench-zs2-wan
+TOYWAN ?= toy-wan
+eval-zs2: $(STAMP)
+	$(BIN)/python scripts/compare_zs2.py --offset 100 --prompts 6 --seeds 2
+
+eval-zs2-wan: $(STAMP)
+	$(BIN)/python scripts/compare_zs2.py --model $(TOYWAN) --offset 100 --prompts 6 --seeds 2 --vanilla
+
+tune-zs2-wan: $(STAMP)
+	$(BIN)/python scripts/compare_zs2.py --model $(TOYWAN) --offset 0 --prompts 3 --seeds 1 \
+		--variant "zs2.momentum=0.9" --variant "zs2.momentum=0.5" --variant "zs2.momentum=1.0" \
+		--variant "zs2.lam=0.05" --variant "zs2.lam=0.3" --variant "zs2.rho=0" --variant "zs2.momentum=0"
+
+bench-zs2-wan: $(STAMP)
+	$(BIN)/python scripts/bench_zs2.py --model wan-quarter --frames 4 --height 240 --width 416 --steps 3 --repeats 2
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,7 +1,7 @@
 """Time one I4VGen video against one vanilla video on the same video model, steps and frames.
 
-    .venv/bin/python scripts/bench_i4vgen.py [--model toy|tiny-random-unet3d] [--frames 8] [--steps 20]
-        [--candidates 0] [--repeats 3] [--device cpu] [--json out.json] [key=value ...]
+    .venv/bin/python scripts/bench_i4vgen.py [--model toy|tiny-random-unet3d|wan-quarter] [--frames 8] [--steps 20]
+        [--height H --width W] [--candidates 0] [--repeats 3] [--device cpu] [--json out.json] [key=value ...]
 
 I4VGen's extra work is N anchor images (one batch of N single-frame samples from the video model, or from the
 image model with i4vgen.candidate_model=image; then N VAE decodes), the reward over them, NI-VSDS (int(0.6*steps)+1
@@ -9,8 +9,10 @@ CFG calls of the video UNet on the sampler's timesteps by default) and a regener
 AnimateDiff; the target here is <= 2.5x. Times are the best of --repeats runs of each whole runner (prompt
 encoding, sampling, decoding; models already loaded), interleaved, after a warm-up round. The breakdown is of
 the fastest I4VGen run, measured by wrapping the runner's own functions (sample_candidates, the reward,
-ni_vsds, regenerate, decode_latents) with timers for the duration of this script; "other" is the rest
-(prompt encoding, noise, model lookups). key=value overrides go to the I4VGen job (e.g. i4vgen.iterations=8).
+ni_vsds, regenerate, decode_latents) and the family's still_video (on Wan: the anchor decoded, repeated in pixels
+and encoded by the causal VAE) with timers for the duration of this script; "other" is the rest (prompt encoding,
+noise, model lookups). On Wan: `--model wan-quarter` (the 1.3B layout at a quarter width), at a size a CPU can
+time with --height/--width (default: the model's native size). key=value overrides go to the I4VGen job (e.g. i4vgen.iterations=8).
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-import vgen.methods.i4vgen as i4vgen  # noqa: E402
-import vgen.methods.rewards as rewards  # noqa: E402
+import vgen.methods.i4vgen.runner as i4vgen  # noqa: E402
+import vgen.methods.i4vgen.rewards as rewards  # noqa: E402
 from vgen.config import build_job  # noqa: E402
 from vgen.core.sampler import resolve_size  # noqa: E402
 from vgen.errors import VgenError  # noqa: E402
 from vgen.jobs import ModelCache, RunContext  # noqa: E402
 from vgen.methods import load_runner  # noqa: E402
 
-PARTS = ("candidates", "candidate decode", "reward", "NI-VSDS", "regeneration", "video decode")
+PARTS = ("candidates", "candidate decode", "reward", "still video", "NI-VSDS", "regeneration", "video decode")
 
 
 class Stopwatch:
@@ -74,9 +76,11 @@ def timed(watch: Stopwatch, fn, name):
     return wrapper
 
 
-def install_timers(watch: Stopwatch) -> None:
-    """Wrap the runner's module-level functions; run() looks them up at call time, so it times itself."""
+def install_timers(watch: Stopwatch, family) -> None:
+    """Wrap the runner's module-level functions (and the family's still_video); run() looks them up at call time,
+    so it times itself."""
     load_reward = rewards.load_reward
+    family.still_video = timed(watch, family.still_video, "still video")
     i4vgen.sample_candidates = timed(watch, i4vgen.sample_candidates, "candidates")
     i4vgen.ni_vsds = timed(watch, i4vgen.ni_vsds, "NI-VSDS")
     i4vgen.regenerate = timed(watch, i4vgen.regenerate, "regeneration")
@@ -116,6 +120,7 @@ def build_jobs(args) -> dict:
         "runtime.device": args.device,
         "runtime.dtype": args.dtype,
     }
+    flags.update({f"video.{k}": getattr(args, k) for k in ("height", "width") if getattr(args, k)})
     i4 = {"method": "i4vgen", "i4vgen.candidates": args.candidates, "i4vgen.save_candidates": False}
     return {
         "vanilla": build_job(flags={**flags, "method": "vanilla"}),
@@ -142,7 +147,9 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16, help="16 frames and 25 steps: the paper's AnimateDiff setting")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--scheduler", default="auto", help="auto: DDIM on UNets (the paper's), the model's own on Wan")
+    p.add_argument("--height", type=int, default=None, help="frame height (default: the model's native)")
+    p.add_argument("--width", type=int, default=None, help="frame width (default: the model's native)")
     p.add_argument("--candidates", type=int, default=0, help="i4vgen.candidates (N anchor images; 0 = the video length, official)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -161,13 +168,13 @@ def main() -> None:
     except VgenError as err:
         sys.exit(f"bench_i4vgen: {err}")
     watch = Stopwatch(components.device.type == "cuda")
-    install_timers(watch)
+    install_timers(watch, components.family)
     cfg = jobs["i4vgen"].i4vgen
     vsds = (f"int({cfg.vsds_fraction}*steps)+1 sampler-timestep" if cfg.vsds_schedule == "sampler"
             else f"{cfg.iterations} linspace")
     dtype = str(components.dtype).removeprefix("torch.")
     print(f"model {args.model} ({components.kind}) on {components.device} {dtype}, "
-          f"{args.frames} frames, {args.steps} {args.scheduler} steps, {cfg.candidates or args.frames} candidates "
+          f"{args.frames} frames, {args.steps} {args.scheduler} steps, {cfg.candidates or 'one per latent frame'} candidates "
           f"({cfg.image_steps or args.steps} steps), "
           f"{vsds} NI-VSDS iterations, t_regen {cfg.t_regen}, best of {args.repeats}", flush=True)
     times = {name: float("inf") for name in jobs}

@@ -1,10 +1,14 @@
-"""Time one video with ZS2 against per-frame vanilla sampling on the same image model, steps and frames.
+"""Time one video with ZS2 against per-frame sampling on the same image model, steps and frames.
 
-    .venv/bin/python scripts/bench_zs2.py [--model tiny-random-unet2d] [--frames 8] [--steps 10] [--device cpu]
+    .venv/bin/python scripts/bench_zs2.py [--model tiny-random-unet2d | wan-quarter] [--frames 8] [--steps 10]
+        [--height H --width W] [--device cpu]
 
-ZS2's extra work is the AR(1) noise mix (once) and the K/V mix along frames in every spatial self-attention
-layer (two small matmuls per layer and step), so the ratio should stay close to 1. Times are the best of
---repeats runs of the whole runner (prompt encoding, denoising, decoding), interleaved, after a warm-up round.
+per-frame is zs2 with ρ = 0 and μ = 0 (exactly per-frame sampling: an image model's frames, or a Wan model's 1-frame
+videos, one latent frame each); vanilla is the vanilla runner (on an image model the same per-frame sampling, on a
+video model its own video of the same frame count, 4k+1 on Wan). ZS2's extra work is the AR(1) noise mix (once)
+and the K/V mix along frames in every spatial self-attention layer (two small matmuls per layer and step), so the
+ratio to per-frame should stay close to 1. Times are the best of --repeats runs of the whole runner (prompt
+encoding, denoising, decoding), interleaved, after a warm-up round.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ def main() -> None:
     p.add_argument("--model", default="tiny-random-unet2d")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--scheduler", default="ddim")
+    p.add_argument("--scheduler", default="auto")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--repeats", type=int, default=3)
@@ -58,21 +64,25 @@ def main() -> None:
         "sampler.scheduler": args.scheduler,
         "runtime.device": args.device,
         "runtime.dtype": args.dtype,
+        **{f"video.{k}": v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
     }
-    variants = {"per-frame (vanilla)": {"method": "vanilla"}, "zs2": {"method": "zs2"}}
+    variants = {"per-frame": {"method": "zs2", "zs2.rho": 0.0, "zs2.momentum": 0.0}, "zs2": {"method": "zs2"},
+                "vanilla": {"method": "vanilla"}}
     if args.frame_chunk:
         variants[f"zs2, chunks of {args.frame_chunk}"] = {"method": "zs2", "zs2.frame_chunk": args.frame_chunk}
     models = ModelCache()
-    components = models.get(build_job(flags=flags))
+    components = models.get(build_job(flags={**flags, "method": "zs2"}))
+    h, w = resolve_size(components, args.height, args.width)
     print(f"model {args.model} ({components.kind}) on {components.device} {str(components.dtype).removeprefix('torch.')}, "
-          f"{args.frames} frames, {args.steps} {args.scheduler} steps, best of {args.repeats}")
+          f"{args.frames} frames of {h}x{w}, {args.steps} {args.scheduler} steps, best of {args.repeats}, "
+          f"{torch.get_num_threads()} threads")
     jobs = {name: build_job(flags={**flags, **extra}) for name, extra in variants.items()}
     times = {name: float("inf") for name in jobs}
     for i in range(args.repeats + 1):  # round-robin, so load from others hits every variant alike; run 0 warms up
         for name, job in jobs.items():
             seconds = time_once(job, components)
             times[name] = min(times[name], seconds) if i else times[name]
-    base = times["per-frame (vanilla)"]
+    base = times["per-frame"]
     print(f"{'variant':<24}{'s / video':>12}{'ratio':>8}")
     for name, seconds in times.items():
         print(f"{name:<24}{seconds:>12.3f}{seconds / base:>8.3f}")

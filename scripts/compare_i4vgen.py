@@ -4,6 +4,9 @@
         [--frames 8] [--guidance 5] [--variant "i4vgen.vsds_guidance=1" --variant "i4vgen.t_regen=0.78 ..."]
         [--out runs/compare_i4vgen] [--threads 1] [--shard I/N] [--report] [--json out.json] [key=value ...]
 
+On a Wan model (toy-wan): --model <folder> --frames 17 --scheduler auto (the model's own UniPC flow scheduler;
+DDIM does not run on Wan), as `make eval-i4vgen-wan` runs it. The oracle variants need a UNet toy (its VAE).
+
 Resumable: every finished (prompt, method) is appended to <out>/records.jsonl; a re-run with the same settings
 skips those and only runs the rest (other settings: a clear error, pick another --out). --shard I/N runs only
 prompts i with i % N == I, into <out>/records.shardIofN.jsonl, so N processes (one per core) share one --out;
@@ -205,7 +208,7 @@ def oracle_latents(components, clip, steps: int = INVERSION_STEPS):
 
 def oracle_frame(job) -> int:
     """The clip's frame that stands in for the anchor image: the one the regeneration holds, else the middle."""
-    from vgen.methods.i4vgen import hold_frame
+    from vgen.methods.i4vgen.runner import hold_frame
 
     held = hold_frame(job.i4vgen.regen_hold, job.video.frames)
     return job.video.frames // 2 if held is None else held
@@ -218,7 +221,7 @@ def oracle_start(kind: str, clip, latents, frame: int):
     only candidate (a perfect anchor image; NI-VSDS and the regeneration as configured), `clip` also makes the
     whole clip NI-VSDS's output (a perfect animated video; only the regeneration runs). An upper bound for what a
     better anchor, or a better NI-VSDS, could give; the rows' times leave out what was skipped (and the inversion)."""
-    import vgen.methods.i4vgen as I
+    import vgen.methods.i4vgen.runner as I
 
     saved = I.sample_candidates, I.ni_vsds
 
@@ -239,7 +242,7 @@ def oracle_start(kind: str, clip, latents, frame: int):
 
 def preload(jobs: dict[str, list], cache) -> None:
     """Load every model (the image companion too) before timing, so no method's time includes a load."""
-    from vgen.methods.i4vgen import candidate_source, image_model_config
+    from vgen.methods.i4vgen.runner import candidate_source, image_model_config
 
     for runs in jobs.values():
         cache.get(runs[0])

@@ -1,24 +1,36 @@
-"""Compare video sampling from one image model: per-frame, Text2Video-Zero and ZS2, scored in the toy world.
+"""Compare video sampling from one image model: per-frame, (Text2Video-Zero,) and ZS2, scored in the toy world.
 
-    .venv/bin/python scripts/compare_zs2.py [--model toy-t2i] [--prompts 6] [--seeds 2] [--frames 8] [--steps 20]
+    .venv/bin/python scripts/compare_zs2.py [--model toy-t2i | toy-wan | FOLDER] [--prompts 6] [--offset 0]
+        [--seeds 2] [--frames 8] [--steps N] [--guidance G] [--lam L] [--momentum M] [--variant "zs2.k=v ..."]
+        [--vanilla] [--no-t2v-zero] [--draws 1000]
 
-Each prompt x seed is sampled three ways on the same components and DDIM steps:
-  per-frame   vanilla runner: every frame an independent image (iid noise)
-  t2v-zero    diffusers TextToVideoZeroPipeline: cross-frame attention to frame 0 + latent warping
-              (motion field scaled from its SD default of 12 latent pixels at 64 wide; t0/t1 at 88%/94% of steps)
-  zs2         the zs2 runner with the given λ and μ
+Prompts: --prompts toy-world prompts with one object and as many held-out two-object compositions
+(vgen.toyworld.eval_prompts), after skipping the first --offset of each sequence: tune on --offset 0, report on
+prompts the settings were not chosen on (`make eval-zs2` / `make eval-zs2-wan` use --offset 100). Prompt i, seed s
+is sampled by every method with the same settings (the model's settings for zs2, e.g. its vgen.yaml, under the flags
+given here):
+  per-frame   every frame an independent image: zs2 with zs2.rho=0 and zs2.momentum=0, which is exactly per-frame
+              sampling (tests/test_zs2.py: the vanilla runner on an image model; WanPipeline's 1-frame videos on Wan)
+  t2v-zero    diffusers TextToVideoZeroPipeline (unet2d models only; DDIM): cross-frame attention to frame 0 +
+              latent warping (motion field scaled from its SD default of 12 latent pixels at 64 wide; t0/t1 at 88%/94%)
+  zs2         the zs2 runner (--lam, --momentum if given); each --variant "k=v k=v" is one more ZS2 row (zs2+1, ...)
+  vanilla     with --vanilla: the vanilla runner, i.e. the video model's own video (Wan: 4k+1 frames)
 Columns (means over videos): frame change = mean |frame_{i+1} - frame_i| / 255 (lower is steadier); warp err =
 mean squared error (0-255) between frame i+1 and frame i warped onto it by OpenCV DIS optical flow, and MAWE =
 mean warp err / (9.5 · flow magnitude) as in StreamingT2V (vgen.eval.warp; lower is more consistent); drift =
 the detector's identity drift of prompted objects; present / colour / shape = fraction of prompted objects
 found / in the right colour / of the right shape (motion is not judged: an image model has no motion prior).
+Then each ZS2 row against per-frame: the ratio of mean frame change and of mean warp error with a 95% interval from
+a paired bootstrap over prompts (--draws), and the share of videos whose frame change ZS2 lowered.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -37,6 +49,8 @@ from vgen.eval import warp_metrics  # noqa: E402
 from vgen.jobs import ModelCache, RunContext  # noqa: E402
 from vgen.methods import load_runner  # noqa: E402
 from vgen.toyworld import eval_prompts, score_video  # noqa: E402
+
+PER_FRAME = ["zs2.rho=0", "zs2.momentum=0"]
 
 
 def run_method(job, components) -> np.ndarray:
@@ -86,50 +100,100 @@ def scores(frames: np.ndarray, prompt: str) -> dict:
     }
 
 
+def paired_ratio(ours: np.ndarray, base: np.ndarray, units: np.ndarray, draws: int, seed: int = 0) -> tuple:
+    """(mean(ours) / mean(base), 2.5%, 97.5%) with the interval from a bootstrap that resamples whole units (prompts:
+    all of a prompt's seeds together) with replacement, keeping each video paired with its baseline."""
+    keys = np.unique(units)
+    index = [np.flatnonzero(units == k) for k in keys]
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(draws):
+        pick = np.concatenate([index[i] for i in rng.integers(0, len(keys), len(keys))])
+        ratios.append(ours[pick].mean() / max(base[pick].mean(), 1e-12))
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return ours.mean() / max(base.mean(), 1e-12), low, high
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy-t2i")
     p.add_argument("--prompts", type=int, default=6, help="toy-world prompts with one object (and as many with two)")
+    p.add_argument("--offset", type=int, default=0, help="skip the first K prompts of each sequence (held-out: 100)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--lam", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.98)
+    p.add_argument("--steps", type=int, default=None, help="default: the model's settings for zs2")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's settings for zs2")
+    p.add_argument("--lam", type=float, default=None, help="zs2.lam (default: the model's settings, else 0.1)")
+    p.add_argument("--momentum", type=float, default=None, help="zs2.momentum (default: the model's settings, else 0.98)")
+    p.add_argument("--variant", action="append", default=[], help='one more ZS2 row: "zs2.momentum=0.9 zs2.lam=0.2"')
+    p.add_argument("--vanilla", action="store_true", help="also the vanilla runner (a video model's own video)")
+    p.add_argument("--no-t2v-zero", action="store_true", help="leave out Text2Video-Zero (unet2d models only)")
     p.add_argument("--motion", type=float, default=None, help="t2v-zero motion field strength (default: scaled)")
+    p.add_argument("--draws", type=int, default=1000, help="paired bootstrap draws for the 95%% intervals")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
-    prompts = eval_prompts(1, args.prompts) + eval_prompts(2, args.prompts)
-    base = {
-        "model.id": args.model, "video.frames": args.frames, "sampler.steps": args.steps, "sampler.scheduler": "ddim",
-        "sampler.guidance": args.guidance, "runtime.device": args.device,
-    }
+    prompts = [text for n in (1, 2) for text in eval_prompts(n, args.offset + args.prompts)[args.offset:]]
+    base = {"model.id": args.model, "video.frames": args.frames, "runtime.device": args.device}
+    base.update({k: v for k, v in (("sampler.steps", args.steps), ("sampler.guidance", args.guidance)) if v is not None})
+    zs2_keys = [f"zs2.{k}={v}" for k, v in (("lam", args.lam), ("momentum", args.momentum)) if v is not None]
     try:
-        components = ModelCache().get(build_job(flags={"prompt": prompts[0], **base}))
+        probe = build_job(flags={"prompt": prompts[0], "method": "zs2", **base})
+        components = ModelCache().get(probe)
     except VgenError as err:
-        hint = " (toy-t2i is trained by the toyworld trainer; use --model tiny-random-unet2d to check the script)"
-        raise SystemExit(f"compare_zs2: cannot load model '{args.model}': {err}{hint if args.model == 'toy-t2i' else ''}")
-    if components.kind != "unet2d":
-        raise SystemExit(f"compare_zs2: '{args.model}' is a {components.kind} model; this compares samplers of an image model")
+        raise SystemExit(f"compare_zs2: cannot use model '{args.model}': {err}")
+    t2v_zero = components.kind == "unet2d" and not args.no_t2v_zero
     latent_w = resolve_size(components, None, None)[1] // components.vae_scale_factor
     motion = args.motion if args.motion is not None else 12.0 * latent_w / 64
 
-    rows: dict[str, list[dict]] = {"per-frame": [], "t2v-zero": [], "zs2": []}
-    for prompt in prompts:
+    methods: dict[str, list[str]] = {"per-frame": PER_FRAME, "zs2": zs2_keys}
+    methods.update({f"zs2+{i + 1}": zs2_keys + shlex.split(v) for i, v in enumerate(args.variant)})
+    rows: dict[str, list[dict]] = {name: [] for name in ["per-frame"] + ["t2v-zero"] * t2v_zero + list(methods)[1:]}
+    if args.vanilla:
+        rows["vanilla"] = []
+    seconds = {name: 0.0 for name in rows}
+    units = []
+    for u, prompt in enumerate(prompts):
         for seed in range(args.seeds):
             flags = {"prompt": prompt, "seed": seed, **base}
-            rows["per-frame"].append(scores(run_method(build_job(flags={**flags, "method": "vanilla"}), components), prompt))
-            rows["t2v-zero"].append(scores(run_t2v_zero(build_job(flags=flags), components, motion), prompt))
-            zs2 = build_job(flags={**flags, "method": "zs2"}, overrides=[f"zs2.lam={args.lam}", f"zs2.momentum={args.momentum}"])
-            rows["zs2"].append(scores(run_method(zs2, components), prompt))
+            units.append(u)
+            for name in rows:
+                start = time.perf_counter()
+                if name == "t2v-zero":
+                    frames = run_t2v_zero(build_job(flags={**flags, "method": "zs2"}), components, motion)
+                elif name == "vanilla":
+                    frames = run_method(build_job(flags={**flags, "method": "vanilla"}), components)
+                else:
+                    frames = run_method(build_job(flags={**flags, "method": "zs2"}, overrides=methods[name]), components)
+                seconds[name] += time.perf_counter() - start
+                rows[name].append(scores(frames, prompt))
 
-    print(f"model {args.model} on {components.device}: {len(prompts)} prompts x {args.seeds} seeds, {args.frames} frames, "
-          f"{args.steps} DDIM steps, guidance {args.guidance}; zs2 λ={args.lam} μ={args.momentum}; t2v-zero motion {motion:g}")
-    columns = list(rows["zs2"][0])
-    print(f"{'method':<12}" + "".join(f"{c:>14}" for c in columns))
+    z = probe.zs2
+    print(f"model {args.model} ({components.kind}) on {components.device}: {len(prompts)} prompts (offset {args.offset}) x "
+          f"{args.seeds} seeds, {args.frames} frames, {probe.sampler.steps} {probe.sampler.scheduler} steps, guidance "
+          f"{probe.sampler.guidance}; zs2 (model settings{', ' + ' '.join(zs2_keys) if zs2_keys else ''}): "
+          f"lam {z.lam} rho {z.rho} momentum {z.momentum} layers {list(z.layers) or 'all'}"
+          + (f"; t2v-zero motion {motion:g}" if t2v_zero else ""))
+    for name, keys in methods.items():
+        if name.startswith("zs2+"):
+            print(f"  {name}: {' '.join(keys)}")
+    columns = list(rows["per-frame"][0])
+    print(f"{'method':<12}" + "".join(f"{c:>14}" for c in columns) + f"{'s / video':>12}")
     for name, values in rows.items():
-        print(f"{name:<12}" + "".join(f"{np.mean([v[c] for v in values]):>14.3f}" for c in columns))
+        print(f"{name:<12}" + "".join(f"{np.mean([v[c] for v in values]):>14.3f}" for c in columns)
+              + f"{seconds[name] / len(values):>12.2f}")
+    units_arr = np.array(units)
+    base_fc = np.array([v["frame change"] for v in rows["per-frame"]])
+    base_we = np.array([v["warp err"] for v in rows["per-frame"]])
+    print(f"vs per-frame, 95% interval (paired bootstrap over {len(prompts)} prompts, {args.draws} draws)")
+    print(f"{'method':<12}{'frame change x':>28}{'warp err x':>28}{'steadier':>10}")
+    for name in (n for n in rows if n.startswith("zs2") or n in ("t2v-zero", "vanilla")):
+        fc = np.array([v["frame change"] for v in rows[name]])
+        we = np.array([v["warp err"] for v in rows[name]])
+        r, lo, hi = paired_ratio(fc, base_fc, units_arr, args.draws)
+        rw, lw, hw = paired_ratio(we, base_we, units_arr, args.draws)
+        print(f"{name:<12}{f'{r:.3f} [{lo:.3f}, {hi:.3f}]':>28}{f'{rw:.3f} [{lw:.3f}, {hw:.3f}]':>28}"
+              f"{np.mean(fc < base_fc):>10.2f}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ WHEEL_PINS = ["diffusers==0.42.1", "omegaconf==2.4.0", "importlib_metadata==10.2
 IMPORTS = ["torch", "triton", "diffusers", "transformers", "huggingface_hub", "omegaconf", "safetensors", "numpy"]
 VGEN_MODULES = ["vgen.config", "vgen.jobs", "vgen.models", "vgen.tiny", "vgen.core.flow", "vgen.core.attention",
                 "vgen.core.noise", "vgen.core.kernels.dispatch", "vgen.methods.vanilla.runner", "vgen.methods.vico.runner",
-                "vgen.methods.i4vgen", "vgen.methods.streaming.runner", "vgen.models.wan", "vgen.models.ltx"]
+                "vgen.methods.i4vgen.runner", "vgen.methods.streaming.runner", "vgen.models.wan", "vgen.models.ltx"]
 TRITON_MODULES = ["vgen.core.kernels.triton_bottleneck", "vgen.core.kernels.triton_attention"]
 VGEN_MODULES += ["vgen.core.scan", "vgen.core.attention_slices"]  # issue 35's DiT kernels
 TRITON_MODULES += ["vgen.core.kernels.triton_slices", "vgen.core.kernels.triton_scan"]

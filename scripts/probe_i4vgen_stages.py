@@ -32,7 +32,7 @@ def main() -> None:
 
     import torch
 
-    import vgen.methods.i4vgen as i4
+    import vgen.methods.i4vgen.runner as i4
     from vgen.config import build_job
     from vgen.core.sampler import decode_latents, resolve_size, to_uint8
     from vgen.jobs import ModelCache, RunContext

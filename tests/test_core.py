@@ -55,7 +55,7 @@ def test_one_key_attention_is_diffusers_attention_with_one_key(cross, residual):
     cross-attention to one token), and the fallback's for more keys."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    from vgen.core.attention import OneKeyAttention
+    from vgen.methods.i4vgen.attention import OneKeyAttention
 
     torch.manual_seed(0)
     attn = Attention(query_dim=16, cross_attention_dim=12 if cross else None, heads=2, dim_head=8,
@@ -70,7 +70,7 @@ def test_one_key_attention_is_diffusers_attention_with_one_key(cross, residual):
 
 
 def test_one_frame_temporal_attention_leaves_a_one_frame_unet3d_output_unchanged(tiny):
-    from vgen.core.attention import OneKeyAttention, one_frame_temporal_attention
+    from vgen.methods.i4vgen.attention import OneKeyAttention, one_frame_temporal_attention
 
     unet = tiny("tiny-random-unet3d").unet
     g = torch.Generator().manual_seed(0)

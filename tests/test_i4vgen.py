@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import vgen_in_process
-from vgen.methods import i4vgen as I
-from vgen.methods.rewards import load_reward
+from vgen.methods.i4vgen import runner as I
+from vgen.methods.i4vgen.rewards import load_reward
 
 PROMPT = "a red circle moving left"
 
@@ -149,16 +149,6 @@ def test_the_paper_preset_runs_the_public_codes_timesteps_and_step_sizes():
     assert cfg.regen_hold == "none" and cfg.regen_noise == "fresh" and cfg.vsds_guidance is None
 
 
-@pytest.mark.parametrize("kind", ["v_prediction", "sample", "epsilon"])
-def test_to_epsilon_recovers_the_noise(kind):
-    g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(2, 5, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)
-    a = torch.tensor(0.3, dtype=torch.float64)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    pred = {"v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0, "sample": x0, "epsilon": eps}[kind]
-    torch.testing.assert_close(I.to_epsilon(pred, x_t, a, kind), eps)
-
-
 # ---------------------------------------------------------------------------------------------- anchor
 
 
@@ -225,7 +215,7 @@ def test_the_toy_reward_breaks_ties_that_the_detector_verdicts_leave():
 
 
 def test_shape_fit_is_above_a_half_exactly_where_the_detector_calls_the_shape():
-    from vgen.methods.rewards import shape_fit
+    from vgen.methods.i4vgen.rewards import shape_fit
     from vgen.toyworld.segment import SHAPE_PROTOTYPES, classify_shape
 
     rng = np.random.default_rng(0)
@@ -379,7 +369,9 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
     assert anchor_info["spread"] == pytest.approx(scores.max() - scores.min(), abs=1e-5)
     assert anchor_info["ties"] == int(np.sum(scores == scores.max())) - 1
     # 3 DDIM steps on the tiny models' schedule: the official rule keeps int(0.6 * 3) + 1 = 2 sampler timesteps
-    sched = I.prepare_scheduler("ddim", I.make_scheduler("ddim", _scheduler_of(model)), 3, "cpu")
+    from vgen.core.schedulers import make_scheduler
+
+    sched = I.prepare_scheduler("ddim", make_scheduler("ddim", _scheduler_of(model)), 3, "cpu")
     expected = [int(t) for t in sched.timesteps]
     assert info["ni_vsds"]["timesteps"] == expected[:2] and info["ni_vsds"]["step_sizes"] == [10.0, 10.0]
     assert info["regeneration"]["timesteps"] == expected and info["regeneration"]["from_timestep"] == expected[0]
@@ -392,7 +384,7 @@ def test_generate_i4vgen_writes_video_anchor_grid_and_sidecar(tmp_path, model):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "tiny-random-unet3d", "i4vgen.image_model=tiny-random-unet3d"], "must be an image (unet2d) model"),
-    (["--model", "tiny-random-unet2d"], "runs on unet3d/motion models"),
+    (["--model", "tiny-random-unet2d"], "runs on unet3d/motion/wan models"),
     (["--model", "tiny-random-unet3d", "i4vgen.reward=imagereward"], "image-reward"),
     (["--model", "tiny-random-unet3d", "i4vgen.t_start=0.2"], "t_end <= t_start"),
     (["--model", "tiny-random-unet3d", "i4vgen.candidate_model=frames"], "choose one of: auto, video, image"),
@@ -690,7 +682,7 @@ def test_the_oracle_clip_regenerated_by_one_step_is_read_as_the_toy_worlds_own_c
 def test_the_oracle_anchor_is_the_only_candidate_and_the_rest_of_i4vgen_runs_on_it():
     """oracle=anchor makes the toy world's scene (the frame the regeneration holds) I4VGen's only candidate: the
     sidecar's one reward is the toy reward of that rendered frame, and NI-VSDS still runs (its timesteps are there)."""
-    from vgen.methods.rewards import load_reward
+    from vgen.methods.i4vgen.rewards import load_reward
 
     prompt = "a green triangle moving left"
     C, job, video = _oracle_run("oracle=anchor", prompt)

@@ -2,6 +2,8 @@
 imports inside functions included)."""
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,17 +67,20 @@ def test_no_cycle_among_module_level_imports():
             visit(m, [m])
 
 
-# vgen.config imports each method's config section and the (torch-free) method registry, nothing else of
-# vgen.methods; those sections stay below vgen.config (they never import it back)
-CONFIG_SECTIONS = {"vgen.methods.vico.config"}
-REGISTRY = "vgen.methods"
-
-
-def test_config_imports_only_the_methods_config_sections():
-    config_targets = {t for t in GRAPH["vgen.config"] if t.startswith("vgen.methods")}
-    assert {t.rsplit(".", 1)[0] if t not in GRAPH else t for t in config_targets} <= CONFIG_SECTIONS | {REGISTRY}
-    for section in CONFIG_SECTIONS:
-        assert not any(t == "vgen.config" or t.startswith("vgen.config.") for t in GRAPH[section]), section
+def test_config_reaches_a_method_only_through_its_config_module():
+    """vgen.config takes each method's section from vgen.methods.<name>.config (besides the registry lookup it
+    already makes lazily); those modules stay torch-free and never import vgen.config back."""
+    registry = {"vgen.methods", "vgen.methods.get_method"}
+    section = re.compile(r"vgen\.methods\.\w+\.config(\.\w+)?")
+    assert sorted(t for t in GRAPH["vgen.config"]
+                  if t.startswith("vgen.methods") and t not in registry and not section.fullmatch(t)) == []
+    for module in (m for m in GRAPH if re.fullmatch(r"vgen\.methods\.\w+\.config", m)):
+        tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        vgen_targets = {t if t in GRAPH else t.rsplit(".", 1)[0] for t in GRAPH[module]}
+        assert vgen_targets <= {"vgen.errors", "vgen.config_io"}, module
+        assert "torch" not in roots and roots - {"vgen"} <= set(sys.stdlib_module_names) | {"omegaconf"}, module
 
 
 METHOD_WORDS = ("vico", "zs2", "i4vgen", "streaming")

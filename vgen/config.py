@@ -27,6 +27,8 @@ from vgen.config_io import above as _above, at_least as _at_least, choice as _ch
 from vgen.errors import ConfigError
 from vgen.methods.vico.config import VicoConfig
 from vgen.methods.vico.config import check as check_vico
+from vgen.methods.i4vgen.config import I4VGenConfig, check as check_i4vgen
+from vgen.methods.zs2.config import ZS2Config  # noqa: F401 (JobConfig's zs2 section; re-exported)
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
@@ -119,104 +121,6 @@ class MemoryConfig:
     offload: list[str] = field(default_factory=list)  # only these: text_encoder, vae, unet, unet_2 (Wan 2.2's 2nd expert)
 
 
-@dataclass
-class ZS2Config:
-    """ZS2 (method zs2): video from an image model by dependency noise + temporal momentum attention."""
-
-    lam: float = 0.1  # the paper's λ; rho = 1 - λ·e^(-1/2), clamped to [0, 1] (0.1 -> 0.94)
-    rho: Optional[float] = None  # AR(1) correlation of adjacent frames' noise; overrides lam (0 = iid noise)
-    momentum: float = 0.98  # μ of the key/value running average over frames (0 = per-frame, 1 = frame 0 only)
-    layers: list[str] = field(default_factory=list)  # spatial self-attention layers whose name contains one; [] = all
-    step_start: float = 0.0  # momentum on for denoising steps i with step_start <= i/steps < step_end
-    step_end: float = 1.0
-    frame_chunk: int = 0  # frames per UNet call (0 = all); chunks carry the running average over
-    init_video: Optional[str] = None  # editing: per-frame SDEdit of this video under the same attention
-    strength: float = 0.6  # editing: fraction of the schedule re-run (1 = from pure noise)
-
-    def check(self) -> None:
-        if self.rho is not None and not 0.0 <= self.rho <= 1.0:
-            raise ConfigError(f"config key 'zs2.rho' must be in [0, 1], got {self.rho}")
-        _at_least("zs2.lam", self.lam, 0)
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ConfigError(f"config key 'zs2.momentum' must be in [0, 1], got {self.momentum}")
-        if not 0.0 <= self.step_start <= self.step_end <= 1.0:
-            raise ConfigError(
-                f"config keys zs2.step_start and zs2.step_end must satisfy 0 <= start <= end <= 1, got {self.step_start}, {self.step_end}"
-            )
-        _at_least("zs2.frame_chunk", self.frame_chunk, 0)
-        if not 0.0 < self.strength <= 1.0:
-            raise ConfigError(f"config key 'zs2.strength' must be in (0, 1], got {self.strength}")
-
-
-@dataclass
-class I4VGenConfig:
-    """I4VGen (method i4vgen): best-of-N anchor image -> NI-VSDS animation -> regeneration.
-
-    Defaults follow the public code (xiefan-guo/i4vgen, AnimateDiff); our variants are named options.
-    """
-
-    candidate_model: str = "auto"  # video: the video model on 1-frame videos (official) | image: image_model | auto
-    image_model: Optional[str] = None  # unet2d model in the video model's latent space; None = the known companion
-    candidates: int = 0  # N anchor images sampled; 0 = the video length (official)
-    candidate_batch: int = 0  # images per UNet call while sampling candidates (0 = all N at once)
-    # the candidates' initial noise: frames = one [1, C, N, h, w] draw, candidate i its frame i (official: the same
-    # seed gives the official code's candidates) | batch = one [N, C, 1, h, w] draw (vgen before; other candidates)
-    candidate_layout: str = "frames"
-    reward: str = "toy"  # toy (graded toy-world detector) | clip (CLIPModel) | imagereward
-    reward_model: Optional[str] = None  # clip / imagereward weights: hub id or local folder (None = the usual id)
-    image_steps: Optional[int] = None  # anchor sampling steps (None = sampler.steps)
-    image_guidance: Optional[float] = None  # anchor guidance (None = sampler.guidance)
-    vsds_schedule: str = "sampler"  # sampler: the first int(vsds_fraction*steps)+1 sampler timesteps (official) | linspace
-    vsds_fraction: float = 0.6  # p_ni_vsds of the public code (sampler schedule)
-    t_start: float = 0.96  # linspace schedule: NI-VSDS runs from t_start*T ...
-    t_end: float = 0.4  # ... down to t_end*T (τ)
-    iterations: int = 16  # linspace schedule: NI-VSDS updates, evenly spaced from t_start*T to t_end*T
-    vsds_guidance: Optional[float] = None  # CFG scale inside NI-VSDS (None = sampler.guidance, official)
-    step_size: float = 1.0  # α after the warm-up
-    warm_step_size: float = 10.0  # α of the first warm_iterations updates (public AnimateDiff code)
-    warm_iterations: int = 3
-    t_regen: float = 1.0  # p_re: the regeneration runs the last int(t_regen*steps) sampler steps (1.0: all, official)
-    regen_rule: str = "steps"  # steps: as above (official) | T: the sampler timesteps <= t_regen*T (ours)
-    regen_hold: str = "none"  # none (official) | first | middle: that frame is held to the anchor image during the
-    #                           regeneration (temporal inpainting; ours, the toy carries middle)
-    regen_hold_until: float = 0.6  # ... while the next timestep is >= this fraction of T (0: to the last step)
-    regen_noise: str = "fresh"  # fresh: new noise for the re-noising (official) | vsds: NI-VSDS's fixed ε (ours)
-    save_candidates: bool = True  # write <stem>_anchor.png and <stem>_candidates.png (scores in the grid)
-
-    def check(self) -> None:
-        _choice("i4vgen.candidate_model", self.candidate_model, ("auto", "video", "image"))
-        _at_least("i4vgen.candidates", self.candidates, 0)
-        _at_least("i4vgen.candidate_batch", self.candidate_batch, 0)
-        _choice("i4vgen.candidate_layout", self.candidate_layout, CANDIDATE_LAYOUTS)
-        _choice("i4vgen.reward", self.reward, ("toy", "clip", "imagereward"))
-        _choice("i4vgen.vsds_schedule", self.vsds_schedule, ("sampler", "linspace"))
-        _choice("i4vgen.regen_rule", self.regen_rule, ("T", "steps"))
-        _choice("i4vgen.regen_hold", self.regen_hold, REGEN_HOLDS)
-        _choice("i4vgen.regen_noise", self.regen_noise, ("fresh", "vsds"))
-        if self.image_steps is not None:
-            _at_least("i4vgen.image_steps", self.image_steps, 1)
-        if self.image_guidance is not None:
-            _at_least("i4vgen.image_guidance", self.image_guidance, 0)
-        if self.vsds_guidance is not None:
-            _at_least("i4vgen.vsds_guidance", self.vsds_guidance, 0)
-        if not 0.0 <= self.vsds_fraction <= 1.0:
-            raise ConfigError(f"config key 'i4vgen.vsds_fraction' must be in [0, 1], got {self.vsds_fraction}")
-        if not 0.0 <= self.t_end <= self.t_start <= 1.0:
-            raise ConfigError(
-                f"config keys i4vgen.t_end and i4vgen.t_start must satisfy 0 <= t_end <= t_start <= 1, got {self.t_end}, {self.t_start}"
-            )
-        _at_least("i4vgen.iterations", self.iterations, 0)
-        _at_least("i4vgen.step_size", self.step_size, 0)
-        _at_least("i4vgen.warm_step_size", self.warm_step_size, 0)
-        _at_least("i4vgen.warm_iterations", self.warm_iterations, 0)
-        if not 0.0 < self.t_regen <= 1.0:
-            raise ConfigError(f"config key 'i4vgen.t_regen' must be in (0, 1], got {self.t_regen}")
-        if not 0.0 <= self.regen_hold_until < 1.0:
-            raise ConfigError(f"config key 'i4vgen.regen_hold_until' must be in [0, 1), got {self.regen_hold_until}")
-
-
-REGEN_HOLDS = ("none", "first", "middle")
-CANDIDATE_LAYOUTS = ("frames", "batch")
 STREAMING_MODES = ("auto", "trained", "training-free", "independent")
 
 
@@ -700,7 +604,7 @@ def validate(job: JobConfig) -> None:
             _at_least(f"video.{key}", value, 1)
     job.zs2.check()
     check_vico(job.vico)
-    job.i4vgen.check()
+    check_i4vgen(job.i4vgen)
     job.streaming.check()
     if not 0 <= job.seed < 2**63:
         raise ConfigError(f"config key 'seed' must be in [0, 2^63), got {job.seed}")

@@ -3,7 +3,7 @@
 After each sampler step the known frames are replaced by their clean latents noised, with the noise they are
 paired with, to the level of the next step, and by the clean latents themselves after the last step (RePaint
 without resampling). StreamingT2V's training-free mode holds the previous chunk's overlap this way, and
-I4VGen's `regen_hold` (ours) the anchor image.
+a method that holds a frame to an anchor image (regen_hold) that frame.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from vgen.core.schedulers import add_noise
+
 PostStep = Callable[[int, Any, torch.Tensor], torch.Tensor]
 
 
@@ -19,7 +21,7 @@ def renoised(scheduler: Any, timesteps: Sequence, clean: torch.Tensor, noise: to
     """`clean` noised with `noise` to the level after step i (timesteps[i + 1]); exactly `clean` after the last."""
     clean = clean.to(noise.dtype)
     if i + 1 < len(timesteps):
-        return scheduler.add_noise(clean, noise, torch.as_tensor(timesteps[i + 1]).reshape(1))
+        return add_noise(scheduler, clean, noise, timesteps[i + 1])
     return clean
 
 

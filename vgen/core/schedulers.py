@@ -161,6 +161,15 @@ def noise_level(scheduler: Any, t: Any) -> tuple[float, float]:
     return alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
 
 
+def add_noise(scheduler: Any, sample: torch.Tensor, noise: torch.Tensor, t: Any) -> torch.Tensor:
+    """x_t = α_t·x0 + σ_t·ε at timestep t by the scheduler's own arithmetic (SDEdit's start): its add_noise, or
+    scale_noise on flow-matching Euler, which has no add_noise."""
+    t = torch.as_tensor(t, device=sample.device).reshape(1)
+    if hasattr(scheduler, "add_noise"):
+        return scheduler.add_noise(sample, noise, t)
+    return scheduler.scale_noise(sample, t, noise)
+
+
 def to_x0(output: torch.Tensor, sample: torch.Tensor, alpha: float, sigma: float, prediction: str) -> torch.Tensor:
     """x0 from a model output of kind `prediction` at x_t = α·x0 + σ·ε."""
     if prediction == "epsilon":

@@ -2,7 +2,7 @@
 are on this machine (a local folder, or the default model in the Hugging Face cache); never a download.
 
 Frames: up to FRAMES evenly spaced ones (StreamingT2V's CLIP score averages per-frame scores too). The model
-is the I4VGen reward's (vgen.methods.rewards.clip_reward), so both read CLIP the same way.
+is the I4VGen reward's (vgen.methods.i4vgen.rewards.clip_reward), so both read CLIP the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _cached(repo_id: str) -> bool:
 def load_clip_scorer(source: Optional[str] = None, device: str = "cpu") -> tuple[Optional[ClipScorer], str]:
     """(scorer, note). With no source, the default CLIP if it is cached, else (None, a one-line note); an
     explicit source that cannot load raises ModelLoadError (the user asked for it)."""
-    from vgen.methods.rewards import DEFAULT_CLIP, clip_reward
+    from vgen.methods.i4vgen.rewards import DEFAULT_CLIP, clip_reward
 
     if source is None:
         if not _cached(DEFAULT_CLIP):

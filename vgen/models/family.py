@@ -7,6 +7,7 @@ where its attention sites are. The core never asks which family a model is; it c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -32,6 +33,16 @@ class AttentionSite:
     block: Optional[int] = None  # the transformer block it belongs to (DiTs), in forward order
 
 
+IMAGE_FAMILIES = "unet2d, wan, ltx"  # the families whose image_model works
+# components.config key image_model sets on a video family: every latent frame of [B, C, F, h, w] is a 1-frame video
+# of its own (1 frame <-> 1 latent frame, frame index 0 for RoPE), the B·F of them sampled in one model call
+FRAMES_AS_IMAGES = "frames_as_images"
+
+
+def frames_as_images(components: "Components") -> bool:
+    return bool(components.config.get(FRAMES_AS_IMAGES))
+
+
 class Family:
     """Defaults shared by every family; a family module subclasses this and overrides what differs."""
 
@@ -48,6 +59,7 @@ class Family:
     frame_rule: str = "any"  # shown by `vgen models`
     processor_signature: str = "(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None)"
     no_context_parallel: str = ""  # why diffusers' context parallelism cannot split this family's videos (empty: it can)
+    one_frame_mode: bool = False  # its 1-frame videos are images: image_model sets FRAMES_AS_IMAGES, the family obeys
 
     # --- loading --------------------------------------------------------------------------------
     def load(self, source: str, cfg: Any, dtype: torch.dtype) -> dict:
@@ -127,6 +139,23 @@ class Family:
     def encode_frames(self, components: "Components", frames: Any, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 frames [F, H, W, 3] -> normalised latents [1, C, F', h, w] (the posterior mean)."""
         raise NotImplementedError
+
+    def still_video(self, components: "Components", image: torch.Tensor, frames: int) -> torch.Tensor:
+        """Latents of a video that shows one image for `frames` frames, from that image's 1-frame latents
+        [1, C, 1, h, w] (I4VGen's static video). Here the VAE codes each frame on its own, so the still video's
+        latents are the image's repeated. A family whose VAE codes frames together (a causal 3-D VAE) overrides
+        this: there the repeated latent is not the still video's."""
+        return image.repeat(1, 1, self.latent_frames(components, self.video_frames(components, frames)), 1, 1)
+
+    # --- the model as an image model -------------------------------------------------------------
+    def image_model(self, components: "Components") -> "Components":
+        """The same model sampling images: latents [B, C, F, h, w] whose F frames are F independent images (one
+        model call on the B·F images, each frame decoded and encoded on its own; its self-attention sites are then
+        "spatial-self"), for methods that make a video from an image model (ZS2). The scheduler of such a run is set
+        for one image: `latent_shape(image, 1, ...)`."""
+        if not self.one_frame_mode:
+            raise ConfigError(f"a {self.name} model cannot be used as an image model; the families that can: {IMAGE_FAMILIES}")
+        return dataclasses.replace(components, config={**components.config, FRAMES_AS_IMAGES: True})
 
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: "Components") -> list[AttentionSite]:

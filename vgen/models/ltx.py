@@ -16,7 +16,9 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
+from vgen.errors import ConfigError
 from vgen.models.family import AttentionSite, Family, TextEmbeds
+from vgen.models.family import frames_as_images as _images
 from vgen.models.hub import load_scheduler
 
 MAX_TEXT_TOKENS = 128  # LTXPipeline's max_sequence_length
@@ -42,6 +44,7 @@ class LTXFamily(Family):
     default_scheduler = "model"
     schedulers = {"euler": ("FlowMatchEulerDiscreteScheduler", {})}  # the LTX folders' own
     cfg_batched = True
+    one_frame_mode = True  # a 1-frame video is one latent frame (8k+1 with k = 0): an image
     guidance_in_float32 = True
     uses_text_mask = True
     leading_tokens = 0
@@ -88,10 +91,14 @@ class LTXFamily(Family):
         return tuple(components.config.get("native_size") or (512, 704))
 
     def video_frames(self, components: Any, frames: int) -> int:
+        if _images(components):
+            return frames
         k = int(components.vae.temporal_compression_ratio)
         return (frames - 1) // k * k + 1  # what LTXPipeline returns for `frames`
 
     def latent_frames(self, components: Any, frames: int) -> int:
+        if _images(components):
+            return frames
         return (frames - 1) // int(components.vae.temporal_compression_ratio) + 1
 
     # text
@@ -115,6 +122,16 @@ class LTXFamily(Family):
 
     def predict(self, components: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, **model_kwargs: Any) -> torch.Tensor:
+        if _images(components):  # [B, C, F, h, w] -> B·F one-frame videos, frame-major per video, and back
+            b, c, f, h, w = latents.shape
+            images = latents.transpose(1, 2).reshape(b * f, c, 1, h, w)
+            masks = None if mask is None else mask.repeat_interleave(f, dim=0)
+            out = self._call(components, images, t, embeds.repeat_interleave(f, dim=0), masks, **model_kwargs)
+            return out.reshape(b, f, -1, h, w).transpose(1, 2)
+        return self._call(components, latents, t, embeds, mask, **model_kwargs)
+
+    def _call(self, components: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+              mask: Optional[torch.Tensor], **model_kwargs: Any) -> torch.Tensor:
         model = components.unet
         p, pt = model.config.patch_size, model.config.patch_size_t
         b, c, f, h, w = latents.shape
@@ -141,30 +158,43 @@ class LTXFamily(Family):
         mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(latents.device, latents.dtype)
         std = vae.latents_std.view(1, -1, 1, 1, 1).to(latents.device, latents.dtype)
         z = (latents * std / vae.config.scaling_factor + mean).to(components.dtype)
-        timestep = None
-        if vae.config.timestep_conditioning:
-            noise = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu",
-                                dtype=z.dtype).to(z.device)
-            timestep = torch.full((z.shape[0],), DECODE_TIMESTEP, device=z.device, dtype=z.dtype)
-            scale = timestep[:, None, None, None, None]
-            z = (1 - scale) * z + scale * noise
+        # image mode: each latent frame decodes as a 1-frame video, `chunk` of them per VAE call
+        pieces = z.transpose(1, 2).flatten(0, 1).unsqueeze(2).split(chunk) if _images(components) else [z]
         with components.placed(vae):
-            video = vae.decode(z.to(components.device, vae.dtype), timestep, return_dict=False)[0]
-        for item in video:
-            yield (item.float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).cpu()
+            for z in pieces:
+                timestep = None
+                if vae.config.timestep_conditioning:
+                    noise = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu",
+                                        dtype=z.dtype).to(z.device)
+                    timestep = torch.full((z.shape[0],), DECODE_TIMESTEP, device=z.device, dtype=z.dtype)
+                    scale = timestep[:, None, None, None, None]
+                    z = (1 - scale) * z + scale * noise
+                video = vae.decode(z.to(components.device, vae.dtype), timestep, return_dict=False)[0]
+                for item in video:
+                    yield (item.float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).cpu()
 
     @torch.no_grad()
     def encode_frames(self, components: Any, frames: np.ndarray, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         vae = components.vae
         video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        if _images(components):  # each frame encodes as a 1-frame video: [F, 3, 1, H, W]
+            video = video[0].transpose(0, 1).unsqueeze(2)
         with components.placed(vae):
             z = vae.encode(video.to(device=components.device, dtype=vae.dtype)).latent_dist.mode()
+        if _images(components):
+            z = z.transpose(0, 2)  # [F, C, 1, h, w] -> [1, C, F, h, w]
         mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
         std = vae.latents_std.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
         return ((z - mean) * vae.config.scaling_factor / std).float()
 
+    def still_video(self, components: Any, image: torch.Tensor, frames: int) -> torch.Tensor:
+        raise ConfigError("a still video from one image (I4VGen) is built on unet3d, motion, unet2d and wan models, "
+                          "not yet on ltx (its causal VAE needs the pixel path with its timestep-conditioned decode)")
+
     def attention_sites(self, components: Any) -> list[AttentionSite]:
-        return [AttentionSite(key, "cross" if ".attn2." in key else "self") for key in components.unet.attn_processors]
+        """attn1 self-attention over all tokens ("spatial-self" in image mode: one frame's), attn2 cross-attention."""
+        own = "spatial-self" if _images(components) else "self"
+        return [AttentionSite(key, "cross" if ".attn2." in key else own) for key in components.unet.attn_processors]
 
 
 @torch.no_grad()

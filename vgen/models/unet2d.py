@@ -26,5 +26,8 @@ class UNet2DFamily(UNetFamily):
         out = components.unet(images, t, encoder_hidden_states=embeds.repeat_interleave(f, dim=0), **model_kwargs).sample
         return out.reshape(b, f, -1, h, w).permute(0, 2, 1, 3, 4)
 
+    def image_model(self, components: Any) -> Any:
+        return components  # already one: frames are images
+
 
 FAMILY = UNet2DFamily()

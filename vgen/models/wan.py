@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vgen.models.family import AttentionSite, Family, TextEmbeds
+from vgen.models.family import frames_as_images as _images
 from vgen.models.hub import load_scheduler, read_json
 
 MAX_TEXT_TOKENS = 512  # WanPipeline's max_sequence_length
@@ -66,6 +67,7 @@ class WanFamily(Family):
         "dpm++": _flow("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2),
     }
     cfg_batched = False
+    one_frame_mode = True  # Wan's text-to-image is a 1-frame video
     leading_tokens = 0
     float32_latents = True
     cuda_dtype = torch.bfloat16
@@ -128,10 +130,14 @@ class WanFamily(Family):
         return tuple(components.config.get("native_size") or (480, 832))
 
     def video_frames(self, components: Any, frames: int) -> int:
+        if _images(components):
+            return frames
         k = int(components.vae.config.scale_factor_temporal)
         return frames if frames % k == 1 else frames // k * k + 1  # WanPipeline's rounding
 
     def latent_frames(self, components: Any, frames: int) -> int:
+        if _images(components):
+            return frames
         return (frames - 1) // int(components.vae.config.scale_factor_temporal) + 1
 
     # --- text -----------------------------------------------------------------------------------
@@ -171,6 +177,15 @@ class WanFamily(Family):
 
     def predict(self, components: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, **model_kwargs: Any) -> torch.Tensor:
+        if _images(components):  # [B, C, F, h, w] -> B·F one-frame videos, frame-major per video, and back
+            b, c, f, h, w = latents.shape
+            images = latents.transpose(1, 2).reshape(b * f, c, 1, h, w)
+            out = self._call(components, images, t, embeds.repeat_interleave(f, dim=0), **model_kwargs)
+            return out.reshape(b, f, -1, h, w).transpose(1, 2)
+        return self._call(components, latents, t, embeds, **model_kwargs)
+
+    def _call(self, components: Any, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+              **model_kwargs: Any) -> torch.Tensor:
         model = self.denoiser_at(components, t)
         t = torch.as_tensor(t, device=latents.device)
         if components.config.get("expand_timesteps"):  # one timestep per token (TI2V-5B)
@@ -200,6 +215,8 @@ class WanFamily(Family):
         vae = components.vae
         with components.placed(vae):
             z = self.denormalise(components, latents)
+            if _images(components):  # each latent frame decodes as a 1-frame video: 1 frame
+                z = z.transpose(1, 2).flatten(0, 1).unsqueeze(2)
             if vae.use_tiling:
                 for item in z.split(1):
                     yield _to_frames(vae.decode(item).sample[0])
@@ -210,19 +227,42 @@ class WanFamily(Family):
 
     @torch.no_grad()
     def encode_frames(self, components: Any, frames: np.ndarray, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        vae = components.vae
         video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        return self.encode_pixels(components, video)
+
+    @torch.no_grad()
+    def encode_pixels(self, components: Any, video: torch.Tensor) -> torch.Tensor:
+        """Pixels [1, 3, F, H, W] in [-1, 1] -> normalised latents [1, C, (F - 1) // 4 + 1, h, w] (posterior mean)."""
+        vae = components.vae
         with components.placed(vae):
-            mean_z = vae.encode(video.to(device=components.device, dtype=vae.dtype)).latent_dist.mode()
+            if _images(components):  # each frame encodes as a 1-frame video: 1 latent frame
+                pieces = [vae.encode(video[:, :, i : i + 1].to(device=components.device, dtype=vae.dtype))
+                          .latent_dist.mode() for i in range(video.shape[2])]
+                mean_z = torch.cat(pieces, dim=2)
+            else:
+                mean_z = vae.encode(video.to(device=components.device, dtype=vae.dtype)).latent_dist.mode()
         channels = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(mean_z.device, mean_z.dtype)
         return ((mean_z - mean) * inv_std).float()  # pipeline_wan_i2v's normalisation
 
+    @torch.no_grad()
+    def still_video(self, components: Any, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """The causal VAE codes frames together (latent 0 holds frame 0, each later latent 4 frames that depend on
+        the ones before), so a still video is made in pixels: the image decoded, repeated to the video's length
+        and encoded; repeating its latent would not be a still video's latents."""
+        vae = components.vae
+        with components.placed(vae):
+            picture = vae.decode(self.denormalise(components, image)).sample.clamp(-1, 1)  # [1, 3, 1, H, W]
+        video = picture.float().repeat(1, 1, self.video_frames(components, frames), 1, 1)
+        return self.encode_pixels(components, video)
+
     # --- attention ------------------------------------------------------------------------------
     def attention_sites(self, components: Any) -> list[AttentionSite]:
-        """Each block: attn1 self-attention over all F·h·w tokens (RoPE), attn2 cross-attention to the text."""
-        return [AttentionSite(key, "cross" if ".attn2." in key else "self", int(key.split(".")[1]))
+        """Each block: attn1 self-attention over all F·h·w tokens (RoPE), attn2 cross-attention to the text. In
+        image mode attn1 attends within one frame: "spatial-self"."""
+        own = "spatial-self" if _images(components) else "self"
+        return [AttentionSite(key, "cross" if ".attn2." in key else own, int(key.split(".")[1]))
                 for key in components.unet.attn_processors]
 
     def attention_qkv(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,

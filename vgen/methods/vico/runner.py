@@ -58,8 +58,8 @@ def prepare(job: JobConfig, components: Components, ctx: RunContext):
 
 def recording(components: Components, cfg) -> ContextManager:
     """The recorder of Vico's graph for this model: a UNet's cross + temporal layers, or a DiT's blocks (its
-    family has sites that attend over all video tokens at once) with their same-position slices."""
-    if any(site.role == "self" for site in components.family.attention_sites(components)):
+    family's attention sites belong to transformer blocks) with their same-position slices."""
+    if any(site.block is not None for site in components.family.attention_sites(components)):
         return record_dit_attention(components, cfg, stop_when_complete=True)
     return record_attention(components.unet, cfg.graph, stop_when_complete=True, units=cfg.units)
 

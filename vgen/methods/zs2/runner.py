@@ -10,7 +10,11 @@ Algorithm (per video of F frames, any scheduler):
 Editing: x_T is the input video's latents noised to strength s with the same dependency noise (per-frame
 SDEdit), then steps 2-4 on the tail of the schedule.
 
-Frame chunks (`frame_chunk`): the UNet sees at most that many frames of each video per call; the chunks of
+Models: an image model (unet2d), or a video model's image mode from its family (Wan, LTX: the frames are a batch
+of 1-frame videos, one latent frame each, decoded one by one; the momentum mixes the keys after RoPE). The same
+model serves: `--model toy-wan --method zs2` samples with toy-wan itself.
+
+Frame chunks (`frame_chunk`): the denoiser sees at most that many frames of each video per call; the chunks of
 one step run in order and each layer carries its running K̃/Ṽ of the previous chunk's last frame into the
 next chunk, so chunked and unchunked sampling give the same video (up to float rounding).
 """
@@ -18,13 +22,13 @@ next chunk, so chunked and unchunked sampling give the same video (up to float r
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack
 
 import numpy as np
 import torch
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from vgen.config import JobConfig
-from vgen.core.attention import FrameState, attention_processors, momentum_factory
+from vgen.core.attention import attention_processors
 from vgen.core.noise import ar1_noise, rho_from_lambda
 from vgen.core.prompts import encode_prompt
 from vgen.core.sampler import (
@@ -39,35 +43,51 @@ from vgen.core.sampler import (
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.zs2.attention import FrameState, momentum_factory, momentum_sites, processor_for
 from vgen.models import Components
 from vgen.video import Video, read_video
 
 
-class FrameChunkedUNet(torch.nn.Module):
-    """An image UNet called on at most `chunk` frames of each video at a time (frame-major batches).
+class FrameChunked(torch.nn.Module):
+    """A denoiser called on at most `chunk` frames of each video at a time (frame-major batches of images: a
+    UNet's images, or Wan's 1-frame videos).
 
-    Sets `state.frames`/`state.continues` before each call so the momentum processors mix within the chunk
-    and continue from the previous one.
+    Every tensor argument whose first axis is the B·F images (input, text, per-image timesteps) is cut into the
+    same chunks; `state.frames`/`state.continues` are set before each call so the momentum processors mix within
+    the chunk and continue from the previous one.
     """
 
-    def __init__(self, unet: torch.nn.Module, state: FrameState, frames: int, chunk: int):
+    def __init__(self, model: torch.nn.Module, state: FrameState, frames: int, chunk: int):
         super().__init__()
-        self.unet, self.state, self.frames, self.chunk = unet, state, frames, chunk
+        self.model, self.state, self.frames, self.chunk = model, state, frames, chunk
 
-    def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
-        f = self.frames
-        x = sample.reshape(-1, f, *sample.shape[1:])
-        e = encoder_hidden_states.reshape(-1, f, *encoder_hidden_states.shape[1:])
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, *args, **kwargs):
+        first = args[0] if args else kwargs["hidden_states"]
+        n, f = first.shape[0], self.frames
+
+        def cut(x, start, stop):
+            if not (torch.is_tensor(x) and x.ndim and x.shape[0] == n):
+                return x
+            return x.reshape(n // f, f, *x.shape[1:])[:, start:stop].flatten(0, 1)
+
         outs = []
         for start in range(0, f, self.chunk):
             stop = min(start + self.chunk, f)
             self.state.frames, self.state.continues = stop - start, start > 0
-            out = self.unet(
-                x[:, start:stop].flatten(0, 1), timestep, encoder_hidden_states=e[:, start:stop].flatten(0, 1), **kwargs
-            ).sample
-            outs.append(out.reshape(x.shape[0], stop - start, *out.shape[1:]))
+            out = self.model(*(cut(a, start, stop) for a in args), **{k: cut(v, start, stop) for k, v in kwargs.items()})
+            sample = out[0] if isinstance(out, tuple) else out.sample
+            outs.append(sample.reshape(n // f, stop - start, *sample.shape[1:]))
         self.state.frames, self.state.continues = f, False
-        return UNet2DConditionOutput(sample=torch.cat(outs, dim=1).flatten(0, 1))
+        merged = torch.cat(outs, dim=1).flatten(0, 1)
+        return (merged,) if isinstance(out, tuple) else type(out)(sample=merged)
 
 
 def _init_latents(job: JobConfig, components: Components, ctx: RunContext, frames: np.ndarray) -> torch.Tensor:
@@ -81,27 +101,31 @@ def _init_latents(job: JobConfig, components: Components, ctx: RunContext, frame
 
 def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     z, s = job.zs2, job.sampler
+    image = components.family.image_model(components)  # frames are images (Wan: a batch of 1-frame videos)
     rho = z.rho if z.rho is not None else rho_from_lambda(z.lam)
-    prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
-    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
-    noise_model = ar1_noise(rho)  # (1) dependency noise
+    prompt = encode_prompt(image, job.prompt, job.negative, s.guidance)
+    noise_model = ar1_noise(rho)  # (1) dependency noise along the frames
 
     frames = job.video.frames
-    timesteps = None
+    x0 = None
     if z.init_video:  # editing: per-frame SDEdit of the input video
         source = read_video(z.init_video)
         if source.num_frames < frames:
             ctx.log(f"zs2: '{z.init_video}' has {source.num_frames} frames; using all of them")
             frames = source.num_frames
-        x0 = _init_latents(job, components, ctx, source.frames[:frames])
+        x0 = _init_latents(job, image, ctx, source.frames[:frames])
+    shape = tuple(x0.shape) if x0 is not None else latent_shape(image, frames, ctx.height, ctx.width)
+    one_image = (*shape[:2], 1, *shape[3:])  # what one model call samples per image (LTX's shift reads its size)
+    scheduler = prepare_scheduler(s.scheduler, image.scheduler, s.steps, image.device, image.family, one_image)
+    timesteps = None
+    if x0 is not None:
         timesteps = strength_timesteps(scheduler, z.strength)
-        noise = noise_model(x0.shape, ctx.generator, components.device, components.dtype)
+        noise = noise_model(shape, ctx.generator, image.device, x0.dtype)
         latents = scheduler.add_noise(x0, noise, timesteps[0].reshape(1))
     else:
-        shape = latent_shape(components, frames, ctx.height, ctx.width)
-        latents = initial_latents(components, shape, ctx.generator, scheduler, noise_model)
+        latents = initial_latents(image, shape, ctx.generator, scheduler, noise_model)
 
-    # (2) temporal momentum attention on the chosen spatial self-attention layers
+    # (2) temporal momentum attention on the chosen spatial self-attention sites of every denoiser
     state = FrameState(frames=frames)
     n_steps = len(scheduler.timesteps) if timesteps is None else len(timesteps)
     active = [z.step_start <= i / n_steps < z.step_end for i in range(n_steps)]
@@ -110,29 +134,34 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         state.active = active[i]
         return x
 
-    sampler_components = components
+    sites = momentum_sites(image, tuple(z.layers))
+    if not sites:
+        raise ConfigError(f"zs2.layers={list(z.layers)} matches no spatial self-attention layer of this model")
+    factory = momentum_factory(z.momentum, state, sites, processor_for(image.family))
+    denoisers = {"unet": image.unet, "unet_2": image.unet_2}
+    sampler_components = image
     chunk = z.frame_chunk if 0 < z.frame_chunk < frames else 0
     if chunk:
-        sampler_components = dataclasses.replace(
-            components, unet=FrameChunkedUNet(components.unet, state, frames, chunk)
-        )
+        sampler_components = dataclasses.replace(image, **{
+            slot: FrameChunked(model, state, frames, chunk) for slot, model in denoisers.items() if model is not None})
 
     # (3) denoise all frames together
-    with attention_processors(components.unet, momentum_factory(z.momentum, state, tuple(z.layers))) as installed:
-        if not installed:
-            raise ConfigError(f"zs2.layers={list(z.layers)} matches no spatial self-attention layer of this model")
+    with ExitStack() as installed:
+        for model in (m for m in denoisers.values() if m is not None):
+            installed.enter_context(attention_processors(model, factory))
         latents = denoise(
             sampler_components, scheduler, latents, prompt, s.guidance,
             timesteps=timesteps, generator=ctx.generator, eta=s.eta, pre_step=set_step, progress=ctx.progress,
+            guidance_2=s.guidance_2,
         )
 
-    # (4) decode
-    video = decode_latents(components, latents, job.memory.decode_chunk)[0]
+    # (4) decode each frame
+    video = decode_latents(image, latents, job.memory.decode_chunk, ctx.generator)[0]  # LTX: its decode noise
     metadata = {
         "rho": rho,
         "lam": z.lam if z.rho is None else None,
         "momentum": z.momentum,
-        "layers": len(installed),
+        "layers": len(sites),
         "momentum_steps": sum(active),
         "steps_run": n_steps,
         "frame_chunk": chunk or frames,

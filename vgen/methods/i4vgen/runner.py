@@ -1,38 +1,43 @@
-"""I4VGen (SPEC §3): text -> anchor image -> a video animated from it -> the video regenerated.
+"""I4VGen's runner (SPEC §3): text -> anchor image -> a still video animated from it -> the video regenerated.
 
     1. anchor      N candidate images, drawn by the video model itself as 1-frame videos (the public code; or by
                    an image model in its latent space), scored by a reward; keep the best one, a. Their noise is
                    one [1, C, N, h, w] draw, candidate i its frame i, then NI-VSDS's ε and the regeneration's noise
-                   are drawn, each [1, C, F, h, w]: the public code's order, so a seed gives its candidates
-    2. NI-VSDS     v = a repeated over frames; draw ε once and keep it. For t in the sampler's first
-                   int(0.6·steps) + 1 timesteps (961 ... 361 with 25 DDIM steps):
-                   v_t = sqrt(ᾱ_t)·v + sqrt(1-ᾱ_t)·ε
-                   v  <- v - α_i·w(t)·(ε̂_CFG(v_t, c, t) - ε),   w(t) = 1 - ᾱ_t   (no backprop)
+                   are drawn, each the video's latent shape: the public code's order, so a seed gives its candidates
+    2. NI-VSDS     v = the still video of a (the family's `still_video`: a's latent repeated on per-frame VAEs, a
+                   repeated in pixels and encoded on a causal VAE); draw ε once and keep it. For t in the sampler's
+                   first int(0.6·steps) + 1 timesteps (961 ... 361 with 25 DDIM steps), x_t = α_t·x0 + σ_t·ε:
+                   v_t = α_t·v + σ_t·ε
+                   v  <- v - α_i·w(t)·(ε̂_CFG(v_t, c, t) - ε),   w(t) = σ_t² / (α_t² + σ_t²)   (no backprop)
+                   (DDPM schedules: w = 1 - ᾱ_t; flow matching: ε̂ from the velocity and w at equal SNR, DIT.md §3)
     3. regenerate  add fresh noise to v up to the first of the sampler's last int(t_regen·steps) timesteps (p_re = 1:
                    the schedule's first), then denoise it with the video model
-                   (regen_hold, ours: one frame, the first or the middle, held to the anchor by temporal inpainting
-                   while t >= regen_hold_until·T, so the regenerated video keeps the anchor's objects and the late
-                   steps fit the held frame to the others; off in the public code)
+                   (regen_hold, ours: one latent frame, the first or the middle, held to the still video's by
+                   temporal inpainting while t >= regen_hold_until·T, so the regenerated video keeps the anchor's
+                   objects and the late steps fit the held frame to the others; off in the public code)
+Every model call goes through the sampler's guided_noise, so a two-expert model (Wan 2.2) answers each timestep
+with the expert its boundary says, at that expert's guidance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import ExitStack
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from vgen.config import JobConfig, ModelConfig
-from vgen.core.attention import one_frame_temporal_attention
 from vgen.core.inpaint import hold_frames
 from vgen.core.noise import iid_noise
 from vgen.core.progress import progress_bar
 from vgen.core.prompts import PromptEmbeds, encode_prompt
-from vgen.core.sampler import decode_latents, denoise, guided_noise, latent_shape, strength_timesteps, to_uint8
-from vgen.core.schedulers import make_scheduler, prepare_scheduler
+from vgen.core.sampler import (decode_latents, denoise, guided_noise, latent_dtype, latent_shape, strength_timesteps,
+                               to_uint8)
+from vgen.core.schedulers import add_noise, noise_level, prediction_type, prepare_scheduler, to_epsilon
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.i4vgen.attention import one_frame_temporal_attention
 from vgen.models import Components
 from vgen.video import Video, write_png
 
@@ -59,9 +64,11 @@ def candidate_source(job: JobConfig) -> str:
     return cfg.candidate_model
 
 
-def candidate_count(job: JobConfig) -> int:
-    """i4vgen.candidates, or the video length when 0 (the public code draws one candidate per frame)."""
-    return job.i4vgen.candidates or job.video.frames
+def candidate_count(job: JobConfig, latent_frames: int) -> int:
+    """i4vgen.candidates, or when 0 one per latent frame of the video: the public code splits one video's noise
+    into its frames, a candidate each (N = the video length on a UNet, whose latent has every frame; on Wan's
+    causal VAE, (F - 1) // 4 + 1, so the candidates cost one video's tokens as they do there)."""
+    return job.i4vgen.candidates or latent_frames
 
 
 def image_model_config(job: JobConfig) -> ModelConfig:
@@ -91,16 +98,18 @@ def check_latent_space(video: Components, image: Components) -> None:
 
 def candidate_noise(image: Components, n: int, height: int, width: int, generator: torch.Generator,
                     layout: str = "frames") -> torch.Tensor:
-    """The N candidates' initial noise as [N, C, 1, h, w].
+    """The N candidates' initial noise as [N, C, 1, h, w]: N 1-frame videos (one latent frame each, on any family).
 
     frames (the public code's prepare_latents + rearrange "b c f h w -> (b f) c h w"): one [1, C, N, h, w] draw, and
     candidate i is its frame i, so a seed gives the public code's candidates. batch: one [N, C, 1, h, w] draw
     (vgen's earlier layout: the same numbers, assigned to other candidates)."""
+    one = latent_shape(image, 1, height, width)  # [1, C, 1, h, w]
+    dtype = latent_dtype(image)
     if layout == "batch":
-        return iid_noise(latent_shape(image, 1, height, width, batch=n), generator, image.device, image.dtype)
+        return iid_noise((n, *one[1:]), generator, image.device, dtype)
     if layout != "frames":
         raise ConfigError(f"config key 'i4vgen.candidate_layout' is '{layout}'; choose one of: frames, batch")
-    draw = iid_noise(latent_shape(image, n, height, width), generator, image.device, image.dtype)
+    draw = iid_noise((1, one[1], n, *one[3:]), generator, image.device, dtype)
     return draw[0].transpose(0, 1).unsqueeze(2).contiguous()  # [C, N, h, w] -> [N, C, 1, h, w]
 
 
@@ -121,19 +130,22 @@ def sample_candidates(
     eta: float = 0.0,
     progress: Optional[bool] = None,
     layout: str = "frames",
+    guidance_2: Optional[float] = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """N images: latents [N, C, 1, h, w] and uint8 [N, H, W, 3]. All N noises are drawn first, in one
-    call (`candidate_noise`), so candidate i is the same for any batch size."""
+    """N images: latents [N, C, 1, h, w] and uint8 [N, H, W, 3], each a 1-frame video sampled as vanilla samples
+    one. All N noises are drawn first, in one call (`candidate_noise`), so candidate i is the same for any batch
+    size."""
     noise = candidate_noise(image, n, height, width, generator, layout)
     batch = batch or n
     latents = []
     with one_frame_temporal_attention(image.unet):  # exact: a frame attends only to itself
         for start in range(0, n, batch):
             x = noise[start : start + batch]
-            sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device)
+            sched = prepare_scheduler(scheduler, image.scheduler, steps, image.device, image.family, tuple(x.shape))
             embeds = encode_prompt(image, prompt, negative, guidance, batch=x.shape[0])
-            x = denoise(image, sched, x * sched.init_noise_sigma, embeds, guidance, generator=generator, eta=eta,
-                        progress=progress, description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}")
+            x = x * getattr(sched, "init_noise_sigma", 1.0)  # flow-matching Euler has none (1)
+            x = denoise(image, sched, x, embeds, guidance, generator=generator, eta=eta, progress=progress,
+                        description=f"anchor candidates {start + 1}-{start + x.shape[0]}/{n}", guidance_2=guidance_2)
             latents.append(x)
     latents = torch.cat(latents)
     images = to_uint8(decode_latents(image, latents)[:, 0])
@@ -184,15 +196,10 @@ def vsds_step_sizes(iterations: int, warm_iterations: int, warm_step_size: float
     return [warm_step_size if i < warm_iterations else step_size for i in range(iterations)]
 
 
-def to_epsilon(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The model's output as a noise prediction, whatever it was trained to predict."""
-    if prediction_type == "epsilon":
-        return prediction
-    if prediction_type == "v_prediction":  # v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x0  =>  ε = sqrt(ᾱ)·v + sqrt(1-ᾱ)·x_t
-        return alpha_bar.sqrt() * prediction + (1 - alpha_bar).sqrt() * x_t
-    if prediction_type == "sample":
-        return (x_t - alpha_bar.sqrt() * prediction) / (1 - alpha_bar).sqrt()
-    raise ConfigError(f"unsupported prediction_type '{prediction_type}' for NI-VSDS")
+def vsds_weight(alpha: float, sigma: float) -> float:
+    """w(t) = 1 - ᾱ at x_t = α·x0 + σ·ε, as the SNR α²/σ² fixes it: σ² / (α² + σ²). DDPM schedules (α² + σ² = 1):
+    1 - ᾱ_t, the public code's; flow matching (α = 1 - σ): the ᾱ of equal SNR, σ² / ((1 - σ)² + σ²) (DIT.md §3)."""
+    return sigma**2 / (alpha**2 + sigma**2)
 
 
 @torch.no_grad()
@@ -202,25 +209,38 @@ def ni_vsds(
     noise: torch.Tensor,
     prompt: PromptEmbeds,
     guidance: float,
-    timesteps: list[int],
+    timesteps: list,
     step_sizes: list[float],
     progress: Optional[bool] = None,
+    scheduler: Any = None,
+    guidance_2: Optional[float] = None,
 ) -> torch.Tensor:
-    """Noise-invariant video score distillation: the anchor video pulled towards the video model's
-    distribution by its (CFG) score, with one fixed ε, no gradient through the UNet."""
-    sched = make_scheduler("ddim", components.scheduler)  # only its ᾱ table; identity input scaling
-    alphas_cumprod = sched.alphas_cumprod.to(components.device, torch.float32)
-    prediction_type = sched.config.get("prediction_type", "epsilon")
+    """Noise-invariant video score distillation: the still video pulled towards the video model's distribution by
+    its (CFG) score in ε space, with one fixed ε, no gradient through the denoiser.
+
+    `scheduler` gives each timestep's noise level (α_t, σ_t) and what the model predicts (its ᾱ table on DDPM
+    schedules, its σ's on flow matching; default: the model's own). v_t goes to the model as x_t itself, with no
+    sampler input scaling; the prediction becomes ε̂ by the core's conversion."""
+    levels = components.scheduler if scheduler is None else scheduler
+    kind = prediction_type(levels)
+    family = components.family
     v = video.float()
     eps = noise.float()
-    with components.placed(components.unet), progress_bar(len(timesteps), "NI-VSDS", progress) as advance:
-        for t, alpha in zip(timesteps, step_sizes):
-            a = alphas_cumprod[t]
-            v_t = a.sqrt() * v + (1 - a).sqrt() * eps
-            t_model = torch.tensor(t, device=components.device)
-            pred = guided_noise(components, sched, v_t.to(components.dtype), t_model, prompt, guidance).float()
-            eps_hat = to_epsilon(pred, v_t, a, prediction_type)
-            v = v - alpha * (1 - a) * (eps_hat - eps)
+    with ExitStack() as placement, progress_bar(len(timesteps), "NI-VSDS", progress) as advance:
+        active = None
+        for t, size in zip(timesteps, step_sizes):
+            model = family.denoiser_at(components, t)  # a two-expert model: the one for this timestep
+            if model is not active:
+                placement.close()
+                placement.enter_context(components.placed(model))
+                active = model
+            alpha, sigma = noise_level(levels, t)
+            v_t = alpha * v + sigma * eps
+            t_model = torch.as_tensor(t, device=components.device)
+            pred = guided_noise(components, None, v_t.to(components.dtype), t_model, prompt, guidance, guidance_2)
+            pred = pred.float()
+            eps_hat = to_epsilon(pred, v_t, alpha, sigma, kind)
+            v = v - size * vsds_weight(alpha, sigma) * (eps_hat - eps)
             advance(1)
     return v.to(video.dtype)
 
@@ -272,25 +292,25 @@ def regenerate(
     hold: Optional[int] = None,
     release_below: float = 0.0,
     noise: Optional[torch.Tensor] = None,
+    guidance_2: Optional[float] = None,
 ) -> torch.Tensor:
     """SDEdit of the animated anchor: fresh noise to the first of `timesteps`, then the video model.
 
-    With `hold` (a frame index) and `anchor` [1, C, 1, h, w], that frame starts as and after every step follows
-    the anchor latent noised with its own share of the fresh noise, until the next timestep is below
-    `release_below` (0: to the end, where it is exactly the anchor). `noise`: use this instead of fresh noise
-    (i4vgen.regen_noise=vsds: NI-VSDS's fixed ε)."""
+    With `hold` (a latent frame index) and `anchor` [1, C, 1, h, w] (the still video's latents at that frame),
+    that frame starts as and after every step follows the anchor noised with its own share of the fresh noise,
+    until the next timestep is below `release_below` (0: to the end, where it is exactly the anchor). `noise`: use
+    this instead of fresh noise (i4vgen.regen_noise=vsds: NI-VSDS's fixed ε)."""
     if noise is None:
-        noise = iid_noise(video.shape, generator, components.device, components.dtype)
-    start = torch.as_tensor(timesteps[:1], device=components.device)
+        noise = iid_noise(video.shape, generator, components.device, latent_dtype(components))
     post_step = None
     if hold is not None:
         known = anchor.to(video.dtype)
         video = video.clone()
         video[:, :, hold : hold + 1] = known
         post_step = hold_frames(scheduler, timesteps, known, noise[:, :, hold : hold + 1], hold, release_below)
-    x = scheduler.add_noise(video, noise, start)
+    x = add_noise(scheduler, video, noise, timesteps[0])
     return denoise(components, scheduler, x, prompt, guidance, timesteps=timesteps, generator=generator, eta=eta,
-                   post_step=post_step, progress=progress, description="regenerating")
+                   post_step=post_step, progress=progress, description="regenerating", guidance_2=guidance_2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +343,7 @@ def candidate_grid(images: np.ndarray, scores: np.ndarray, best: int, columns: i
 
 
 def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
-    from vgen.methods.rewards import load_reward
+    from vgen.methods.i4vgen.rewards import load_reward
 
     cfg, s = job.i4vgen, job.sampler
     source = candidate_source(job)
@@ -333,8 +353,16 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     else:
         image = components
     reward = load_reward(cfg.reward, cfg.reward_model, str(components.device))
-    n = candidate_count(job)
-    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+    family = components.family
+    frames = family.video_frames(components, job.video.frames)
+    if frames != job.video.frames:
+        ctx.log(f"{components.name} makes {family.frame_rule} frames: {job.video.frames} -> {frames}")
+    shape = latent_shape(components, frames, ctx.height, ctx.width)
+    n = candidate_count(job, shape[2])
+    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device, family, shape)
+    if cfg.vsds_schedule == "linspace" and prediction_type(scheduler) == "flow":
+        raise ConfigError("i4vgen.vsds_schedule=linspace spaces timesteps over a DDPM ᾱ table; on a flow-matching "
+                          "model use i4vgen.vsds_schedule=sampler (the sampler's own σ's)")
     regen = regen_timesteps(scheduler, cfg.t_regen, cfg.regen_rule)  # a t_regen that runs no step fails here, early
 
     # 1. anchor image: best of N
@@ -344,13 +372,16 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         guidance=s.guidance if cfg.image_guidance is None else cfg.image_guidance,
         scheduler=s.scheduler, generator=ctx.generator, height=ctx.height, width=ctx.width,
         batch=cfg.candidate_batch, eta=s.eta, progress=ctx.progress, layout=cfg.candidate_layout,
+        guidance_2=s.guidance_2 if cfg.image_guidance is None else None,
     )
     scores = reward(images, job.prompt)
     best = best_candidate(scores)
     summary = reward_summary(scores, best)
     ctx.log(f"anchor: candidate {best} of {n}, reward {scores[best]:.4g}, spread {summary['spread']:.3g}, "
             f"ties {summary['ties']}")
-    anchor = latents[best : best + 1] / image.vae.config.scaling_factor * components.vae.config.scaling_factor
+    anchor = latents[best : best + 1]
+    if image is not components:  # an image model's latents, rescaled to the video model's normalisation
+        anchor = anchor / image.vae.config.scaling_factor * components.vae.config.scaling_factor
 
     # 2. NI-VSDS: animate the anchor
     prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
@@ -361,17 +392,20 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
     step_sizes = vsds_step_sizes(len(timesteps), cfg.warm_iterations, cfg.warm_step_size, cfg.step_size)
     vsds_guidance = s.guidance if cfg.vsds_guidance is None else cfg.vsds_guidance
     vsds_prompt = prompt if vsds_guidance == s.guidance else encode_prompt(components, job.prompt, job.negative, vsds_guidance)
-    video = anchor.to(components.device, components.dtype).repeat(1, 1, job.video.frames, 1, 1)
-    noise = iid_noise(video.shape, ctx.generator, components.device, components.dtype)
-    video = ni_vsds(components, video, noise, vsds_prompt, vsds_guidance, timesteps, step_sizes, ctx.progress)
+    vsds_guidance_2 = s.guidance_2 if cfg.vsds_guidance is None else None  # a set vsds_guidance holds for both experts
+    dtype = latent_dtype(components)
+    still = family.still_video(components, anchor.to(components.device, dtype), frames).to(dtype)
+    noise = iid_noise(still.shape, ctx.generator, components.device, dtype)
+    video = ni_vsds(components, still, noise, vsds_prompt, vsds_guidance, timesteps, step_sizes, ctx.progress,
+                    scheduler=scheduler, guidance_2=vsds_guidance_2)
 
     # 3. regeneration (on `regen`, the tail of the schedule chosen above)
-    hold = hold_frame(cfg.regen_hold, job.video.frames)
+    hold = hold_frame(cfg.regen_hold, still.shape[2])
     video = regenerate(components, scheduler, regen, video, prompt, s.guidance, ctx.generator, s.eta, ctx.progress,
-                       anchor=anchor.to(components.device, components.dtype), hold=hold,
+                       anchor=None if hold is None else still[:, :, hold : hold + 1], hold=hold,
                        release_below=cfg.regen_hold_until * scheduler.config.num_train_timesteps,
-                       noise=noise if cfg.regen_noise == "vsds" else None)
-    frames = decode_latents(components, video, job.memory.decode_chunk)[0]
+                       noise=noise if cfg.regen_noise == "vsds" else None, guidance_2=s.guidance_2)
+    pixels = decode_latents(components, video, job.memory.decode_chunk)[0]
 
     files = []
     if cfg.save_candidates:
@@ -396,4 +430,4 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
                          "noise": cfg.regen_noise},
         "files": files,
     }
-    return Video(to_uint8(frames), fps=job.video.fps, metadata=metadata)
+    return Video(to_uint8(pixels), fps=job.video.fps, metadata=metadata)
