@@ -108,10 +108,13 @@ eval-vico: $(STAMP)
 # Vico on toy-wan (issue 35): base vs Vico on held-out prompts 100.. of each sequence, 2 and 3 objects, with the
 # model's own vgen.yaml vico section (its lr, chosen by tune-vico-wan on prompts 0..); 17 frames, 20 UniPC steps,
 # guidance 5. TOYWAN: the built-in name or a folder (e.g. an interim export).
+# VICO_WAN_SET: the Vico run's keys (default: none beyond the model's own; vico.lr=0.1 for a folder whose vgen.yaml
+# has no vico section yet)
 VICO_WAN_N ?= 50
+VICO_WAN_SET ?= vico.select=official
 eval-vico-wan: $(STAMP)
 	$(BIN)/python scripts/compare_vico.py --model $(TOYWAN) --frames 17 --scheduler model --n $(VICO_WAN_N) --offset 100 \
-	    --variant vico=vico.select=official --json outputs/compare_vico/heldout-wan.json --resume
+	    --variant vico=$(VICO_WAN_SET) --json outputs/compare_vico/heldout-wan.json --resume
 
 # the lr grid on tuning prompts 0..5 of each sequence (small fixed budget; docs/vico.md has the table)
 tune-vico-wan: $(STAMP)
