@@ -11,7 +11,8 @@ import torch
 from conftest import make_job, run_vanilla, vgen_in_process
 from vgen.core.attention import attention_processors
 from vgen.methods.zs2.attention import FrameState, MomentumAttnProcessor, momentum_factory, momentum_sites
-from vgen.core.noise import ar1_noise, ar_matrix, iid_noise, rho_from_lambda
+from vgen.core.noise import ar1_noise, ar_matrix, iid_noise
+from vgen.methods.zs2.noise import rho_from_lambda
 from vgen.core.sampler import to_uint8
 
 MODEL = {"model.id": "tiny-random-unet2d", "sampler.steps": 3, "video.frames": 4, "seed": 5}

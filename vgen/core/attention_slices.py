@@ -1,7 +1,7 @@
 """Same-position temporal slices of a full (spatio-temporal) self-attention, without its N x N matrix.
 
-A DiT block (Wan, LTX) attends over N = F·P tokens in frame-major order (token n = f·P + p). Vico needs,
-per latent position p, the F x F block of the FULL softmax's probabilities between the tokens at p:
+A DiT block (Wan, LTX) attends over N = F·P tokens in frame-major order (token n = f·P + p). A method that
+follows attention through time (the flow of a key token) needs, per latent position p, the F x F block of the FULL softmax's probabilities between the tokens at p:
 
     A[b, h, p, f, g] = exp(scale·q[f·P+p]·k[g·P+p] - lse[f·P+p]),   lse[n] = logsumexp_m scale·q[n]·k[m]
 

@@ -21,14 +21,6 @@ def iid_noise(shape: Sequence[int], generator: torch.Generator, device: torch.de
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
-def rho_from_lambda(lam: float) -> float:
-    """ZS2's knob λ as the AR(1) correlation: ρ = 1 - λ·e^(-1/2), clamped to [0, 1].
-
-    The closed form replaces the paper's iterative search, which goes NaN for small λ.
-    """
-    return float(min(max(1.0 - lam * math.exp(-0.5), 0.0), 1.0))
-
-
 def ar1_noise(rho: float) -> NoiseModel:
     """Dependency noise: ε_0 = z_0, ε_i = ρ·ε_{i-1} + sqrt(1-ρ²)·z_i along the frame axis of [B, C, F, H, W].
 

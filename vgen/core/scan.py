@@ -1,4 +1,4 @@
-"""The AR(1) / momentum recursion along one axis (frames): ZS2's dependency noise and momentum attention.
+"""The AR(1) / momentum recursion along one axis (frames): dependency noise and momentum attention.
 
     y_0 = x_0                        (no carry)      y_0 = decay·carry + gain·x_0   (with a carry)
     y_i = decay·y_{i-1} + gain·x_i

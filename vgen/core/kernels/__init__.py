@@ -1,4 +1,4 @@
-"""GPU core kernels: Triton versions of the attention-flow products, of Vico's recorded attention, of the
+"""GPU core kernels: Triton versions of the attention-flow products, of the recorded attention (output plus the probabilities of the first keys), of the
 same-position slices of a full self-attention and of the AR(1) scan along frames.
 
 The torch versions in vgen/core/flow.py, attention.py, attention_slices.py and scan.py stay the references

@@ -1,4 +1,4 @@
-"""Triton kernels of Vico's recorded attention: softmax(q k^T * scale) v plus the head mean of the
+"""Triton kernels of the recorded attention: softmax(q k^T * scale) v plus the head mean of the
 probabilities of the first ``columns`` keys, without a [batch, heads, queries, keys] tensor.
 
 Forward: flash-style online softmax over key tiles gives the output and the row logsumexp (float32);

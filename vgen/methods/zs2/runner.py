@@ -29,7 +29,8 @@ import torch
 
 from vgen.config import JobConfig
 from vgen.core.attention import attention_processors
-from vgen.core.noise import ar1_noise, rho_from_lambda
+from vgen.core.noise import ar1_noise
+from vgen.methods.zs2.noise import rho_from_lambda
 from vgen.core.prompts import encode_prompt
 from vgen.core.sampler import (
     decode_latents,
