@@ -28,7 +28,7 @@ def _imports(path: Path, top_level_only: bool = False) -> set[str]:
 
 
 GRAPH = {_module(p): _imports(p) for p in VGEN.rglob("*.py")}
-KNOWN = {("vgen.methods.streaming.refine", "vgen.jobs")}  # refine writes its own sidecar; moves with issue 32's step 5
+KNOWN: set[tuple[str, str]] = set()
 
 
 @pytest.mark.parametrize("package,forbidden", [
@@ -63,3 +63,26 @@ def test_no_cycle_among_module_level_imports():
     for m in sorted(modules):
         if m not in state:
             visit(m, [m])
+
+
+METHOD_CONFIGS = sorted(m for m in GRAPH if m.startswith("vgen.methods.") and m.endswith(".config"))
+CONFIG_MAY_IMPORT = ("vgen.errors", "vgen.config_io")
+
+
+def test_vgen_config_imports_of_methods_are_their_config_sections_only():
+    """vgen.config builds JobConfig from each method's section: it may import exactly vgen.methods.<name>.config
+    (and the torch-free registry, to name a method), nothing else of a method."""
+    methods = sorted(t for t in GRAPH["vgen.config"] if t in GRAPH and t.startswith("vgen.methods."))
+    assert methods and set(methods) <= set(METHOD_CONFIGS)
+
+
+@pytest.mark.parametrize("module", METHOD_CONFIGS)
+def test_method_config_sections_import_only_errors_and_config_io(module):
+    """A method's config section sits below vgen.config (which imports it): never vgen.config itself, no torch."""
+    import sys
+
+    assert {t for t in GRAPH[module] if t in GRAPH} <= set(CONFIG_MAY_IMPORT)
+    tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
+    top = {n.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+           for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])}
+    assert top <= set(sys.stdlib_module_names) | {"omegaconf", "vgen", "__future__"}

@@ -23,7 +23,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from vgen.config_io import METHOD_SECTIONS, leaf_keys, load_yaml  # noqa: F401 (re-exported)
+from vgen.config_io import check_at_least as _at_least, check_choice as _choice
 from vgen.errors import ConfigError
+from vgen.methods.streaming.config import STREAMING_MODES, StreamingConfig  # noqa: F401 (re-exported)
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
@@ -282,53 +284,6 @@ class I4VGenConfig:
 
 REGEN_HOLDS = ("none", "first", "middle")
 CANDIDATE_LAYOUTS = ("frames", "batch")
-STREAMING_MODES = ("auto", "trained", "training-free", "independent")
-
-
-@dataclass
-class StreamingConfig:
-    """StreamingT2V (method streaming): long videos chunk by chunk with short- (CAM) and long-term (APM) memory."""
-
-    mode: str = "auto"  # auto: trained CAM+APM if the model ships them, else training-free | trained | training-free | independent
-    chunk: int = 16  # frames denoised per chunk (F)
-    cond_frames: int = 8  # frames of the previous chunk a new chunk is conditioned on and re-covers (F_cond)
-    anchor_guidance: Optional[float] = None  # ω_anchor; None = sampler.guidance (then ordinary two-pass CFG)
-    dc_lock: bool = True  # training-free: new frames keep the last known frame's per-channel latent mean every step (false: plain inpainting)
-    trained_dc_lock: bool = False  # trained (ours; false = the paper): the chunk's per-channel latent mean follows the previous chunk's overlap
-    trained_inpaint: bool = False  # trained (ours; false = the paper): the re-covering frames are also held to the previous chunk (the training-free mode's temporal inpainting) while CAM+APM guide
-    cam_scale: float = 1.0  # trained: what CAM adds to the UNet is multiplied by this (1 = the paper; as a ControlNet's conditioning scale)
-    refine: bool = False  # stage 3: randomized-blending refinement of the whole video
-    refine_model: Optional[str] = None  # video model that refines (None = the generating model)
-    refine_chunk: int = 24  # frames per refinement chunk
-    refine_overlap: int = 8  # frames shared by consecutive refinement chunks
-    refine_strength: float = 0.6  # SDEdit noise level T'/T (600 of 1000)
-    refine_steps: Optional[int] = None  # None = sampler.steps
-    upscale: int = 1  # integer factor frames are resized by before refinement (1 = none)
-
-    def check(self) -> None:
-        _choice("streaming.mode", self.mode, STREAMING_MODES)
-        _at_least("streaming.chunk", self.chunk, 2)
-        _at_least("streaming.cond_frames", self.cond_frames, 1)
-        if not self.cond_frames < self.chunk:
-            raise ConfigError(
-                f"config key 'streaming.cond_frames' ({self.cond_frames}) must be smaller than streaming.chunk ({self.chunk})"
-            )
-        if self.anchor_guidance is not None:
-            _at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
-        _at_least("streaming.cam_scale", self.cam_scale, 0)
-        _at_least("streaming.refine_overlap", self.refine_overlap, 0)
-        if not self.refine_overlap < self.refine_chunk:
-            raise ConfigError(
-                f"config key 'streaming.refine_overlap' ({self.refine_overlap}) must be smaller than "
-                f"streaming.refine_chunk ({self.refine_chunk})"
-            )
-        if not 0.0 < self.refine_strength <= 1.0:
-            raise ConfigError(f"config key 'streaming.refine_strength' must be in (0, 1], got {self.refine_strength}")
-        if self.refine_steps is not None:
-            _at_least("streaming.refine_steps", self.refine_steps, 1)
-        _at_least("streaming.upscale", self.upscale, 1)
-
-
 @dataclass
 class JobConfig:
     prompt: str = ""
@@ -641,16 +596,6 @@ def build_job(
     if strict:
         check_method_sections(parsed, job.method)
     return job
-
-
-def _choice(key: str, value: str, choices: Iterable[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"config key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if not value >= low:  # NaN fails every comparison: written so that it fails this one
-        raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
 
 
 def _above(key: str, value: float, low: float) -> None:

@@ -4,7 +4,7 @@ a model's vgen.yaml without importing vgen.config back."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -39,3 +39,16 @@ def leaf_keys(update: Any, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{key}")
     return keys
+
+
+# --- range checks shared by the config sections (vgen.config and each method's config.py) ----------------
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
+
+
+def check_at_least(key: str, value: float, low: float) -> None:
+    if not value >= low:  # NaN fails every comparison: written so that it fails this one
+        raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")

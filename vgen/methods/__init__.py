@@ -88,8 +88,8 @@ METHODS: dict[str, MethodInfo] = {
             config="configs/streaming.yaml",
             no_context_parallel="its memory modules (CAM, APM) attend outside diffusers' dispatch and would see only this rank's share of the tokens",
             knobs=("video.frames", "streaming.mode", "streaming.chunk", "streaming.refine"),
-            # the paper: DDIM 50 steps, eta 1, guidance 7.5 (text and anchor)
-            defaults={"sampler.steps": 50, "sampler.scheduler": "ddim", "sampler.eta": 1.0, "sampler.guidance": 7.5},
+            # the paper: DDIM 50 steps, eta 1, guidance 7.5 (text and anchor); auto = DDIM on UNets, the model's own on DiTs
+            defaults={"sampler.steps": 50, "sampler.scheduler": "auto", "sampler.eta": 1.0, "sampler.guidance": 7.5},
         ),
     ]
 }

@@ -282,7 +282,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     prompt = encode_prompt(components, job.prompt, job.negative, max(w_text, w_anchor))
 
     def new_scheduler():
-        return prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+        return prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device, components.family)
 
     shape = latent_shape(components, F, ctx.height, ctx.width)
     kept: list[torch.Tensor] = []  # every kept latent frame, only when refining
