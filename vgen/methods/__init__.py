@@ -82,8 +82,8 @@ METHODS: dict[str, MethodInfo] = {
             "streaming",
             "vgen.methods.streaming.runner",
             "StreamingT2V: long videos chunk by chunk with short-term (CAM) and long-term (APM) memory, "
-            "optional randomized-blending refinement",
-            ("unet3d", "motion"),
+            "optional randomized-blending refinement (on Wan: training-free, in latent time, decoded once)",
+            ("unet3d", "motion", "wan"),
             paper="arXiv 2403.14773",
             config="configs/streaming.yaml",
             no_context_parallel="its memory modules (CAM, APM) attend outside diffusers' dispatch and would see only this rank's share of the tokens",

@@ -70,6 +70,7 @@ class WanFamily(Family):
     float32_latents = True
     cuda_dtype = torch.bfloat16
     frame_rule = "4k+1"
+    latent_time = True
     lora_loader = "WanPipeline"
     weight_subfolders = ("text_encoder", "vae", "transformer", "transformer_2")
     processor_signature = "(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None)"
@@ -133,6 +134,9 @@ class WanFamily(Family):
 
     def latent_frames(self, components: Any, frames: int) -> int:
         return (frames - 1) // int(components.vae.config.scale_factor_temporal) + 1
+
+    def decoded_frames(self, components: Any, latent_frames: int) -> int:
+        return (latent_frames - 1) * int(components.vae.config.scale_factor_temporal) + 1  # 1, then 4 per latent frame
 
     # --- text -----------------------------------------------------------------------------------
     @torch.no_grad()
