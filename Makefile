@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico device-check device-wheels measure-memory
+.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-streaming-wan bench-streaming-wan eval-vico device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -24,6 +24,8 @@ help:
 	@echo "make device-check - on a GPU machine: kernel tests on CUDA, methods and kernels timed (ARGS=--dry-run: plan + imports)"
 	@echo "make device-wheels - fill .whl/ with the wheels device-check installs offline on a GPU machine"
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
+	@echo "make eval-streaming-wan [TOYWAN=folder] - StreamingT2V on toy-wan at 241 frames vs its unconditioned chunks (paired intervals)"
+	@echo "make bench-streaming-wan - StreamingT2V on the benchmark-size random Wan: peak memory and s/frame at 64 vs 512 frames"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
 	@echo "make eval-i4vgen-oracle - I4VGen started from the toy world's own anchor / clip: what a perfect stage could give"
 
@@ -124,6 +126,19 @@ probe-i4vgen: $(STAMP)
 # long (hours on a CPU): re-running continues where it stopped
 eval-streaming: $(STAMP)
 	$(BIN)/python scripts/compare_streaming.py --out outputs/compare_streaming --resume --json outputs/compare_streaming/records.json
+
+# StreamingT2V on a Wan model (training-free, chunks in latent time) against the same model's chunks with no
+# conditioning, 241 frames, held-out prompts (settings were tuned on --seed 1000); TOYWAN: the toy-wan folder
+TOYWAN ?= toy-wan
+eval-streaming-wan: $(STAMP)
+	$(BIN)/python scripts/compare_streaming.py --model $(TOYWAN) --frames 241 --prompts 24 \
+		--modes training-free training-free-dc independent \
+		--out outputs/compare_streaming_wan --resume --json outputs/compare_streaming_wan/records.json
+
+# peak memory and cost per frame of streaming on wan-quarter (Wan 2.1's layout) at 64 vs 512 frames (CPU-sized: 128x128)
+bench-streaming-wan: $(STAMP)
+	$(BIN)/python scripts/bench_streaming.py --model wan-quarter --frames 64 512 --steps 2 --chunk 17 --cond-frames 4 \
+		--height 128 --width 128 --no-modes
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

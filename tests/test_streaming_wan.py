@@ -99,6 +99,10 @@ def test_runner_decodes_the_whole_latent_once(tiny, monkeypatch, tmp_path):
     video = runner.run(job, c, ctx)
     assert calls == [8] and video.num_frames == 29 and video.metadata["chunks"] == 3
     assert video.metadata["spans"] == [[0, 4], [3, 7], [4, 8]]
+    # the new frames of chunks 2 and 3 begin at latents 4 and 7, i.e. frames 4·3 + 1 = 13 and 4·6 + 1 = 25
+    from vgen.eval.seams import layout_from_sidecar
+
+    assert layout_from_sidecar({"method_info": video.metadata}).boundaries(29) == [13, 25]
 
 
 def _live_tensor_bytes(exclude: set) -> int:

@@ -156,6 +156,14 @@ def refine_in_latent_time(components: Components, job: JobConfig, latents: torch
     return out.float().cpu(), info
 
 
+def frame_layout(components: Components, latent_plan: LatentPlan) -> dict:
+    """Where the chunks' new frames begin, in frames: the first boundary after `chunk` frames, then every `stride`
+    (vgen.eval.seams.Layout; the last window, aligned to the end, adds its new frames at the same stride)."""
+    decoded = lambda n: components.family.decoded_frames(components, n)  # noqa: E731
+    first, step = latent_plan.chunk, latent_plan.chunk - latent_plan.overlap
+    return {"chunk": decoded(first), "stride": decoded(first + step) - decoded(first)}
+
+
 def write_once(components: Components, latents: torch.Tensor, path, fps: int, decode_chunk: int,
                generator: Optional[torch.Generator] = None) -> int:
     """The whole latent decoded once by the family's streamed decoder, frames straight into the mp4."""
@@ -195,6 +203,7 @@ def run_latent(job: JobConfig, components: Components, ctx: RunContext, mode: st
         "cond_frames": cfg.cond_frames,
         "overlap_latents": latent_plan.overlap,
         "spans": [list(span) for span in spans],
+        "layout": frame_layout(components, latent_plan),
         "latent_frames": latent_plan.latents,
         "frames_generated": written,
         "guidance": {"text": s.guidance, "anchor": None},
