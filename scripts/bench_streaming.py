@@ -126,9 +126,9 @@ def warmup_frames(components, job) -> int:
     if not components.family.latent_time:
         return cfg.chunk + (cfg.chunk - cfg.cond_frames)
     from vgen.methods.streaming.latent import chunk_frames, plan
-    from vgen.sizes import settings_trained_frames
+    from vgen.sizes import trained_frames_of
 
-    p = plan(components, 1, chunk_frames(job, settings_trained_frames(job.model.id)), cfg.cond_frames)
+    p = plan(components, 1, chunk_frames(job, trained_frames_of(job.model.id)), cfg.cond_frames)
     return components.family.decoded_frames(components, 2 * p.chunk - p.overlap)
 
 

@@ -175,3 +175,19 @@ def test_refinement_blends_latent_windows(tiny, tmp_path):
     video = runner.run(job, c, ctx)
     assert video.num_frames == 41 and video.metadata["refine"]["windows"] == 3  # 11 latents: [0, 6), [4, 10), [5, 11)
     assert (video.metadata["refine"]["chunk_latents"], video.metadata["refine"]["overlap_latents"]) == (6, 2)
+
+
+def test_chunk_left_at_its_default_is_the_models_trained_length(tmp_path):
+    """streaming.chunk unset: the model's trained_frames (a folder's vgen.yaml, or a known hub id's); set: as set."""
+    from vgen.config import build_job
+    from vgen.methods.streaming.latent import chunk_frames
+    from vgen.sizes import trained_frames_of
+
+    base = {"prompt": PROMPT, "method": "streaming", "model.id": MODEL}
+    assert chunk_frames(build_job(flags=base), 17) == 17
+    assert chunk_frames(build_job(flags={**base, "streaming.chunk": 9}), 17) == 9
+    assert chunk_frames(build_job(flags=base), None) == 16  # unknown: the paper's 16
+    assert trained_frames_of("Wan-AI/Wan2.1-T2V-1.3B-Diffusers") == 81
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "vgen.yaml").write_text("trained_frames: 17\n")
+    assert trained_frames_of(str(tmp_path)) == 17

@@ -268,13 +268,13 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     cfg, s = job.streaming, job.sampler
     if components.family.latent_time:  # a causal video VAE (Wan): chunks in latent time, decoded once (latent.py)
         from vgen.methods.streaming.latent import LATENT_MODES, run_latent
-        from vgen.sizes import settings_trained_frames
+        from vgen.sizes import trained_frames_of
 
         mode = "training-free" if cfg.mode == "auto" else cfg.mode
         if mode not in LATENT_MODES:
             raise ConfigError(f"streaming.mode={cfg.mode} needs CAM/APM memories, which exist only for UNet video models; "
                               f"no CAM/APM weights exist for {components.family.name} models: use streaming.mode=training-free")
-        return run_latent(job, components, ctx, mode, settings_trained_frames(job.model.id))
+        return run_latent(job, components, ctx, mode, trained_frames_of(job.model.id))
     F, Fc = cfg.chunk, cfg.cond_frames
     settings = check_settings(job, components.family)
     mode = resolve_mode(cfg.mode, components, settings)
