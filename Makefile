@@ -128,12 +128,14 @@ eval-streaming: $(STAMP)
 	$(BIN)/python scripts/compare_streaming.py --out outputs/compare_streaming --resume --json outputs/compare_streaming/records.json
 
 # StreamingT2V on a Wan model (training-free, chunks in latent time) against the same model's chunks with no
-# conditioning, 241 frames, held-out prompts (settings were tuned on --seed 1000); TOYWAN: the toy-wan folder
+# conditioning, 241 frames, held-out prompts (--seed 0). Choose settings on other prompts, e.g. ARGS="--seed 1000
+# --prompts 8 --cond-frames 4 --out outputs/tune_streaming_wan --json outputs/tune_streaming_wan/records.json"
+# TOYWAN: the toy-wan folder
 TOYWAN ?= toy-wan
 eval-streaming-wan: $(STAMP)
 	$(BIN)/python scripts/compare_streaming.py --model $(TOYWAN) --frames 241 --prompts 24 \
 		--modes training-free training-free-dc independent \
-		--out outputs/compare_streaming_wan --resume --json outputs/compare_streaming_wan/records.json
+		--out outputs/compare_streaming_wan --resume --json outputs/compare_streaming_wan/records.json $(ARGS)
 
 # peak memory and cost per frame of streaming on wan-quarter (Wan 2.1's layout) at 64 vs 512 frames (CPU-sized: 128x128)
 bench-streaming-wan: $(STAMP)
