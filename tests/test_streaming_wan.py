@@ -191,3 +191,13 @@ def test_chunk_left_at_its_default_is_the_models_trained_length(tmp_path):
     (tmp_path / "model_index.json").write_text("{}")
     (tmp_path / "vgen.yaml").write_text("trained_frames: 17\n")
     assert trained_frames_of(str(tmp_path)) == 17
+
+
+@pytest.mark.parametrize("name", ["tiny-random-wan", "tiny-random-ltx", "tiny-random-unet3d"])
+def test_decoded_frames_inverts_the_frame_rule(tiny, name):
+    """n latent frames decode to the frames the family's rule maps back to n (Wan 4k+1, LTX 8k+1, UNets 1:1)."""
+    c = tiny(name)
+    for n in range(1, 7):
+        frames = c.family.decoded_frames(c, n)
+        assert c.family.video_frames(c, frames) == frames and c.family.latent_frames(c, frames) == n
+    assert tiny("tiny-random-wan").family.decoded_frames(tiny("tiny-random-wan"), 61) == 241

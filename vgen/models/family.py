@@ -90,7 +90,8 @@ class Family:
         return frames
 
     def decoded_frames(self, components: "Components", latent_frames: int) -> int:
-        """Frames that `latent_frames` latent frames decode to (the inverse of `latent_frames` on `video_frames`)."""
+        """Frames that `latent_frames` latent frames decode to (the inverse of `latent_frames` on `video_frames`;
+        one frame per latent frame here, Wan and LTX override it)."""
         return latent_frames
 
     def latent_shape(self, components: "Components", frames: int, height: int, width: int, batch: int = 1) -> tuple:

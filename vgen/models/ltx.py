@@ -94,6 +94,9 @@ class LTXFamily(Family):
     def latent_frames(self, components: Any, frames: int) -> int:
         return (frames - 1) // int(components.vae.temporal_compression_ratio) + 1
 
+    def decoded_frames(self, components: Any, latent_frames: int) -> int:
+        return (latent_frames - 1) * int(components.vae.temporal_compression_ratio) + 1
+
     # text
     @torch.no_grad()
     def encode_text(self, components: Any, texts: list[str]) -> TextEmbeds:
