@@ -334,17 +334,25 @@ def print_paired_drift(records: list[dict], modes: list[str]) -> None:
 
 
 SEAM_KEYS = ("obj_jump", "obj_step", "bg_jump", "bg_step", "speed_first", "speed_later")
+# motion kept is read, as motion_kept does, over the videos where both chunk speeds are defined: two more columns
+
+
+def seam_row(record: dict) -> list[float]:
+    """One video's SEAM_KEYS values (nan: undefined), then its first and later chunk speeds where both are defined."""
+    values = [float("nan") if record.get(k) is None else float(record[k]) for k in SEAM_KEYS]
+    both = record.get("speed_first") is not None and record.get("speed_later") is not None
+    return values + (values[4:6] if both else [float("nan")] * 2)
 
 
 def seam_stats(sums, counts, floors: dict) -> list[float]:
-    """[object ratio, background ratio, motion kept (later / first chunk speed), later speed] from per-key sums and
-    counts (the means over the videos where each is defined), as summary_row computes them."""
+    """[object ratio, background ratio, motion kept (later / first chunk speed), later speed] from per-column sums and
+    counts of seam_row (the means over the videos where each is defined), as summary_row computes them."""
     import numpy as np
 
     with np.errstate(invalid="ignore", divide="ignore"):
         m = sums / counts
     obj, bg = m[0] / max(m[1], floors["object"]), m[2] / max(m[3], floors["background"])
-    kept = m[5] / m[4] if m[4] > 0 else float("nan")
+    kept = m[7] / m[6] if m[6] > 0 else float("nan")
     return [obj, bg, kept, m[5]]
 
 
@@ -363,8 +371,8 @@ def paired_seam_intervals(records: list[dict], mode: str, base: str, draws: int 
     if not rows:
         return {}
 
-    def table(by_row):  # [rows, keys] values (nan: undefined) -> sums and counts under a draw
-        return np.array([[np.nan if by_row[i].get(k) is None else float(by_row[i][k]) for k in SEAM_KEYS] for i in rows])
+    def table(by_row):  # [rows, columns] values (nan: undefined) -> sums and counts under a draw
+        return np.array([seam_row(by_row[i]) for i in rows])
 
     a, b = table(mine), table(ref)
 
