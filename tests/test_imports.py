@@ -2,6 +2,8 @@
 imports inside functions included)."""
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,24 +67,28 @@ def test_no_cycle_among_module_level_imports():
             visit(m, [m])
 
 
-METHOD_CONFIGS = sorted(m for m in GRAPH if m.startswith("vgen.methods.") and m.endswith(".config"))
-CONFIG_MAY_IMPORT = ("vgen.errors", "vgen.config_io")
+def test_config_reaches_a_method_only_through_its_config_module():
+    """vgen.config takes each method's section from vgen.methods.<name>.config (besides the registry lookup it
+    already makes lazily); those modules stay torch-free and never import vgen.config back."""
+    registry = {"vgen.methods", "vgen.methods.get_method"}
+    section = re.compile(r"vgen\.methods\.\w+\.config(\.\w+)?")
+    assert sorted(t for t in GRAPH["vgen.config"]
+                  if t.startswith("vgen.methods") and t not in registry and not section.fullmatch(t)) == []
+    for module in (m for m in GRAPH if re.fullmatch(r"vgen\.methods\.\w+\.config", m)):
+        tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        vgen_targets = {t if t in GRAPH else t.rsplit(".", 1)[0] for t in GRAPH[module]}
+        assert vgen_targets <= {"vgen.errors", "vgen.config_io"}, module
+        assert "torch" not in roots and roots - {"vgen"} <= set(sys.stdlib_module_names) | {"omegaconf"}, module
 
 
-def test_vgen_config_imports_of_methods_are_their_config_sections_only():
-    """vgen.config builds JobConfig from each method's section: it may import exactly vgen.methods.<name>.config
-    (and the torch-free registry, to name a method), nothing else of a method."""
-    methods = sorted(t for t in GRAPH["vgen.config"] if t in GRAPH and t.startswith("vgen.methods."))
-    assert methods and set(methods) <= set(METHOD_CONFIGS)
+METHOD_WORDS = ("vico", "zs2", "i4vgen", "streaming")
 
 
-@pytest.mark.parametrize("module", METHOD_CONFIGS)
-def test_method_config_sections_import_only_errors_and_config_io(module):
-    """A method's config section sits below vgen.config (which imports it): never vgen.config itself, no torch."""
-    import sys
-
-    assert {t for t in GRAPH[module] if t in GRAPH} <= set(CONFIG_MAY_IMPORT)
-    tree = ast.parse((VGEN.parent / (module.replace(".", "/") + ".py")).read_text())
-    top = {n.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-           for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])}
-    assert top <= set(sys.stdlib_module_names) | {"omegaconf", "vgen", "__future__"}
+@pytest.mark.xfail(strict=False, reason="other methods move in parallel branches")
+def test_core_names_no_method():
+    """vgen/core is shared by the methods: no file under it names one (comments and docstrings included)."""
+    named = sorted(f"{p.relative_to(VGEN)}: {w}" for p in (VGEN / "core").rglob("*.py")
+                   for w in METHOD_WORDS if w in p.read_text().lower())
+    assert named == []

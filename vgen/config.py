@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from vgen.config_io import METHOD_SECTIONS, leaf_keys, load_yaml  # noqa: F401 (re-exported)
-from vgen.config_io import check_at_least as _at_least, check_choice as _choice
+from vgen.config_io import above as _above, at_least as _at_least, choice as _choice
 from vgen.errors import ConfigError
 from vgen.methods.streaming.config import STREAMING_MODES, StreamingConfig  # noqa: F401 (re-exported)
 
@@ -596,11 +596,6 @@ def build_job(
     if strict:
         check_method_sections(parsed, job.method)
     return job
-
-
-def _above(key: str, value: float, low: float) -> None:
-    if not value > low:
-        raise ConfigError(f"config key '{key}' must be > {low}, got {value}")
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,14 +41,18 @@ def leaf_keys(update: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-# --- range checks shared by the config sections (vgen.config and each method's config.py) ----------------
+# --- checks of one config value: one ConfigError line naming the key
 
-
-def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+def choice(key: str, value: str, choices: Iterable[str]) -> None:
     if value not in choices:
         raise ConfigError(f"config key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
 
 
-def check_at_least(key: str, value: float, low: float) -> None:
+def at_least(key: str, value: float, low: float) -> None:
     if not value >= low:  # NaN fails every comparison: written so that it fails this one
         raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+
+
+def above(key: str, value: float, low: float) -> None:
+    if not value > low:
+        raise ConfigError(f"config key '{key}' must be > {low}, got {value}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from vgen.config_io import check_at_least, check_choice
+from vgen.config_io import at_least, choice
 from vgen.errors import ConfigError
 
 STREAMING_MODES = ("auto", "trained", "training-free", "independent")
@@ -37,17 +37,17 @@ class StreamingConfig:
     upscale: int = 1  # integer factor frames are resized by before refinement (1 = none)
 
     def check(self) -> None:
-        check_choice("streaming.mode", self.mode, STREAMING_MODES)
-        check_at_least("streaming.chunk", self.chunk, 2)
-        check_at_least("streaming.cond_frames", self.cond_frames, 1)
+        choice("streaming.mode", self.mode, STREAMING_MODES)
+        at_least("streaming.chunk", self.chunk, 2)
+        at_least("streaming.cond_frames", self.cond_frames, 1)
         if not self.cond_frames < self.chunk:
             raise ConfigError(
                 f"config key 'streaming.cond_frames' ({self.cond_frames}) must be smaller than streaming.chunk ({self.chunk})"
             )
         if self.anchor_guidance is not None:
-            check_at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
-        check_at_least("streaming.cam_scale", self.cam_scale, 0)
-        check_at_least("streaming.refine_overlap", self.refine_overlap, 0)
+            at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
+        at_least("streaming.cam_scale", self.cam_scale, 0)
+        at_least("streaming.refine_overlap", self.refine_overlap, 0)
         if not self.refine_overlap < self.refine_chunk:
             raise ConfigError(
                 f"config key 'streaming.refine_overlap' ({self.refine_overlap}) must be smaller than "
@@ -56,5 +56,5 @@ class StreamingConfig:
         if not 0.0 < self.refine_strength <= 1.0:
             raise ConfigError(f"config key 'streaming.refine_strength' must be in (0, 1], got {self.refine_strength}")
         if self.refine_steps is not None:
-            check_at_least("streaming.refine_steps", self.refine_steps, 1)
-        check_at_least("streaming.upscale", self.upscale, 1)
+            at_least("streaming.refine_steps", self.refine_steps, 1)
+        at_least("streaming.upscale", self.upscale, 1)
