@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-vico eval-vico-wan tune-vico-wan bench-vico-wan device-check device-wheels measure-memory
+.PHONY: setup test test-fast demo bench bench-dit bench-cp bench-batch bench-vico-zeroscope clean help eval-i4vgen eval-i4vgen-oracle probe-i4vgen eval-streaming eval-streaming-wan bench-streaming-wan eval-vico eval-vico-wan tune-vico-wan bench-vico-wan device-check device-wheels measure-memory
 
 help:
 	@echo "make test    - create/refresh .venv and run the test suite (what CI runs)"
@@ -27,6 +27,8 @@ help:
 	@echo "make eval-i4vgen / eval-streaming / eval-vico - toy-world quality comparisons (long on a CPU)"
 	@echo "make eval-vico-wan [TOYWAN=folder] - Vico vs vanilla toy-wan, held-out prompts (tune-vico-wan: lr on tuning prompts)"
 	@echo "make eval-zs2 / eval-zs2-wan [TOYWAN=folder] - ZS2 vs per-frame on held-out prompts (toy-t2i / toy-wan); tune-zs2-wan, bench-zs2-wan"
+	@echo "make eval-streaming-wan [TOYWAN=folder] - StreamingT2V on toy-wan at 241 frames vs its unconditioned chunks (paired intervals)"
+	@echo "make bench-streaming-wan - StreamingT2V on the benchmark-size random Wan: peak memory and s/frame at 64 vs 512 frames"
 	@echo "make probe-i4vgen - where I4VGen loses its anchor: the detector on anchor, NI-VSDS video, final video"
 	@echo "make eval-i4vgen-wan [TOYWAN=folder] - I4VGen vs vanilla on toy-wan, held-out prompts, paired intervals"
 	@echo "make tune-i4vgen-wan [TOYWAN=folder] - I4VGen's toy-wan settings tried on the tuning prompts (0-23)"
@@ -186,7 +188,6 @@ eval-streaming: $(STAMP)
 # model (with Text2Video-Zero); eval-zs2-wan: toy-wan's image mode (TOYWAN=<folder> for an exported checkpoint),
 # with the video model's own vanilla video beside it; bench-zs2-wan: time on the benchmark-size random Wan.
 .PHONY: eval-zs2 eval-zs2-wan tune-zs2-wan bench-zs2-wan
-TOYWAN ?= toy-wan
 eval-zs2: $(STAMP)
 	$(BIN)/python scripts/compare_zs2.py --offset 100 --prompts 6 --seeds 2
 
@@ -200,6 +201,20 @@ tune-zs2-wan: $(STAMP)
 
 bench-zs2-wan: $(STAMP)
 	$(BIN)/python scripts/bench_zs2.py --model wan-quarter --frames 4 --height 240 --width 416 --steps 3 --repeats 2
+
+# StreamingT2V on a Wan model (training-free, chunks in latent time) against the same model's chunks with no
+# conditioning, 241 frames, held-out prompts (--seed 0). Choose settings on other prompts, e.g. ARGS="--seed 1000
+# --prompts 8 --cond-frames 4 --out outputs/tune_streaming_wan --json outputs/tune_streaming_wan/records.json"
+# TOYWAN: the toy-wan folder
+eval-streaming-wan: $(STAMP)
+	$(BIN)/python scripts/compare_streaming.py --model $(TOYWAN) --frames 241 --prompts 24 \
+		--modes training-free training-free-dc independent \
+		--out outputs/compare_streaming_wan --resume --json outputs/compare_streaming_wan/records.json $(ARGS)
+
+# peak memory and cost per frame of streaming on wan-quarter (Wan 2.1's layout) at 64 vs 512 frames (CPU-sized: 128x128)
+bench-streaming-wan: $(STAMP)
+	$(BIN)/python scripts/bench_streaming.py --model wan-quarter --frames 64 512 --steps 2 --chunk 17 --cond-frames 4 \
+		--height 128 --width 128 --no-modes
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

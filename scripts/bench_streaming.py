@@ -70,13 +70,15 @@ def child(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     flags = {"prompt": args.prompt, "method": "streaming", "model.id": args.model, "sampler.steps": args.steps,
-             "sampler.guidance": args.guidance, "streaming.mode": args.mode, "runtime.device": args.device}
+             "sampler.guidance": args.guidance, "streaming.mode": args.mode, "runtime.device": args.device,
+             "streaming.chunk": args.chunk, "streaming.cond_frames": args.cond_frames, "video.height": args.height,
+             "video.width": args.width}
     job = build_job(flags={**flags, "video.frames": args.frames[0]})
     t0 = time.perf_counter()
     components = ModelCache().get(job)
     mode = resolve_mode(args.mode, components, check_settings(job, components.family))  # loads CAM/APM weights now, so they count in the baseline
     load_s = time.perf_counter() - t0
-    h, w = resolve_size(components, None, None)
+    h, w = resolve_size(components, args.height, args.width)
     cuda = components.device.type == "cuda"
     runner = load_runner("streaming")
     cfg = job.streaming
@@ -88,7 +90,7 @@ def child(args) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as folder:
         baseline = rss_bytes()
-        run(cfg.chunk + (cfg.chunk - cfg.cond_frames), folder, "warmup")
+        run(warmup_frames(components, job), folder, "warmup")
         warm = rss_bytes()
         cpu0 = cpu_seconds()
         if cuda:
@@ -103,9 +105,12 @@ def child(args) -> None:
         cpu_s = cpu_seconds() - cpu0
         mp4_bytes = video.path.stat().st_size
     peak = rss_bytes()
-    chunks = chunk_count(args.frames[0], cfg.chunk, cfg.cond_frames)
+    chunks = video.metadata.get("chunks") or chunk_count(args.frames[0], cfg.chunk, cfg.cond_frames)
+    chunk = video.metadata.get("chunk", cfg.chunk)
     print(json.dumps({
-        "frames": args.frames[0], "mode": mode, "chunks": chunks, "chunk": cfg.chunk, "cond_frames": cfg.cond_frames,
+        "frames": args.frames[0], "mode": mode, "chunks": chunks, "chunk": chunk, "cond_frames": cfg.cond_frames,
+        "latent_time": bool(video.metadata.get("latent_time")),
+        "new_frames": (video.metadata.get("layout") or {}).get("stride", cfg.chunk - cfg.cond_frames),
         "seconds": seconds, "s_per_frame": seconds / args.frames[0], "s_per_chunk": seconds / chunks,
         "load_s": load_s, "rss_baseline": baseline, "rss_peak": peak, "rss_growth": peak - baseline,
         "rss_warm": warm, "cpu_s": cpu_s, "cpu_s_per_chunk": cpu_s / chunks,
@@ -113,6 +118,18 @@ def child(args) -> None:
         "size": [h, w], "mp4_bytes": mp4_bytes, "device": str(components.device), "threads": torch.get_num_threads(),
         "has_weights": streaming_weights(components) is not None,
     }))
+
+
+def warmup_frames(components, job) -> int:
+    """Two chunks' worth of frames: the first chunk and one conditioned chunk (in latent time on Wan: two windows)."""
+    cfg = job.streaming
+    if not components.family.latent_time:
+        return cfg.chunk + (cfg.chunk - cfg.cond_frames)
+    from vgen.methods.streaming.latent import chunk_frames, plan
+    from vgen.sizes import trained_frames_of
+
+    p = plan(components, 1, chunk_frames(job, trained_frames_of(job.model.id)), cfg.cond_frames)
+    return components.family.decoded_frames(components, 2 * p.chunk - p.overlap)
 
 
 def load_average() -> float:
@@ -124,6 +141,8 @@ def measure(args, frames: int, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--frames", str(frames), "--mode", mode, "--model", args.model,
            "--steps", str(args.steps), "--guidance", str(args.guidance), "--device", args.device,
            "--threads", str(args.threads), "--prompt", args.prompt]
+    cmd += [item for key in ("chunk", "cond_frames", "height", "width") if getattr(args, key) is not None
+            for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VGEN_PROGRESS": "0"}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -181,7 +200,7 @@ def time_lines(results: list[dict]) -> list[str]:
     plan = spread([r["chunks"] / r["frames"] for r in results])
     wall = spread([r["s_per_frame"] for r in results])
     cpu = spread([r["cpu_s"] / r["frames"] for r in results])
-    new_frames = results[0]["chunk"] - results[0]["cond_frames"]
+    new_frames = results[0].get("new_frames", results[0]["chunk"] - results[0]["cond_frames"])
     wall_chunk = spread([r["s_per_chunk"] for r in results])
     cpu_chunk = spread([r["cpu_s_per_chunk"] for r in results])
     lines = [f"s/frame within 10% across lengths: wall spread {wall:.1%} -> {verdict(wall)}, CPU spread {cpu:.1%} -> "
@@ -218,7 +237,8 @@ def memory_lines(results: list[dict]) -> list[str]:
              f"{extra / MIB:.1f} MiB"]
     gpu = [r["gpu_peak"] for r in results if r.get("gpu_peak") is not None]
     if gpu:
-        lines.append(f"  GPU peak above the loaded model: {mib_range(gpu)}")
+        lines.append(f"  GPU peak above the loaded model: {mib_range(gpu)}, spread {spread(gpu):.1%} -> "
+                     f"{verdict(spread(gpu))} (flat within 10%)")
     return lines
 
 
@@ -240,6 +260,10 @@ def main() -> None:
     ap.add_argument("--no-modes", action="store_true", help="skip the per-mode comparison")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--chunk", type=int, default=None, help="streaming.chunk (default: the model's)")
+    ap.add_argument("--cond-frames", type=int, default=None, help="streaming.cond_frames (default: the model's)")
+    ap.add_argument("--height", type=int, default=None, help="video height (default: the model's native)")
+    ap.add_argument("--width", type=int, default=None, help="video width (default: the model's native)")
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

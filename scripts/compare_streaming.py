@@ -89,6 +89,7 @@ def make_job(args, prompt: str, seed: int, mode: str, name: str, folder: Path):
         "prompt": prompt, "method": "streaming", "model.id": args.model, "seed": seed,
         "sampler.steps": args.steps, "sampler.guidance": args.guidance, "video.frames": args.frames,
         "sampler.eta": args.eta, "streaming.mode": RUNNER_MODE[mode],
+        "streaming.chunk": args.chunk, "streaming.cond_frames": args.cond_frames,
         "streaming.dc_lock": mode == "training-free-dc" or (mode == "training-free" and args.dc_lock),
         "streaming.trained_dc_lock": mode in ("trained-dc", "trained-inpaint"),
         "streaming.trained_inpaint": mode == "trained-inpaint",
@@ -304,6 +305,7 @@ def print_tables(records: list[dict], modes: list[str], args) -> None:
         if recs:
             print(summary_row(mode, recs))
     print_paired_drift(ok, modes)
+    print_paired_intervals(ok, modes)
     print(LEGEND)
     print_glitches(ok, modes)
     print("\nby prompt size")
@@ -329,6 +331,89 @@ def print_paired_drift(records: list[dict], modes: list[str]) -> None:
     if count and len(modes) > 1:
         print(f"drift over the {count} prompted objects every mode found: "
               + ", ".join(f"{m} {v:.3f}" for m, v in by_mode.items()))
+
+
+SEAM_KEYS = ("obj_jump", "obj_step", "bg_jump", "bg_step", "speed_first", "speed_later")
+# motion kept is read, as motion_kept does, over the videos where both chunk speeds are defined: two more columns
+
+
+def seam_row(record: dict) -> list[float]:
+    """One video's SEAM_KEYS values (nan: undefined), then its first and later chunk speeds where both are defined."""
+    values = [float("nan") if record.get(k) is None else float(record[k]) for k in SEAM_KEYS]
+    both = record.get("speed_first") is not None and record.get("speed_later") is not None
+    return values + (values[4:6] if both else [float("nan")] * 2)
+
+
+def seam_stats(sums, counts, floors: dict) -> list[float]:
+    """[object ratio, background ratio, motion kept (later / first chunk speed), later speed] from per-column sums and
+    counts of seam_row (the means over the videos where each is defined), as summary_row computes them."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = sums / counts
+    obj, bg = m[0] / max(m[1], floors["object"]), m[2] / max(m[3], floors["background"])
+    kept = m[7] / m[6] if m[6] > 0 else float("nan")
+    return [obj, bg, kept, m[5]]
+
+
+def paired_seam_intervals(records: list[dict], mode: str, base: str, draws: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """The mode's object and background seam ratios and motion kept, and its later-chunk speed as a share of the base
+    mode's: (value, low, high), the interval from a paired bootstrap over prompts (each draw resamples the rows with
+    replacement and takes both modes' videos of those rows)."""
+    import numpy as np
+
+    from vgen.eval.seams import FLOORS
+
+    mine = {r["row"]: r for r in records if r["mode"] == mode and "error" not in r}
+    ref = {r["row"]: r for r in records if r["mode"] == base and "error" not in r}
+    rows = sorted(set(mine) & set(ref))
+    if not rows:
+        return {}
+
+    def table(by_row):  # [rows, columns] values (nan: undefined) -> sums and counts under a draw
+        return np.array([seam_row(by_row[i]) for i in rows])
+
+    a, b = table(mine), table(ref)
+
+    def stats(counts):
+        out = []
+        for t in (a, b):
+            defined = ~np.isnan(t)
+            out.append(seam_stats(counts @ np.where(defined, t, 0.0), counts @ defined, FLOORS))
+        return out[0][:3] + [out[0][3] / out[1][3] if out[1][3] > 0 else float("nan")]
+
+    point = stats(np.ones(len(rows)))
+    rng = np.random.default_rng(seed)
+    samples = np.array([stats(np.bincount(rng.integers(0, len(rows), len(rows)), minlength=len(rows)).astype(float))
+                        for _ in range(draws)])
+    tail = 100 * (1 - level) / 2
+    names = ("obj_ratio", "bg_ratio", "motion_kept", "speed_vs_base")
+    result = {"rows": (len(rows), len(rows), len(rows))}
+    for j, name in enumerate(names):
+        values = samples[:, j][~np.isnan(samples[:, j])]
+        low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
+        result[name] = (float(point[j]), float(low), float(high))
+    return result
+
+
+def print_paired_intervals(records: list[dict], modes: list[str], base: str = "independent", draws: int = 1000) -> None:
+    """Each streaming mode with its 95% interval, paired with the base mode (chunks with no conditioning) on the same
+    prompts and seeds. Targets (issue 35): object and background seam ratios <= 2, motion kept >= 80%."""
+    others = [m for m in modes if m not in (base, "vanilla")]
+    if base not in modes or not others:
+        return
+    print(f"\nagainst {base} (same prompts and seeds), 95% interval from a paired bootstrap over prompts ({draws} draws)")
+    print(f"{'mode':<18} {'n':>3} {'obj ratio':>20} {'bg ratio':>20} {'kept (later/first)':>20} {'speed vs ' + base:>22}")
+    for mode in [base] + others:
+        found = paired_seam_intervals(records, mode, base, draws)
+        if not found:
+            continue
+        cells = [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v, lo, hi in (found[k] for k in ("obj_ratio", "bg_ratio"))]
+        cells += [f"{v:.0%} [{lo:.0%}, {hi:.0%}]" for v, lo, hi in (found[k] for k in ("motion_kept", "speed_vs_base"))]
+        print(f"{mode:<18} {found['rows'][0]:>3} {cells[0]:>20} {cells[1]:>20} {cells[2]:>20} {cells[3]:>22}")
+    print("targets: obj and bg ratio <= 2, motion kept >= 80% (later chunks' object speed over the first chunk's, and "
+          f"over {base}'s later chunks)")
 
 
 def print_times(records: list[dict], modes: list[str], metric_s: dict[str, float]) -> None:
@@ -467,13 +552,16 @@ def main() -> None:
     ap.add_argument("--model", default="toy")
     ap.add_argument("--prompts", type=int, default=24, help="rows: half single-object, half two-object prompts")
     ap.add_argument("--frames", type=int, default=240)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--steps", type=int, default=None, help="sampler.steps (default: the model's settings; the toy: 20)")
+    ap.add_argument("--guidance", type=float, default=None, help="sampler.guidance (default: the model's settings; the toy: 5)")
     ap.add_argument("--seed", type=int, default=0, help="prompt draw and row i's seed (seed + i)")
     ap.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
                     help="training-free-dc: training-free with streaming.dc_lock (anchor-aware re-noising)")
     ap.add_argument("--eta", type=float, default=1.0, help="DDIM eta (StreamingT2V's: 1)")
     ap.add_argument("--chunk-frames", type=int, default=16, help="frames of the vanilla mode's clips (one chunk)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="streaming.chunk (default: the model's settings; on a latent-time model its trained_frames)")
+    ap.add_argument("--cond-frames", type=int, default=None, help="streaming.cond_frames (default: the model's settings)")
     ap.add_argument("--dc-lock", action="store_true", help="the training-free mode with streaming.dc_lock=true")
     ap.add_argument("--record", action="store_true",
                     help="write the trained mode's seam check (pass: object and background ratios <= the floor) into "

@@ -123,7 +123,7 @@ def test_precedence_schema_method_model_config_flags_overrides(tmp_path):
 def test_method_defaults_without_model_settings():
     # a hub id carries no settings: the method's own (the paper's) defaults apply, nothing is fetched
     job = build_job(flags={"prompt": "x", "method": "streaming", "model.id": "ali-vilab/text-to-video-ms-1.7b"})
-    assert (job.sampler.steps, job.sampler.eta, job.sampler.scheduler) == (50, 1.0, "ddim")
+    assert (job.sampler.steps, job.sampler.eta, job.sampler.scheduler) == (50, 1.0, "auto")  # auto: DDIM on a UNet (the paper), the model's own on a DiT
     assert config_sources(job)["sampler.eta"] == "method"
     job = build_job(flags={"prompt": "x", "method": "vico", "model.id": "cerspense/zeroscope_v2_576w"})
     assert (job.sampler.steps, job.sampler.guidance, job.sampler.scheduler, job.vico.lr) == (50, 12.0, "sde-dpm++", 1e-4)

@@ -650,7 +650,8 @@ def refine(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, float16, bfloat16."),
 ) -> None:
     """Refine a video with StreamingT2V's randomized blending (SDEdit in overlapping chunks)."""
-    from vgen.methods.streaming.refine import refine_file, refine_job
+    from vgen.jobs import refine_file
+    from vgen.methods.streaming.refine import refine_job
 
     flags = {
         "model.id": model,

@@ -25,10 +25,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from vgen.config_io import METHOD_SECTIONS, leaf_keys, load_yaml  # noqa: F401 (re-exported)
 from vgen.config_io import above as _above, at_least as _at_least, choice as _choice
 from vgen.errors import ConfigError
-from vgen.methods.vico.config import VicoConfig
-from vgen.methods.vico.config import check as check_vico
 from vgen.methods.i4vgen.config import I4VGenConfig, check as check_i4vgen
-from vgen.methods.zs2.config import ZS2Config  # noqa: F401 (JobConfig's zs2 section; re-exported)
+from vgen.methods.streaming.config import STREAMING_MODES, StreamingConfig  # noqa: F401 (re-exported)
+from vgen.methods.vico.config import VicoConfig, check as check_vico
+from vgen.methods.zs2.config import ZS2Config
 
 DEFAULT_MODEL = "toy"  # ships inside the package: a real video anywhere, offline
 
@@ -119,53 +119,6 @@ class MemoryConfig:
     vae_tiling: bool = False
     cpu_offload: bool = False  # keep models on the CPU and move each to the device only while it runs
     offload: list[str] = field(default_factory=list)  # only these: text_encoder, vae, unet, unet_2 (Wan 2.2's 2nd expert)
-
-
-STREAMING_MODES = ("auto", "trained", "training-free", "independent")
-
-
-@dataclass
-class StreamingConfig:
-    """StreamingT2V (method streaming): long videos chunk by chunk with short- (CAM) and long-term (APM) memory."""
-
-    mode: str = "auto"  # auto: trained CAM+APM if the model ships them, else training-free | trained | training-free | independent
-    chunk: int = 16  # frames denoised per chunk (F)
-    cond_frames: int = 8  # frames of the previous chunk a new chunk is conditioned on and re-covers (F_cond)
-    anchor_guidance: Optional[float] = None  # ω_anchor; None = sampler.guidance (then ordinary two-pass CFG)
-    dc_lock: bool = True  # training-free: new frames keep the last known frame's per-channel latent mean every step (false: plain inpainting)
-    trained_dc_lock: bool = False  # trained (ours; false = the paper): the chunk's per-channel latent mean follows the previous chunk's overlap
-    trained_inpaint: bool = False  # trained (ours; false = the paper): the re-covering frames are also held to the previous chunk (the training-free mode's temporal inpainting) while CAM+APM guide
-    cam_scale: float = 1.0  # trained: what CAM adds to the UNet is multiplied by this (1 = the paper; as a ControlNet's conditioning scale)
-    refine: bool = False  # stage 3: randomized-blending refinement of the whole video
-    refine_model: Optional[str] = None  # video model that refines (None = the generating model)
-    refine_chunk: int = 24  # frames per refinement chunk
-    refine_overlap: int = 8  # frames shared by consecutive refinement chunks
-    refine_strength: float = 0.6  # SDEdit noise level T'/T (600 of 1000)
-    refine_steps: Optional[int] = None  # None = sampler.steps
-    upscale: int = 1  # integer factor frames are resized by before refinement (1 = none)
-
-    def check(self) -> None:
-        _choice("streaming.mode", self.mode, STREAMING_MODES)
-        _at_least("streaming.chunk", self.chunk, 2)
-        _at_least("streaming.cond_frames", self.cond_frames, 1)
-        if not self.cond_frames < self.chunk:
-            raise ConfigError(
-                f"config key 'streaming.cond_frames' ({self.cond_frames}) must be smaller than streaming.chunk ({self.chunk})"
-            )
-        if self.anchor_guidance is not None:
-            _at_least("streaming.anchor_guidance", self.anchor_guidance, 0)
-        _at_least("streaming.cam_scale", self.cam_scale, 0)
-        _at_least("streaming.refine_overlap", self.refine_overlap, 0)
-        if not self.refine_overlap < self.refine_chunk:
-            raise ConfigError(
-                f"config key 'streaming.refine_overlap' ({self.refine_overlap}) must be smaller than "
-                f"streaming.refine_chunk ({self.refine_chunk})"
-            )
-        if not 0.0 < self.refine_strength <= 1.0:
-            raise ConfigError(f"config key 'streaming.refine_strength' must be in (0, 1], got {self.refine_strength}")
-        if self.refine_steps is not None:
-            _at_least("streaming.refine_steps", self.refine_steps, 1)
-        _at_least("streaming.upscale", self.upscale, 1)
 
 
 @dataclass

@@ -386,6 +386,43 @@ def run_job(
     return JobResult(job, "done", mp4, time.perf_counter() - started, files=final, note=why)
 
 
+def refine_file(source: Path, job: JobConfig, out: Optional[Path] = None, progress: Optional[bool] = None) -> Path:
+    """`vgen refine`: StreamingT2V's stage 3 on the video at `source` (vgen.methods.streaming.refine), written as
+    <out>.mp4 + its sidecar (method "refine") the way run_job places a file set; returns the mp4 path."""
+    from vgen.fileset import commit, short_file_hash, staged
+    from vgen.fingerprint import model_weight_hashes
+    from vgen.methods.streaming import refine as R
+
+    started = time.perf_counter()
+    mp4 = R.default_output(source, out)
+    if mp4.resolve() == source.resolve():
+        raise VgenError(f"--out '{mp4}' is the input video; choose another path")
+    check_writable(mp4.parent)
+    video = read_video(source)
+    R.check_frames(video, source)
+
+    t0 = time.perf_counter()
+    components = ModelCache().get(job)
+    size = R.check_refinable(components, video, job.streaming.upscale, source)
+    weights = model_weight_hashes(components, job.model)  # before anything is made (vgen.fileset)
+    load_s = time.perf_counter() - t0
+    latents, encode_s, refine_s = R.refine_frames(components, video, job, progress)
+
+    with staged(mp4) as stage:  # the mp4 and its sidecar are placed together, the sidecar last
+        staged_mp4 = stage / mp4.name
+        t0 = time.perf_counter()
+        frames = R.write_decoded(components, latents, staged_mp4, video.fps, job.memory.decode_chunk)
+        timings = {"load_s": load_s, "encode_s": encode_s, "refine_s": refine_s,
+                   "write_s": time.perf_counter() - t0, "total_s": time.perf_counter() - started}
+        written = WrittenVideo(mp4, frames, size, video.fps)
+        sidecar = build_sidecar(job, components, mp4, [], written, timings, R.refine_info(job, source, video, frames),
+                                method="refine", weights=weights)
+        sidecar["output_sha256"] = short_file_hash(staged_mp4)
+        write_json(sidecar, sidecar_path(staged_mp4))
+        commit(stage, mp4.parent, sidecar_path(mp4).name)
+    return mp4
+
+
 def build_sidecar(job: JobConfig, components: Any, mp4: Path, files: list, video: Any, timings: dict,
                   method_info: dict, method: Optional[str] = None, weights: Optional[dict] = None,
                   distributed: Optional[dict] = None, context_parallel: Optional[dict] = None) -> dict:

@@ -24,6 +24,9 @@ KNOWN_TRAINED_FRAMES = {
     "cerspense/zeroscope_v2_XL": 24,
     "ali-vilab/text-to-video-ms-1.7b": 16,
     "damo-vilab/text-to-video-ms-1.7b": 16,
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": 81,  # Wan 2.1 / 2.2 T2V: 81-frame clips (WanPipeline's default num_frames)
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": 81,
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": 81,
 }
 KIND_TRAINED_FRAMES = {"motion": 16}  # every published AnimateDiff motion module was trained on 16-frame clips
 
@@ -100,6 +103,11 @@ def settings_trained_frames(model_id: str) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"'{path}' sets trained_frames to {value!r}; it must be a whole number >= 1")
     return value
+
+
+def trained_frames_of(model_id: str) -> Optional[int]:
+    """The frames a model was made for: its folder's vgen.yaml fact, else the known hub ids' (None: unknown)."""
+    return settings_trained_frames(model_id) or KNOWN_TRAINED_FRAMES.get(model_id)
 
 
 def _folder_weight_bytes(folder: Path) -> int:

@@ -2,7 +2,7 @@
 
 After each sampler step the known frames are replaced by their clean latents noised, with the noise they are
 paired with, to the level of the next step, and by the clean latents themselves after the last step (RePaint
-without resampling). StreamingT2V's training-free mode holds the previous chunk's overlap this way, and
+without resampling). A long video's chunk holds the previous chunk's overlap this way, and
 a method that holds a frame to an anchor image (regen_hold) that frame.
 """
 

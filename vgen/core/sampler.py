@@ -139,7 +139,7 @@ def denoise(
 
     `pre_step` may replace the latents before the model call (e.g. a gradient step on the latent),
     `post_step` after the scheduler step (e.g. inpainting known frames). `guide(latents, t) -> noise`
-    replaces the CFG prediction for methods whose model call differs (e.g. StreamingT2V's CAM/APM).
+    replaces the CFG prediction for methods whose model call differs (e.g. extra memory modules).
     A two-expert model (Wan 2.2) switches expert by timestep; with offloading only the active one is on the
     device. `guidance_2` is the second expert's guidance scale (None: `guidance`).
     """

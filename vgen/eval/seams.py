@@ -67,8 +67,11 @@ class Layout:
 
 
 def layout_from_sidecar(sidecar: dict) -> Optional[Layout]:
-    """The chunk layout a StreamingT2V sidecar records (method_info chunk/cond_frames/chunks), or None."""
+    """The chunk layout a StreamingT2V sidecar records (method_info layout {chunk, stride} in frames, else
+    chunk/cond_frames/chunks), or None."""
     info = sidecar.get("method_info") or {}
+    if isinstance(info, dict) and isinstance(info.get("layout"), dict):  # chunks cut in latent time (Wan)
+        return Layout(int(info["layout"]["chunk"]), int(info["layout"]["stride"]), "sidecar") if int(info.get("chunks", 2)) > 1 else None
     if not isinstance(info, dict) or "chunk" not in info or "cond_frames" not in info:
         return None
     if int(info.get("chunks", 2)) < 2:

@@ -88,14 +88,14 @@ METHODS: dict[str, MethodInfo] = {
             "streaming",
             "vgen.methods.streaming.runner",
             "StreamingT2V: long videos chunk by chunk with short-term (CAM) and long-term (APM) memory, "
-            "optional randomized-blending refinement",
-            ("unet3d", "motion"),
+            "optional randomized-blending refinement (on Wan: training-free, in latent time, decoded once)",
+            ("unet3d", "motion", "wan"),
             paper="arXiv 2403.14773",
             config="configs/streaming.yaml",
             no_context_parallel="its memory modules (CAM, APM) attend outside diffusers' dispatch and would see only this rank's share of the tokens",
             knobs=("video.frames", "streaming.mode", "streaming.chunk", "streaming.refine"),
-            # the paper: DDIM 50 steps, eta 1, guidance 7.5 (text and anchor)
-            defaults={"sampler.steps": 50, "sampler.scheduler": "ddim", "sampler.eta": 1.0, "sampler.guidance": 7.5},
+            # the paper: DDIM 50 steps, eta 1, guidance 7.5 (text and anchor); auto = DDIM on UNets, the model's own on DiTs
+            defaults={"sampler.steps": 50, "sampler.scheduler": "auto", "sampler.eta": 1.0, "sampler.guidance": 7.5},
         ),
     ]
 }

@@ -56,6 +56,9 @@ class Family:
     guidance_in_float32: bool = False  # combine CFG in float32 (the pipeline casts the prediction first)
     leading_tokens: int = 1  # special tokens before the prompt's first word (CLIP's start token; T5: 0)
     float32_latents: bool = False  # the pipeline keeps noise and latents in float32 whatever the model dtype
+    # A latent frame after the first holds several frames and the VAE decodes them causally (Wan): a long video is cut
+    # into chunks in latent time and its whole latent decoded once (cut latents decoded piece by piece would seam)
+    latent_time: bool = False
     frame_rule: str = "any"  # shown by `vgen models`
     processor_signature: str = "(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None)"
     no_context_parallel: str = ""  # why diffusers' context parallelism cannot split this family's videos (empty: it can)
@@ -98,6 +101,11 @@ class Family:
     def latent_frames(self, components: "Components", frames: int) -> int:
         """Latent frames for a video of `frames` frames (after `video_frames`)."""
         return frames
+
+    def decoded_frames(self, components: "Components", latent_frames: int) -> int:
+        """Frames that `latent_frames` latent frames decode to (the inverse of `latent_frames` on `video_frames`;
+        one frame per latent frame here, Wan and LTX override it)."""
+        return latent_frames
 
     def latent_shape(self, components: "Components", frames: int, height: int, width: int, batch: int = 1) -> tuple:
         factor = self.spatial_factor(components)

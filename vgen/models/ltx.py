@@ -101,6 +101,11 @@ class LTXFamily(Family):
             return frames
         return (frames - 1) // int(components.vae.temporal_compression_ratio) + 1
 
+    def decoded_frames(self, components: Any, latent_frames: int) -> int:
+        if _images(components):
+            return latent_frames
+        return (latent_frames - 1) * int(components.vae.temporal_compression_ratio) + 1
+
     # text
     @torch.no_grad()
     def encode_text(self, components: Any, texts: list[str]) -> TextEmbeds:

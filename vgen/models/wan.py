@@ -72,6 +72,7 @@ class WanFamily(Family):
     float32_latents = True
     cuda_dtype = torch.bfloat16
     frame_rule = "4k+1"
+    latent_time = True
     lora_loader = "WanPipeline"
     weight_subfolders = ("text_encoder", "vae", "transformer", "transformer_2")
     processor_signature = "(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None)"
@@ -139,6 +140,11 @@ class WanFamily(Family):
         if _images(components):
             return frames
         return (frames - 1) // int(components.vae.config.scale_factor_temporal) + 1
+
+    def decoded_frames(self, components: Any, latent_frames: int) -> int:
+        if _images(components):
+            return latent_frames
+        return (latent_frames - 1) * int(components.vae.config.scale_factor_temporal) + 1  # 1, then 4 per latent frame
 
     # --- text -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -233,7 +233,8 @@ def refine_latents(
     """SDEdit of clean latents [B, C, N, h, w]: one video-wide noise to the start timestep, then blend_denoise."""
     if not 0 <= settings.overlap < settings.chunk:
         raise ConfigError(f"refinement overlap ({settings.overlap}) must be >= 0 and smaller than the chunk ({settings.chunk})")
-    scheduler = prepare_scheduler(settings.scheduler, components.scheduler, settings.steps, components.device)
+    scheduler = prepare_scheduler(settings.scheduler, components.scheduler, settings.steps, components.device,
+                                  components.family)
     timesteps = strength_timesteps(scheduler, settings.strength)
     noise = iid_noise(latents.shape, generator, components.device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, timesteps[0].reshape(1))

@@ -1,9 +1,9 @@
-"""`vgen refine VIDEO`: StreamingT2V's stage 3 on any video file.
+"""`vgen refine VIDEO`: StreamingT2V's stage 3 on any video file (the method's part of it).
 
 Read the frames, upscale them (bicubic, integer factor), encode them with the model's VAE a few frames at
 a time, refine the latents with randomized blending (blend.py), and decode them a few frames at a time
 straight into the mp4, so memory holds the latents of the whole video but the pixels of only a few
-frames beyond the input. The mp4 is written atomically and the JSON sidecar last, as `vgen generate` does.
+frames beyond the input. Loading the model and placing the mp4 with its sidecar is vgen.jobs.refine_file's.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 
 from vgen.config import JobConfig, build_job
 from vgen.errors import ConfigError, VgenError
-from vgen.jobs import ModelCache, build_sidecar, sidecar_path
-from vgen.video import Mp4Writer, Video, WrittenVideo, check_writable, read_video, write_json
+from vgen.video import Mp4Writer, Video
 
 MIN_FRAMES = 2
 VIDEO_KINDS = ("unet3d", "motion")
@@ -106,66 +105,33 @@ def write_decoded(components: Any, latents, path: Path, fps: int, chunk: int = 8
     return writer.frames_written
 
 
-def refine_file(
-    source: Path, job: JobConfig, out: Optional[Path] = None, progress: Optional[bool] = None
-) -> Path:
-    """Refine the video at `source` as `job` says and write <out>.mp4 + its sidecar; returns the mp4 path."""
+def refine_frames(components: Any, video: Video, job: JobConfig, progress: Optional[bool] = None):
+    """The input video's frames (upscaled) encoded and refined: (latents, encode_s, refine_s)."""
     import torch
 
     from vgen.core.prompts import encode_prompt
-    from vgen.methods.streaming.blend import RefineSettings, chunk_spans, refine_latents
+    from vgen.methods.streaming.blend import RefineSettings, refine_latents
 
-    started = time.perf_counter()
-    mp4 = default_output(source, out)
-    if mp4.resolve() == source.resolve():
-        raise VgenError(f"--out '{mp4}' is the input video; choose another path")
-    check_writable(mp4.parent)
-    video = read_video(source)
-    check_frames(video, source)
     settings = RefineSettings.from_job(job)
-    upscale = job.streaming.upscale
-
     t0 = time.perf_counter()
-    components = ModelCache().get(job)
-    height, width = check_refinable(components, video, upscale, source)
-    from vgen.fingerprint import model_weight_hashes
-
-    weights = model_weight_hashes(components, job.model)  # before anything is made (vgen.fileset)
-    load_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    latents = encode_video(components, video.frames, upscale, job.memory.decode_chunk)
+    latents = encode_video(components, video.frames, job.streaming.upscale, job.memory.decode_chunk)
     encode_s = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     prompt = encode_prompt(components, job.prompt, job.negative, settings.guidance)
     generator = torch.Generator("cpu").manual_seed(job.seed)
     latents = refine_latents(components, latents, prompt, settings, generator, progress=progress)
-    refine_s = time.perf_counter() - t0
-
-    from vgen.fileset import commit, staged
-
-    with staged(mp4) as stage:  # the mp4 and its sidecar are placed together, the sidecar last
-        staged_mp4 = stage / mp4.name
-        t0 = time.perf_counter()
-        frames = write_decoded(components, latents, staged_mp4, video.fps, job.memory.decode_chunk)
-        write_s = time.perf_counter() - t0
-        _write_refine_sidecar(job, components, mp4, staged_mp4, source, video, upscale, settings, frames,
-                              (height, width), weights, {"load_s": load_s, "encode_s": encode_s, "refine_s": refine_s,
-                                                         "write_s": write_s, "total_s": time.perf_counter() - started})
-        commit(stage, mp4.parent, sidecar_path(mp4).name)
-    return mp4
+    return latents, encode_s, time.perf_counter() - t0
 
 
-def _write_refine_sidecar(job, components, mp4, staged_mp4, source, video, upscale, settings, frames, size, weights,
-                          timings) -> None:
-    from vgen.fileset import short_file_hash
-    from vgen.methods.streaming.blend import chunk_spans
+def refine_info(job: JobConfig, source: Path, video: Video, frames: int) -> dict:
+    """The sidecar's method_info of a refined file."""
+    from vgen.methods.streaming.blend import RefineSettings, chunk_spans
 
-    method_info = {
+    settings = RefineSettings.from_job(job)
+    return {
         "source": str(source),
         "source_size": {"height": video.size[0], "width": video.size[1]},
-        "upscale": upscale,
+        "upscale": job.streaming.upscale,
         "strength": settings.strength,
         "steps": settings.steps,
         "scheduler": settings.scheduler,
@@ -173,7 +139,3 @@ def _write_refine_sidecar(job, components, mp4, staged_mp4, source, video, upsca
         "overlap": settings.overlap,
         "chunks": len(chunk_spans(frames, settings.chunk, settings.overlap)),
     }
-    written = WrittenVideo(mp4, frames, size, video.fps)
-    sidecar = build_sidecar(job, components, mp4, [], written, timings, method_info, method="refine", weights=weights)
-    sidecar["output_sha256"] = short_file_hash(staged_mp4)
-    write_json(sidecar, sidecar_path(staged_mp4))

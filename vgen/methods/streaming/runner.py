@@ -13,6 +13,9 @@
                 independent    naive chunks (the baseline): same compute, no conditioning
     stage 3   optional: randomized-blending refinement of the whole video (blend.py)
 
+On a model whose VAE is causal in time (Wan) the chunks are cut in latent time and the whole latent is decoded
+once (latent.py; training-free and independent only: no CAM/APM weights exist for such models).
+
 Without refinement only one chunk is ever in memory; decoded frames go to the mp4 as they are made.
 """
 
@@ -263,6 +266,15 @@ def passes_per_step(mode: str, guided: bool, w_text: float, w_anchor: float, wei
 
 def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo:
     cfg, s = job.streaming, job.sampler
+    if components.family.latent_time:  # a causal video VAE (Wan): chunks in latent time, decoded once (latent.py)
+        from vgen.methods.streaming.latent import LATENT_MODES, run_latent
+        from vgen.sizes import trained_frames_of
+
+        mode = "training-free" if cfg.mode == "auto" else cfg.mode
+        if mode not in LATENT_MODES:
+            raise ConfigError(f"streaming.mode={cfg.mode} needs CAM/APM memories, which exist only for UNet video models; "
+                              f"no CAM/APM weights exist for {components.family.name} models: use streaming.mode=training-free")
+        return run_latent(job, components, ctx, mode, trained_frames_of(job.model.id))
     F, Fc = cfg.chunk, cfg.cond_frames
     settings = check_settings(job, components.family)
     mode = resolve_mode(cfg.mode, components, settings)
@@ -282,7 +294,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> WrittenVideo
     prompt = encode_prompt(components, job.prompt, job.negative, max(w_text, w_anchor))
 
     def new_scheduler():
-        return prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device)
+        return prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device, components.family)
 
     shape = latent_shape(components, F, ctx.height, ctx.width)
     kept: list[torch.Tensor] = []  # every kept latent frame, only when refining
