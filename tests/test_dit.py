@@ -270,7 +270,8 @@ def test_methods_listing_says_which_families_each_method_runs_on():
 
     out = vgen_in_process("methods").stdout
     assert "runs on: unet3d, motion, unet2d, wan, ltx\n" in out  # vanilla
-    assert "runs on: unet3d, motion (not yet on unet2d, wan, ltx)" in out  # vico, i4vgen, streaming
+    assert out.count("runs on: unet3d, motion, wan (not yet on unet2d, ltx)") == 3  # vico, i4vgen, streaming
+    assert "runs on: unet2d, wan, ltx (not yet on unet3d, motion)" in out  # zs2: image models and DiT image modes
 
 
 def test_generate_on_tiny_wan_writes_video_and_sidecar(tmp_path):

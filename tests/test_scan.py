@@ -95,9 +95,13 @@ def matrix_path(rho, shape, seed, dtype):
 @pytest.mark.parametrize("rho", [0.0, 0.5, 0.94, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_ar1_noise_frames_unchanged(rho, dtype):
+    """The same noise as before up to float32 rounding: a matmul and an einsum may sum in another order (BLAS
+    blocking depends on the thread count), so bit equality is not a property of either path."""
     for seed, shape in ((0, (1, 4, 16, 8, 8)), (1, (2, 4, 5, 6, 10)), (2, (1, 4, 1, 8, 8))):
         got = noise.ar1_noise(rho)(shape, torch.Generator().manual_seed(seed), torch.device("cpu"), dtype)
-        assert torch.equal(got, matrix_path(rho, shape, seed, dtype))
+        want = matrix_path(rho, shape, seed, dtype)
+        rtol, atol = (0, 1e-6) if dtype == torch.float32 else (2 ** -10, 1e-4)  # float16: at most one ulp apart
+        assert got.dtype == want.dtype and torch.allclose(got.float(), want.float(), rtol=rtol, atol=atol)
 
 
 def test_ar1_noise_three_frames_by_hand():
