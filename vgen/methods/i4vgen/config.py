@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
+from vgen.config_io import at_least as _at_least, choice as _choice
 from vgen.errors import ConfigError
 
 REGEN_HOLDS = ("none", "first", "middle")
@@ -83,12 +84,3 @@ def check(section: I4VGenConfig) -> None:
     if not 0.0 <= section.regen_hold_until < 1.0:
         raise ConfigError(f"config key 'i4vgen.regen_hold_until' must be in [0, 1), got {section.regen_hold_until}")
 
-
-def _choice(key: str, value: str, choices: Iterable[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"config key '{key}' is '{value}'; choose one of: {', '.join(choices)}")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if not value >= low:  # NaN fails every comparison: written so that it fails this one
-        raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")

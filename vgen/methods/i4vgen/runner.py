@@ -37,6 +37,7 @@ from vgen.core.sampler import (decode_latents, denoise, guided_noise, latent_dty
 from vgen.core.schedulers import add_noise, noise_level, prediction_type, prepare_scheduler, to_epsilon
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.start import model_frames
 from vgen.methods.i4vgen.attention import one_frame_temporal_attention
 from vgen.models import Components
 from vgen.video import Video, write_png
@@ -354,9 +355,7 @@ def run(job: JobConfig, components: Components, ctx: RunContext) -> Video:
         image = components
     reward = load_reward(cfg.reward, cfg.reward_model, str(components.device))
     family = components.family
-    frames = family.video_frames(components, job.video.frames)
-    if frames != job.video.frames:
-        ctx.log(f"{components.name} makes {family.frame_rule} frames: {job.video.frames} -> {frames}")
+    frames = model_frames(job, components, ctx)
     shape = latent_shape(components, frames, ctx.height, ctx.width)
     n = candidate_count(job, shape[2])
     scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device, family, shape)

@@ -29,6 +29,7 @@ from vgen.core.sampler import denoise, iter_decoded, latent_dtype, to_uint8
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.start import model_frames
 from vgen.methods.streaming.blend import RefineSettings, chunk_spans, refine_latents
 from vgen.models import Components
 from vgen.video import Mp4Writer, WrittenVideo
@@ -178,9 +179,7 @@ def run_latent(job: JobConfig, components: Components, ctx: RunContext, mode: st
     """The streaming runner on a latent-time family (runner.run dispatches here)."""
     cfg, s = job.streaming, job.sampler
     family = components.family
-    frames = family.video_frames(components, job.video.frames)
-    if frames != job.video.frames:
-        ctx.log(f"{components.name} makes {family.frame_rule} frames: {job.video.frames} -> {frames}")
+    frames = model_frames(job, components, ctx)
     chunk = chunk_frames(job, trained_frames)
     latent_plan = plan(components, frames, chunk, cfg.cond_frames)
     spans = latent_plan.spans

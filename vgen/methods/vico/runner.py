@@ -30,10 +30,10 @@ from typing import ContextManager
 import torch
 
 from vgen.config import JobConfig
-from vgen.core.prompts import encode_prompt, prompt_length
-from vgen.core.sampler import decode_latents, denoise, initial_latents, latent_shape, to_uint8
-from vgen.core.schedulers import prepare_scheduler
+from vgen.core.prompts import prompt_length
+from vgen.core.sampler import decode_latents, denoise, to_uint8
 from vgen.methods.context import RunContext
+from vgen.methods.start import start_video
 from vgen.methods.vico.guide import VicoGuide, fmt_score
 from vgen.methods.vico.keys import select_key_tokens
 from vgen.methods.vico.dit import record_dit_attention
@@ -44,16 +44,9 @@ from vgen.video import Video
 
 def prepare(job: JobConfig, components: Components, ctx: RunContext):
     """Everything a Vico run starts from: prompt embeddings, scheduler, x_T and the key tokens."""
-    s, family = job.sampler, components.family
-    frames = family.video_frames(components, job.video.frames)
-    if frames != job.video.frames:
-        ctx.log(f"{components.name} makes {family.frame_rule} frames: {job.video.frames} -> {frames}")
-    prompt = encode_prompt(components, job.prompt, job.negative, s.guidance)
-    shape = latent_shape(components, frames, ctx.height, ctx.width)
-    scheduler = prepare_scheduler(s.scheduler, components.scheduler, s.steps, components.device, family, shape)
-    latents = initial_latents(components, shape, ctx.generator, scheduler)
+    start = start_video(job, components, ctx)
     keys = select_key_tokens(components.tokenizer, job.prompt, job.vico)
-    return prompt, scheduler, latents, keys
+    return start.prompt, start.scheduler, start.latents, keys
 
 
 def recording(components: Components, cfg) -> ContextManager:
