@@ -592,14 +592,16 @@ def methods() -> None:
 @app.command()
 def models() -> None:
     """List the built-in models with their kind and native size."""
-    from vgen.model_settings import BUILTIN_FOLDERS, FOLDER_SUMMARIES, IN_MEMORY_MODELS, folder_info, settings_path
+    from vgen.model_settings import (BUILTIN_FOLDERS, FOLDER_SUMMARIES, IN_MEMORY_MODELS, folder_frames, folder_info,
+                                     settings_path)
 
     typer.echo(f"{'name':<20}{'kind':<8}{'size':<10}{'frames':<8}about")
     for name, folder in BUILTIN_FOLDERS.items():
         kind, size = folder_info(folder)
         shown = f"{size[0]}x{size[1]}" if size else "?"
         carries = " (carries per-method settings: vgen.yaml)" if settings_path(name) else ""
-        typer.echo(f"{name:<20}{kind:<8}{shown:<10}{'any':<8}{FOLDER_SUMMARIES.get(name, '')}{carries}")
+        frames = folder_frames(folder, kind)
+        typer.echo(f"{name:<20}{kind:<8}{shown:<10}{frames:<8}{FOLDER_SUMMARIES.get(name, '')}{carries}")
     for info in IN_MEMORY_MODELS:
         typer.echo(f"{info.name:<20}{info.kind:<8}{f'{info.size[0]}x{info.size[1]}':<10}{info.frames:<8}{info.summary}")
     typer.echo("Any Hugging Face id (e.g. cerspense/zeroscope_v2_576w, Wan-AI/Wan2.1-T2V-1.3B-Diffusers, "

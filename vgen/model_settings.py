@@ -25,7 +25,7 @@ ASSETS = Path(__file__).parent / "assets"
 
 # Built-in models: folders shipped in vgen/assets, and random models vgen.tiny builds in memory
 # (kind and native size written here so listing them needs no torch; tests check them against the models).
-BUILTIN_FOLDERS = {"toy": ASSETS / "toy", "toy-t2i": ASSETS / "toy-t2i"}
+BUILTIN_FOLDERS = {"toy": ASSETS / "toy", "toy-t2i": ASSETS / "toy-t2i", "toy-wan": ASSETS / "toy-wan"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ IN_MEMORY_MODELS = (
 FOLDER_SUMMARIES = {
     "toy": "text-to-video model of the toy world (ships with vgen; the default)",
     "toy-t2i": "text-to-image model of the toy world, same latent space (ZS2, I4VGen anchors)",
+    "toy-wan": "Wan 2.1-architecture text-to-video model of the toy world (17 frames; DiT claims measured on it)",
 }
 _FOLDER_KINDS = {"TextToVideoSDPipeline": "unet3d", "AnimateDiffPipeline": "motion", "StableDiffusionPipeline": "unet2d",
                  "WanPipeline": "wan", "LTXPipeline": "ltx"}
@@ -142,6 +143,20 @@ def model_family(model_id: str) -> Optional[str]:
     except (OSError, ValueError):
         return None
     return kind
+
+
+def folder_frames(folder: Path, kind: str) -> str:
+    """The frame rule of a folder's model (no torch): k·n+1 on the causal video VAEs (Wan: the VAE's temporal
+    factor; LTX: 8), any count elsewhere."""
+    if kind == "ltx":
+        return "8k+1"
+    if kind != "wan":
+        return "any"
+    try:
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return "4k+1"
+    return f"{2 ** sum(bool(t) for t in vae.get('temperal_downsample', [False, True, True]))}k+1"
 
 
 def folder_info(folder: Path) -> tuple[str, Optional[tuple[int, int]]]:

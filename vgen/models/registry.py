@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from vgen.errors import ConfigError
+from vgen.model_settings import ASSETS, BUILTIN_FOLDERS  # noqa: F401 (ASSETS re-exported)
 
 FAMILY_MODULES = {
     "unet3d": "vgen.models.unet3d",
@@ -15,7 +16,6 @@ FAMILY_MODULES = {
     "wan": "vgen.models.wan",
     "ltx": "vgen.models.ltx",
 }
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def get_family(name: str):
@@ -30,7 +30,7 @@ def families() -> list:
 
 
 def builtin_folders() -> dict[str, Path]:
-    return {"toy": ASSETS / "toy", "toy-t2i": ASSETS / "toy-t2i"}
+    return dict(BUILTIN_FOLDERS)
 
 
 def builders() -> dict[str, tuple[str, Callable[[], dict]]]:
