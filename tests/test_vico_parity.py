@@ -178,6 +178,7 @@ def reference_vico(c, latents, steps=STEPS, max_iterations=10):
 
 def vgen_vico(c, monkeypatch, **keys):
     """vgen's Vico runner on the same case: (losses per step, passes, x_0 before decoding, x_T)."""
+    import vgen.methods.start as start
     import vgen.methods.vico.runner as vico
     from vgen.jobs import RunContext
 
@@ -186,7 +187,7 @@ def vgen_vico(c, monkeypatch, **keys):
                               "video.height": 64, "video.width": 64, "vico.words": ["circle", "square"],
                               "vico.lr": LR, **keys})
     seen = {}
-    real_decode, real_initial = vico.decode_latents, vico.initial_latents
+    real_decode, real_initial = vico.decode_latents, start.initial_latents
 
     def decode(components, latents, chunk):
         seen["x0"] = latents.detach().clone()
@@ -197,7 +198,7 @@ def vgen_vico(c, monkeypatch, **keys):
         return seen["xT"]
 
     monkeypatch.setattr(vico, "decode_latents", decode)
-    monkeypatch.setattr(vico, "initial_latents", initial)
+    monkeypatch.setattr(start, "initial_latents", initial)
     ctx = RunContext(generator=torch.Generator("cpu").manual_seed(SEED), height=64, width=64,
                      output_stem=Path("unused"), progress=False)
     info = vico.run(job, c, ctx).metadata["vico"]
