@@ -31,6 +31,7 @@ from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
 from vgen.methods.start import model_frames
 from vgen.methods.streaming.blend import RefineSettings, chunk_spans, refine_latents
+from vgen.methods.streaming.dc import lock_dc
 from vgen.models import Components
 from vgen.video import Mp4Writer, WrittenVideo
 
@@ -94,7 +95,6 @@ def stream_latents(components: Components, job: JobConfig, prompt: PromptEmbeds,
     training-free: each window's re-covered latent frames are held to the clean latents already made (with their
     noise), every step; independent (the baseline): each later window starts from fresh noise and holds nothing,
     its re-covering frames are dropped. `observe` sees each window's latents after every step (tests)."""
-    from vgen.methods.streaming.runner import lock_dc
 
     s = job.sampler
     family = components.family

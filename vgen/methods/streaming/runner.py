@@ -38,6 +38,7 @@ from vgen.core.sampler import decode_latents, denoise, latent_shape, to_uint8
 from vgen.core.schedulers import prepare_scheduler
 from vgen.errors import ConfigError
 from vgen.methods.context import RunContext
+from vgen.methods.streaming.dc import lock_dc
 from vgen.models import Components
 from vgen.video import Mp4Writer, WrittenVideo
 
@@ -195,14 +196,6 @@ def renoised_known(scheduler: Any, timesteps: list, memory: Memory, i: int, dtyp
     """The previous chunk's clean overlap latents noised (with the noise they were drawn from) to the level
     after step i, or exactly them after the last step."""
     return renoised(scheduler, timesteps, memory.latents.to(dtype), memory.noise.to(dtype), i)
-
-
-def lock_dc(latents: torch.Tensor, target: torch.Tensor, start: int) -> torch.Tensor:
-    """Frames from `start` on get `target`'s per-channel spatial mean (the latent's DC: background level and
-    global colour), the rest of each frame untouched."""
-    new = latents[:, :, start:]
-    latents[:, :, start:] = new - new.mean(dim=(-2, -1), keepdim=True) + target.mean(dim=(-2, -1), keepdim=True)
-    return latents
 
 
 def inpaint_overlap(scheduler: Any, timesteps: list, memory: Memory, cond: int, dc_lock: bool = False):

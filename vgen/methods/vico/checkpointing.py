@@ -9,8 +9,6 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from vgen.methods.vico.recorder import AttentionRecorder
-
 
 # The layer lists of diffusers' video UNet blocks (UNet3D and motion) whose members keep several
 # activations for backward. Not the downsamplers: a strided conv keeps only its input, which the
@@ -62,9 +60,10 @@ def checkpointed_modules(units: list[torch.nn.Module], context_fn: Callable) -> 
 
 
 @contextmanager
-def checkpointed(unet: torch.nn.Module, recorder: AttentionRecorder, levels: Optional[int] = None) -> Iterator[None]:
+def checkpointed(unet: torch.nn.Module, contexts: Callable, levels: Optional[int] = None) -> Iterator[None]:
     """Activation checkpointing of ``checkpoint_units`` for the length of the block (diffusers' UNet3D has
-    none): a gradient pass stores one input per layer instead of every activation. Models are eval()
-    (no dropout), so no RNG state is kept for the recompute."""
-    with checkpointed_modules(checkpoint_units(unet, levels), recorder.checkpoint_contexts):
+    none): a gradient pass stores one input per layer instead of every activation. ``contexts``: the
+    recorder's ``checkpoint_contexts`` (what the recompute must see). Models are eval() (no dropout), so no
+    RNG state is kept for the recompute."""
+    with checkpointed_modules(checkpoint_units(unet, levels), contexts):
         yield

@@ -131,7 +131,7 @@ class AttentionRecorder:
         """Activation checkpointing of the model's layers while a gradient pass records (``checkpointed``)."""
         from vgen.methods.vico.checkpointing import checkpointed
 
-        return checkpointed(model, self, levels)
+        return checkpointed(model, self.checkpoint_contexts, levels)
 
     def blocks(self, frames: int, batch_index: int = 0) -> list[tuple]:
         """Recordings as flow.py blocks, one per unit in forward order: (C [F,P,J], S [F,P,P] or None,
