@@ -18,14 +18,13 @@ from vgen.errors import ConfigError
 PREDICTIONS = ("epsilon", "v_prediction", "flow", "sample")
 
 
-def _unet_table() -> dict:
+def _table(family: Any) -> dict:
+    """The family's named schedulers (the UNet table when no family is given)."""
+    if family is not None:
+        return family.schedulers
     from vgen.models.unet import UNET_SCHEDULERS
 
     return UNET_SCHEDULERS
-
-
-# Kept for callers that list the UNet names (the config schema lists every name torch-free).
-SCHEDULER_CLASSES = _unet_table()
 
 
 def make_scheduler(name: str, base: Any, family: Any = None) -> Any:
@@ -33,7 +32,7 @@ def make_scheduler(name: str, base: Any, family: Any = None) -> Any:
     family's table (the UNet table when no family is given)."""
     import diffusers
 
-    table = family.schedulers if family is not None else SCHEDULER_CLASSES
+    table = _table(family)
     name = resolve_scheduler_name(name, family)
     if name == "model":
         return type(base).from_config(base.config)
@@ -56,7 +55,7 @@ def scheduler_class(name: str, base: Any, family: Any = None) -> type:
     """The diffusers class scheduler `name` builds on `base` ("model": the model's own class)."""
     import diffusers
 
-    table = family.schedulers if family is not None else SCHEDULER_CLASSES
+    table = _table(family)
     name = resolve_scheduler_name(name, family)
     if name == "model":
         return type(base)
@@ -75,7 +74,7 @@ def check_scheduler_config(name: str, base: Any, overrides: dict, family: Any = 
     none that the named scheduler itself fixes to another value (sde-dpm++ is algorithm_type sde-dpmsolver++)."""
     cls = scheduler_class(name, base, family)
     valid = config_keys(cls)
-    table = family.schedulers if family is not None else SCHEDULER_CLASSES
+    table = _table(family)
     fixed = table.get(resolve_scheduler_name(name, family), ("", {}))[1]
     if callable(fixed):
         fixed = fixed(base.config) if base is not None else {}
